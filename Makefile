@@ -1,0 +1,40 @@
+# Run `make help` for the list of targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/example.yaml
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install run demo-data test test-slow clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with its test tools
+
+data/.demo-data: $(STAMP)
+	$(PY) -m pipeline.demo data
+	@touch $@
+
+demo-data: data/.demo-data ## Generate the deterministic demo input files into data/
+
+run: install demo-data ## Run CONFIG (default configs/example.yaml) on the demo data and print the summary
+	$(BIN)/pipeline run $(CONFIG)
+
+test: install ## Run the test suite (a few minutes; slow tests excluded)
+	$(BIN)/pytest -q -m "not slow"
+
+test-slow: install ## Run only the slow tests (chaos, large inputs)
+	$(BIN)/pytest -q -m slow
+
+clean: ## Remove the virtual environment, generated data and outputs
+	rm -rf $(VENV) data build *.egg-info .pytest_cache .hypothesis

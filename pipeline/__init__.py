@@ -1,0 +1,3 @@
+"""pipeline: config-driven, data-parallel file processing into Parquet."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""The command line. ``main(argv) -> exit code``: the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import traceback
+
+from pipeline import __version__
+from pipeline.errors import EX_FAILURE, EX_SIGINT, EX_USAGE, Interrupted, PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pipeline", description="Config-driven, data-parallel file processing into Parquet.")
+    p.add_argument("--version", action="version", version=f"pipeline {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp, run_options: bool = False):
+        sp.add_argument("config", metavar="CONFIG", help="the YAML job file")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key by its dotted path (repeatable)")
+        sp.add_argument("--log-format", choices=["text", "json"], default="text")
+        sp.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
+        if run_options:
+            sp.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: run.workers)")
+
+    r = sub.add_parser("run", help="run a job")
+    common(r, run_options=True)
+    r.add_argument("--dry-run", action="store_true", help="plan and validate, write nothing")
+    r.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+
+    v = sub.add_parser("validate", help="check the job file and check it against the data")
+    common(v)
+    pl = sub.add_parser("plan", help="show the files, chunks and schema a run would use; writes nothing")
+    common(pl, run_options=True)
+    i = sub.add_parser("inspect", help="show an output: schema, rows, files, counts")
+    i.add_argument("path", metavar="PATH")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help -> 0, bad usage -> 2
+        return int(exc.code or 0) if exc.code in (0, None) else EX_USAGE
+    from pipeline import log as logmod
+
+    logmod.setup(getattr(args, "log_format", "text"), getattr(args, "log_file", None))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _dispatch(args)
+    except PipelineError as exc:
+        _print_report(exc)
+        print(f"pipeline: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pipeline: interrupted by SIGINT; nothing was published", file=sys.stderr)
+        return EX_SIGINT
+    except BrokenPipeError:
+        return EX_FAILURE
+    except Exception as exc:  # a bug: say so, with the traceback in the log
+        _print_report(exc)
+        log.error("unexpected failure:\n%s", traceback.format_exc())
+        print(f"pipeline: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted("interrupted by SIGTERM; nothing was published", signum=signum)
+
+
+def _print_report(exc: BaseException) -> None:
+    report = getattr(exc, "report", None)
+    if report is not None and report.input_files:
+        print(report.summary(), file=sys.stdout, flush=True)
+
+
+def _dispatch(args) -> int:
+    if args.command == "inspect":
+        from pipeline.inspect import inspect_output
+
+        return inspect_output(args.path, as_json=args.json)
+    from pipeline.config import load_config
+
+    job = load_config(args.config, args.overrides)
+    if args.command == "run":
+        from pipeline.run import run_job
+
+        report = run_job(job, workers=args.workers, dry_run=args.dry_run, progress=args.progress)
+        print(report.summary(), flush=True)
+        return 0
+    if args.command == "validate":
+        from pipeline.commands import validate
+
+        return validate(job)
+    if args.command == "plan":
+        from pipeline.commands import show_plan
+
+        return show_plan(job, workers=args.workers)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

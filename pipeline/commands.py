@@ -1,0 +1,76 @@
+"""`pipeline validate` and `pipeline plan`: what a run would do, checked against the data."""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.config import Job, format_bytes
+from pipeline.dtypes import type_name
+from pipeline.plan import build_plan
+from pipeline.run import check_stages
+
+
+def validate(job: Job) -> int:
+    plan = build_plan(job)
+    schema = check_stages(job, plan)
+    _check_python_stages(job)
+    print(f"{job.config_path}: OK")
+    print(f"  job       {job.name}")
+    print(f"  input     {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks")
+    print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}")
+    cols = ", ".join(f"{f.name}: {type_name(f.type)}" for f in schema) if schema is not None else "(decided by a python stage)"
+    print(f"  output    {job.output.path} ({job.output.mode}); columns {cols}")
+    return 0
+
+
+def _check_python_stages(job: Job) -> None:
+    from pipeline import stages as stage_mod
+
+    check = getattr(stage_mod, "check_python_spec", None)
+    if check is None:
+        return
+    from pipeline.errors import ConfigError, PipelineError
+
+    for s in job.stages:
+        if s.name == "python":
+            try:
+                check(s.spec, job.base_dir, ())
+            except PipelineError as exc:
+                raise ConfigError(exc.message, file=str(job.config_path), line=s.line, key=s.key) from exc
+
+
+def show_plan(job: Job, workers: int | None = None) -> int:
+    plan = build_plan(job, workers=workers)
+    schema = check_stages(job, plan)
+    print(f"plan for {job.name} ({job.config_path})")
+    print(f"  {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks, "
+          f"{plan.workers} workers (start method {job.run.start_method})")
+    print()
+    print(f"  {'file':<48} {'format':<8} {'size':>10} {'chunks':>7}")
+    per_file: dict[str, int] = {}
+    for c in plan.chunks:
+        per_file[c.file.path] = per_file.get(c.file.path, 0) + 1
+    for f in plan.files:
+        fmt = f.format + (f"+{f.compression}" if f.compression else "")
+        print(f"  {_short(f.path):<48} {fmt:<8} {format_bytes(f.size):>10} {per_file.get(f.path, 0):>7}")
+    print()
+    print("  input schema:")
+    for fld in plan.read.schema:
+        print(f"    {fld.name:<24} {type_name(fld.type):<20} {plan.inferred.get(fld.name, '')}")
+    print("  output schema:")
+    if schema is None:
+        print("    (decided by a python stage at run time)")
+    else:
+        for fld in schema:
+            print(f"    {fld.name:<24} {type_name(fld.type)}")
+    part = f", partitioned by {', '.join(job.output.partition_by)}" if job.output.partition_by else ""
+    print(f"  output: {job.output.path} (mode {job.output.mode}, {job.output.compression}{part})")
+    return 0
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        rel = path
+    return rel if len(rel) < len(path) else path

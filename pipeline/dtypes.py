@@ -1,0 +1,71 @@
+"""Type names as users write them in the job file (``int64``, ``timestamp[s]``, ``decimal(10,2)``)."""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+_SIMPLE = {
+    "bool": pa.bool_(),
+    "boolean": pa.bool_(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "int": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "float16": pa.float16(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "float": pa.float64(),
+    "double": pa.float64(),
+    "string": pa.string(),
+    "str": pa.string(),
+    "utf8": pa.string(),
+    "large_string": pa.large_string(),
+    "binary": pa.binary(),
+    "date": pa.date32(),
+    "date32": pa.date32(),
+    "date64": pa.date64(),
+    "time32[s]": pa.time32("s"),
+    "time32[ms]": pa.time32("ms"),
+    "time64[us]": pa.time64("us"),
+    "time64[ns]": pa.time64("ns"),
+    "timestamp": pa.timestamp("us"),
+}
+_TIMESTAMP = re.compile(r"^timestamp\[(s|ms|us|ns)(?:\s*,\s*(?:tz\s*=\s*)?([A-Za-z0-9_/+\-:]+))?\]$")
+_DECIMAL = re.compile(r"^decimal(?:128)?\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+
+TYPE_NAMES = sorted(_SIMPLE) + ["timestamp[s|ms|us|ns]", "timestamp[us, UTC]", "decimal(P,S)"]
+
+
+def parse_type(name: str) -> pa.DataType:
+    """Return the Arrow type for a user-facing type name; ValueError names the accepted forms."""
+    text = str(name).strip().lower() if not str(name).strip().startswith("timestamp") else str(name).strip()
+    if text in _SIMPLE:
+        return _SIMPLE[text]
+    m = _TIMESTAMP.match(text)
+    if m:
+        return pa.timestamp(m.group(1), tz=m.group(2))
+    m = _DECIMAL.match(text)
+    if m:
+        precision, scale = int(m.group(1)), int(m.group(2))
+        if not 1 <= precision <= 38 or scale > precision:
+            raise ValueError(f"decimal precision must be 1..38 and scale <= precision, got {name!r}")
+        return pa.decimal128(precision, scale)
+    raise ValueError(f"unknown type {name!r}; expected one of: {', '.join(TYPE_NAMES)}")
+
+
+def type_name(dtype: pa.DataType) -> str:
+    """The name users write for an Arrow type (inverse of parse_type where possible)."""
+    if pa.types.is_timestamp(dtype):
+        return f"timestamp[{dtype.unit}, {dtype.tz}]" if dtype.tz else f"timestamp[{dtype.unit}]"
+    if pa.types.is_decimal(dtype):
+        return f"decimal({dtype.precision},{dtype.scale})"
+    if pa.types.is_boolean(dtype):
+        return "bool"
+    return str(dtype)

@@ -1,0 +1,72 @@
+"""One run of a job at a time: an flock on a file next to the output.
+
+The kernel drops an flock when its holder dies, however it dies, so a crashed run never blocks
+the next one. The lock is taken in the parent process only; workers and the writer are started
+with the lock file closed in them (it is opened with O_CLOEXEC and never inherited by exec).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+
+from pipeline.errors import LockedError
+
+
+class JobLock:
+    def __init__(self, path: str, job_name: str, run_id: str):
+        self.path = path
+        self.job_name = job_name
+        self.run_id = run_id
+        self.fd: int | None = None
+
+    def acquire(self) -> "JobLock":
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            try:
+                info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                holder = f" (pid {info.get('pid')}, started {info.get('started')}, run {info.get('run_id')})"
+            except ValueError:
+                pass
+            os.close(fd)
+            raise LockedError(f"another run of job {self.job_name!r} is in progress{holder}; try again later",
+                              lock=self.path)
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "run_id": self.run_id, "job": self.job_name,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)
+        self.fd = fd
+        _HELD.add(fd)
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            _HELD.discard(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "JobLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+_HELD: set[int] = set()
+
+
+def close_inherited() -> None:
+    """In a forked child: close inherited lock descriptors, so only the parent holds the lock."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()

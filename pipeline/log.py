@@ -1,0 +1,67 @@
+"""Logging: text or one JSON object a line, every line carrying the job and the run id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+LOGGER = "pipeline"
+
+
+class _Context(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.job = "-"
+        self.run_id = "-"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job = self.job
+        record.run_id = self.run_id
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "job": record.job,
+            "run_id": record.run_id,
+            "message": record.getMessage(),
+        }
+        data.update(getattr(record, "fields", {}) or {})
+        return json.dumps(data, default=str)
+
+
+_context = _Context()
+
+
+def setup(fmt: str = "text", log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:
+    logger = logging.getLogger(LOGGER)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(level)
+    logger.propagate = False
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(job)s %(run_id)s: %(message)s",
+                                      datefmt="%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_context)
+        logger.addHandler(handler)
+    return logger
+
+
+def set_context(job: str | None = None, run_id: str | None = None) -> None:
+    if job is not None:
+        _context.job = job
+    if run_id is not None:
+        _context.run_id = run_id

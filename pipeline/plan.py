@@ -1,0 +1,326 @@
+"""Files -> chunks, and the one input schema every chunk is read with.
+
+Pure planning: it reads file heads (header, type sample) and, for uncompressed text, scans for
+record boundaries, but writes nothing. ``pipeline plan`` prints what it returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from pipeline import infer
+from pipeline.discover import InputFile, discover
+from pipeline.errors import ConfigError, InputError
+from pipeline.split import record_spans, split_ranges
+from pipeline.streams import open_decompressed
+
+BOM = b"\xef\xbb\xbf"
+HEAD_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """Everything a worker needs to turn any chunk into a table of ``schema``."""
+
+    schema: pa.Schema
+    delimiter: str = ","
+    quote: str | None = '"'
+    null_values: tuple[str, ...] = ("",)
+    encoding: str = "utf-8"
+    max_record_bytes: int = 16 << 20
+    max_decompressed_bytes: int | None = None
+    block_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A unit of work: a byte range of a text file, a whole compressed file, or Parquet row groups."""
+
+    id: str
+    file: InputFile
+    index: int
+    start: int
+    end: int                       # -1: to the end of a decompressed stream
+    first_line: int = 1
+    quotes: int = -1               # quote characters in the range; -1 unknown
+    columns: tuple[str, ...] = ()  # the file's own column names in its order (text formats)
+    row_groups: tuple[int, ...] = ()
+    delimiter: str = ","
+
+    def describe(self) -> str:
+        if self.row_groups:
+            where = f"row groups {self.row_groups[0]}-{self.row_groups[-1]}"
+        elif self.end < 0:
+            where = "whole file"
+        else:
+            where = f"bytes {self.start}-{self.end}"
+        return f"chunk {self.index} of {self.file.path} ({where})"
+
+
+@dataclass
+class Plan:
+    files: list[InputFile]
+    chunks: list[Chunk]
+    read: ReadSpec
+    workers: int
+    inferred: dict[str, str] = field(default_factory=dict)   # column -> how its type was decided
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def chunk_id(f: InputFile, start: int, end: int) -> str:
+    """Stable across runs while the file and the range are the same."""
+    key = f"{f.path}\0{f.size}\0{f.mtime_ns}\0{start}\0{end}".encode()
+    return hashlib.sha1(key).hexdigest()[:16]
+
+
+def _delimiter(job, fmt: str) -> str:
+    if fmt == "tsv" and job.input.csv.delimiter == ",":
+        return "\t"
+    return job.input.csv.delimiter
+
+
+def _read_head(f: InputFile, limit: int, max_decompressed: int | None = None) -> tuple[bytes, bool]:
+    """The first ``limit`` bytes (decompressed) and whether that is the whole file."""
+    with open_decompressed(f.path, f.compression, max_decompressed) as stream:
+        data = stream.read(limit + 1)
+    return data[:limit], len(data) <= limit
+
+
+def _header(f: InputFile, head: bytes, job, delimiter: str) -> tuple[tuple[str, ...], int, int]:
+    """(column names, byte offset where records start, physical line of the first record)."""
+    opts = job.input.csv
+    start = len(BOM) if head.startswith(BOM) else 0
+    if not opts.header:
+        return tuple(opts.column_names or ()), start, 1
+    quote = opts.quote.encode() if opts.quote else None
+    starts, ends = record_spans(head[start:], quote)
+    if not len(starts):
+        return (), len(head), 1
+    end = start + int(ends[0])
+    raw = head[start + int(starts[0]):end]
+    try:
+        text = raw.decode(opts.encoding)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{f.path} line 1: header is not valid {opts.encoding}: {exc.reason}", file=f.path, line=1) from exc
+    row = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                          quotechar=opts.quote or '"', quoting=csv.QUOTE_MINIMAL if opts.quote else csv.QUOTE_NONE))
+    names = tuple(row)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes or any(n == "" for n in names):
+        what = f"duplicate column names {dupes}" if dupes else "an empty column name"
+        raise InputError(f"{f.path} line 1: the header has {what}", file=f.path, line=1)
+    return names, end, 1 + raw.count(b"\n") + head[:start + int(starts[0])].count(b"\n")
+
+
+def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start: int, job,
+                       delimiter: str) -> dict[str, pa.DataType]:
+    opts = job.input.csv
+    sample = head[data_start:data_start + job.input.sample_bytes]
+    quote = opts.quote.encode() if opts.quote else None
+    if not (whole and data_start + job.input.sample_bytes >= len(head)):
+        starts, ends = record_spans(sample, quote)
+        # drop the last record: it may be cut off
+        sample = sample[: int(ends[-2])] if len(ends) > 1 else b""
+    if not names:
+        return {}
+    if not sample.strip():
+        return {n: pa.null() for n in names}
+    table = pacsv.read_csv(
+        pa.py_buffer(sample),
+        read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False, encoding=opts.encoding),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=opts.quote or False,
+                                         newlines_in_values=bool(opts.quote),
+                                         invalid_row_handler=lambda row: "skip"),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                             null_values=list(opts.null_values), strings_can_be_null=True,
+                                             check_utf8=False),
+    )
+    return {n: infer.infer_column(_valid_utf8(table.column(n))) for n in names}
+
+
+def _valid_utf8(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    try:
+        col.validate(full=True)
+        return col
+    except pa.ArrowInvalid:
+        return pa.chunked_array([pa.array([v for v in c.cast(pa.binary()).to_pylist()
+                                           if v is None or _is_utf8(v)], pa.binary()).cast(pa.string())
+                                 for c in col.chunks], pa.string())
+
+
+def _is_utf8(v: bytes) -> bool:
+    try:
+        v.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str, pa.DataType]:
+    sample = head[: job.input.sample_bytes]
+    if not whole or len(head) > job.input.sample_bytes:
+        sample = sample[: sample.rfind(b"\n") + 1]
+    lines = [ln for ln in sample.split(b"\n") if ln.strip()]
+    if not lines:
+        return {}
+    try:
+        table = pajson.read_json(pa.py_buffer(b"\n".join(lines) + b"\n"),
+                                 read_options=pajson.ReadOptions(use_threads=False, block_size=len(sample) + 1))
+    except pa.ArrowInvalid:
+        import json
+        good = []
+        for ln in lines:
+            try:
+                if isinstance(json.loads(ln), dict):
+                    good.append(ln)
+            except ValueError:
+                continue
+        if not good:
+            return {}
+        table = pajson.read_json(pa.py_buffer(b"\n".join(good) + b"\n"),
+                                 read_options=pajson.ReadOptions(use_threads=False, block_size=len(sample) + 1))
+    return {name: table.schema.field(name).type for name in table.column_names}
+
+
+def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, first_line: int) -> list[Chunk]:
+    if f.compression:
+        cid = chunk_id(f, data_start, -1)
+        return [Chunk(cid, f, 0, data_start, -1, first_line, -1, tuple(names), delimiter=delimiter)]
+    quote = job.input.csv.quote.encode() if job.input.csv.quote and f.format != "jsonl" else None
+    chunks = []
+    with open(f.path, "rb") as fh:
+        for i, (a, b, line, quotes) in enumerate(
+                split_ranges(fh, data_start, f.size, job.input.chunk_bytes, quote, first_line)):
+            chunks.append(Chunk(chunk_id(f, a, b), f, i, a, b, line, quotes if quote else 0,
+                                tuple(names), delimiter=delimiter))
+    return chunks
+
+
+def _parquet_chunks(f: InputFile, job) -> tuple[list[Chunk], pa.Schema]:
+    try:
+        meta = pq.ParquetFile(f.path).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{f.path}: not a readable Parquet file: {exc}", file=f.path) from exc
+    schema = meta.schema.to_arrow_schema()
+    chunks: list[Chunk] = []
+    group: list[int] = []
+    size = 0
+    for rg in range(meta.num_row_groups):
+        group.append(rg)
+        size += meta.row_group(rg).total_byte_size
+        if size >= job.input.chunk_bytes:
+            chunks.append(Chunk(chunk_id(f, group[0], group[-1]), f, len(chunks), 0, f.size,
+                                row_groups=tuple(group)))
+            group, size = [], 0
+    if group:
+        chunks.append(Chunk(chunk_id(f, group[0], group[-1]), f, len(chunks), 0, f.size, row_groups=tuple(group)))
+    return chunks, schema
+
+
+def build_plan(job, *, workers: int | None = None) -> Plan:
+    """Discover the inputs, decide the schema, cut the chunks."""
+    files = discover(job.input.paths, job.input.format, follow_symlinks=job.input.follow_symlinks,
+                     line_of=job.line_of)
+    per_file: dict[str, dict[str, pa.DataType]] = {}
+    file_order: dict[str, tuple[str, ...]] = {}
+    chunks: list[Chunk] = []
+    for f in files:
+        try:
+            if f.format == "parquet":
+                fchunks, schema = _parquet_chunks(f, job)
+                per_file[f.path] = {fld.name: fld.type for fld in schema}
+            else:
+                head, whole = _read_head(f, max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT),
+                                         job.input.max_decompressed_bytes)
+                if f.format == "jsonl":
+                    start = len(BOM) if head.startswith(BOM) else 0
+                    per_file[f.path] = _sample_json_types(f, head[start:], whole, job)
+                    fchunks = _text_chunks(f, job, "\n", (), start, 1)
+                else:
+                    delimiter = _delimiter(job, f.format)
+                    names, start, first_line = _header(f, head, job, delimiter)
+                    per_file[f.path] = _sample_text_types(f, head, whole, names, start, job, delimiter)
+                    fchunks = _text_chunks(f, job, delimiter, names, start, first_line)
+        except InputError:
+            raise
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{f.path}: cannot read: {exc}", file=f.path) from exc
+        file_order[f.path] = tuple(per_file[f.path])
+        chunks.extend(fchunks)
+
+    schema, inferred = _unify(files, per_file, file_order, job)
+    spec = ReadSpec(
+        schema=schema,
+        delimiter=job.input.csv.delimiter,
+        quote=job.input.csv.quote,
+        null_values=tuple(job.input.csv.null_values),
+        encoding=job.input.csv.encoding,
+        max_record_bytes=job.input.max_record_bytes,
+        max_decompressed_bytes=job.input.max_decompressed_bytes,
+        block_bytes=job.input.chunk_bytes,
+    )
+    n = workers or job.run.workers
+    return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred)
+
+
+def _unify(files, per_file, file_order, job) -> tuple[pa.Schema, dict[str, str]]:
+    order: list[str] = []
+    types: dict[str, pa.DataType] = {}
+    for f in files:
+        for name in file_order[f.path]:
+            if name not in types:
+                order.append(name)
+                types[name] = per_file[f.path][name]
+            else:
+                types[name] = infer.unify(types[name], per_file[f.path][name])
+    text_files = [f for f in files if f.format != "jsonl"]
+    if not job.input.allow_missing_columns and len(text_files) > 1:
+        first = text_files[0]
+        base = set(file_order[first.path])
+        for f in text_files[1:]:
+            cols = set(file_order[f.path])
+            if cols != base and cols and base:
+                missing = sorted(base - cols)
+                extra = sorted(cols - base)
+                parts = []
+                if missing:
+                    parts.append(f"lacks {missing}")
+                if extra:
+                    parts.append(f"has extra {extra}")
+                raise InputError(
+                    f"{f.path} {' and '.join(parts)} compared with {first.path}; "
+                    f"set input.allow_missing_columns: true to read missing columns as nulls",
+                    file=f.path)
+    inferred = {}
+    user = job.input.types
+    for name, dtype in user.items():
+        if name not in types:
+            hint = ""
+            import difflib
+            close = difflib.get_close_matches(name, order, n=1)
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+            raise ConfigError(f"column {name!r} is in no input file{hint}", key=f"input.schema.{name}",
+                              line=job.line_of(f"input.schema.{name}"))
+    fields = []
+    for name in order:
+        if name in user:
+            dtype = user[name]
+            inferred[name] = "input.schema"
+        else:
+            dtype = infer.nullable_to_string(types[name])
+            inferred[name] = "inferred"
+        fields.append(pa.field(name, dtype))
+    return pa.schema(fields), inferred

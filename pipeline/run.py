@@ -1,0 +1,267 @@
+"""config -> plan -> execute -> write -> publish -> report. The one function behind `pipeline run`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipeline import __version__
+from pipeline.config import Job, dump_config
+from pipeline.dtypes import type_name
+from pipeline.errors import ConfigError, ExprError, InputError, PipelineError
+from pipeline.execute import LocalExecutor
+from pipeline.lock import JobLock
+from pipeline.plan import Plan, build_plan
+from pipeline.publish import OutputPaths, check_target, link_previous, new_run_id, publish, recover, REJECTS
+from pipeline.progress import Progress
+from pipeline.stages import StageContext, output_schema
+from pipeline.worker import ChunkResult, WorkerSpec
+from pipeline.write import WriterSpec
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class Counts:
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_filtered: int = 0
+    rows_rejected: int = 0
+    rows_added: int = 0
+
+    def add(self, r: ChunkResult) -> None:
+        self.rows_read += r.rows_read
+        self.rows_written += r.rows_written
+        self.rows_filtered += r.rows_filtered
+        self.rows_rejected += r.rows_rejected
+        self.rows_added += r.rows_added
+
+    def balanced(self) -> bool:
+        return self.rows_read + self.rows_added == self.rows_written + self.rows_filtered + self.rows_rejected
+
+
+@dataclass
+class Report:
+    job: str
+    run_id: str
+    status: str                       # succeeded | failed | dry-run
+    output: str
+    counts: Counts = field(default_factory=Counts)
+    input_files: int = 0
+    input_bytes: int = 0
+    chunks: int = 0
+    workers: int = 0
+    output_files: int = 0
+    output_bytes: int = 0
+    reject_files: int = 0
+    seconds: float = 0.0
+    bad_samples: list = field(default_factory=list)
+    error: str | None = None
+
+    def summary(self) -> str:
+        c = self.counts
+        rate = c.rows_read / self.seconds if self.seconds > 0 else 0.0
+        mib = self.input_bytes / (1 << 20)
+        lines = [
+            f"{self.job}: run {self.run_id} {self.status} in {self.seconds:.2f} s",
+            f"  input     {self.input_files} files, {mib:.1f} MiB, {self.chunks} chunks, {self.workers} workers",
+            f"  rows      {c.rows_read:,} read, {c.rows_written:,} written, {c.rows_filtered:,} filtered, "
+            f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else ""),
+            f"  speed     {rate:,.0f} rows/s, {mib / self.seconds if self.seconds > 0 else 0:.1f} MiB/s",
+        ]
+        if self.status == "succeeded":
+            where = self.output
+            lines.append(f"  output    {where} ({self.output_files} part files, "
+                         f"{self.output_bytes / (1 << 20):.1f} MiB)")
+            if self.reject_files:
+                lines.append(f"  rejects   {os.path.join(where, REJECTS)} ({c.rows_rejected:,} rows)")
+        for bad in self.bad_samples:
+            where = f"{bad.file} line {bad.line}" if bad.line else bad.file
+            lines.append(f"  bad row   {where}: {bad.reason}")
+        if c.rows_rejected > len(self.bad_samples) and self.bad_samples:
+            lines.append(f"            ... and {c.rows_rejected - len(self.bad_samples):,} more")
+        return "\n".join(lines)
+
+
+def stage_context(job: Job, chunk: str = "") -> StageContext:
+    return StageContext(base_dir=job.base_dir, chunk=chunk)
+
+
+def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
+    """The output schema after the stages; ConfigError naming the stage for any problem."""
+    stages = [(s.name, s.spec) for s in job.stages]
+    keys = [s.key for s in job.stages]
+    try:
+        schema = output_schema(plan.read.schema, stages, stage_context(job), keys)
+    except ExprError as exc:
+        key = exc.context.get("key")
+        if key and not exc.context.get("line"):
+            line = job.line_of(key) or job.line_of(key.rsplit(".", 1)[0]) or _stage_line(job, key)
+            exc.context["line"] = line
+            exc.context.setdefault("file", str(job.config_path))
+        elif not exc.context.get("file"):
+            exc.context["file"] = str(job.config_path)
+        raise
+    if schema is not None:
+        missing = [p for p in job.output.partition_by if p not in schema.names]
+        if missing:
+            raise ConfigError(f"partition column {missing[0]!r} is not among the output columns {schema.names}",
+                              file=str(job.config_path), key="output.partition_by",
+                              line=job.line_of("output.partition_by"))
+        if job.output.partition_by and len(job.output.partition_by) == len(schema.names):
+            raise ConfigError("every output column is a partition column; no data would be left in the files",
+                              file=str(job.config_path), key="output.partition_by",
+                              line=job.line_of("output.partition_by"))
+    return schema
+
+
+def _stage_line(job: Job, key: str) -> int | None:
+    for s in job.stages:
+        if key.startswith(s.key):
+            return s.line
+    return None
+
+
+def worker_spec(job: Job, plan: Plan) -> WorkerSpec:
+    return WorkerSpec(
+        job_name=job.name,
+        read=plan.read,
+        stages=tuple((s.name, s.spec) for s in job.stages),
+        stage_keys=tuple(s.key for s in job.stages),
+        base_dir=str(job.base_dir),
+        on_bad_rows=job.run.on_bad_rows,
+    )
+
+
+def schema_dict(schema: pa.Schema | None) -> list[dict]:
+    if schema is None:
+        return []
+    return [{"name": f.name, "type": type_name(f.type), "nullable": f.nullable} for f in schema]
+
+
+def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
+            progress: bool | None = None) -> Report:
+    """Run a job; on failure the raised exception carries the partial Report as ``.report``."""
+    started = time.monotonic()
+    run_id = new_run_id()
+    from pipeline.log import set_context
+
+    set_context(job=job.name, run_id=run_id)
+    report = Report(job.name, run_id, "failed", job.output.path)
+    try:
+        return _run(job, report, started, workers=workers, dry_run=dry_run, progress=progress)
+    except BaseException as exc:
+        report.status = "failed"
+        report.error = str(exc)
+        report.seconds = time.monotonic() - started
+        try:
+            exc.report = report  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        raise
+
+
+def _run(job: Job, report: Report, started: float, *, workers, dry_run, progress) -> Report:
+    run_id = report.run_id
+    plan = build_plan(job, workers=workers)
+    out_schema = check_stages(job, plan)
+    report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
+    report.chunks, report.workers = len(plan.chunks), plan.workers
+    if dry_run:
+        report.status = "dry-run"
+        report.seconds = time.monotonic() - started
+        return report
+
+    paths = OutputPaths(job.output.path)
+    os.makedirs(paths.parent, exist_ok=True)
+    with JobLock(paths.lock, job.name, run_id):
+        for what in recover(paths, run_id):
+            log.info("recovered: %s", what)
+        previous_manifest = check_target(paths, job.output.mode)
+        staging = paths.staging(run_id)
+        os.makedirs(staging, mode=0o755)
+        log.info("run %s: %d files, %d chunks, %d workers", run_id, len(plan.files), len(plan.chunks), plan.workers)
+        counts = report.counts
+        bar = Progress(plan.total_bytes, len(plan.chunks), enabled=progress, interval=job.run.progress_interval)
+        cap = job.run.max_bad_rows if job.run.on_bad_rows != "fail" else None
+
+        def on_result(result: ChunkResult) -> None:
+            counts.add(result)
+            room = 5 - len(report.bad_samples)
+            if room > 0:
+                report.bad_samples.extend(result.bad_samples[:room])
+            bar.update(result)
+            if cap is not None and counts.rows_rejected > cap:
+                raise InputError(f"{counts.rows_rejected} bad rows so far, more than run.max_bad_rows ({cap}); "
+                                 f"nothing was published", rows_rejected=counts.rows_rejected)
+
+        try:
+            executor = LocalExecutor(plan.workers, job.run.start_method, on_result=on_result)
+            spec = WriterSpec(job.name, run_id, staging, out_schema, tuple(job.output.partition_by),
+                              job.output.compression, job.output.compression_level,
+                              job.output.row_group_rows, job.output.file_bytes)
+            execution = executor.run(plan.chunks, worker_spec(job, plan), spec)
+            bar.close()
+            written = sum(execution.acked_rows.values())
+            if written != counts.rows_written or not counts.balanced():
+                raise RuntimeError(f"row counts do not add up (workers wrote {counts.rows_written}, "
+                                   f"the writer received {written}); nothing was published")
+            info = execution.writer
+            files = info["files"]
+            if previous_manifest is not None and job.output.mode == "append":
+                link_previous(paths.path, staging)
+            manifest = build_manifest(job, plan, run_id, counts, files, info.get("schema") or out_schema,
+                                      previous_manifest if job.output.mode == "append" else None)
+            publish(paths, staging, manifest, run_id)
+        except BaseException:
+            bar.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    data_files = [f for f in files if not f["path"].startswith(REJECTS + "/")]
+    report.status = "succeeded"
+    report.output_files = len(data_files)
+    report.output_bytes = sum(f["bytes"] for f in data_files)
+    report.reject_files = len(files) - len(data_files)
+    report.seconds = time.monotonic() - started
+    log.info("run %s succeeded: %s rows written", run_id, f"{counts.rows_written:,}")
+    return report
+
+
+def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: list[dict],
+                   schema: pa.Schema | None, previous: dict | None) -> dict:
+    data = [dict(f) for f in files if not f["path"].startswith(REJECTS + "/")]
+    rejects = [dict(f) for f in files if f["path"].startswith(REJECTS + "/")]
+    this_run = {
+        "run_id": run_id,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_hash": job.config_hash,
+        "counts": counts.__dict__.copy(),
+        "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in plan.files],
+    }
+    runs = []
+    if previous is not None:
+        data = previous.get("files", []) + data
+        rejects = previous.get("rejects", {}).get("files", []) + rejects
+        runs = previous.get("runs", [])
+    return {
+        "format": "pipeline-manifest/1",
+        "pipeline_version": __version__,
+        "run_id": run_id,
+        "job": job.name,
+        "config_hash": job.config_hash,
+        "config": dump_config(job),
+        "mode": job.output.mode,
+        "partition_by": list(job.output.partition_by),
+        "schema": schema_dict(schema),
+        "inputs": this_run["inputs"],
+        "files": data,
+        "rejects": {"files": rejects, "rows": sum(f["rows"] for f in rejects)},
+        "counts": this_run["counts"],
+        "chunks": len(plan.chunks),
+        "runs": runs + [this_run],
+    }

@@ -1,0 +1,182 @@
+"""The code that runs inside each worker process: read a chunk, apply the stages, send Arrow data.
+
+``process_chunk`` is a module-level function taking plain, picklable arguments. The writer queue
+and the job's settings arrive once per process through ``init`` (the pool initializer).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import InputError, PipelineError, StageError
+from pipeline.plan import Chunk, ReadSpec
+from pipeline.read import BadRow, read_chunk
+from pipeline.stages import StageContext, apply_stages
+
+MESSAGE_BYTES = 8 << 20     # the Arrow data of one queue message stays under about this size
+BAD_ROW_SAMPLES = 5         # bad rows a chunk reports back to the parent for the summary
+
+REJECT_SCHEMA = pa.schema([
+    ("file", pa.string()), ("line", pa.int64()), ("offset", pa.int64()), ("stage", pa.string()),
+    ("reason", pa.string()), ("raw", pa.string()), ("chunk", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    job_name: str
+    read: ReadSpec
+    stages: tuple[tuple[str, object], ...]
+    stage_keys: tuple[str, ...]
+    base_dir: str
+    on_bad_rows: str
+    allowed_modules: tuple[str, ...] = ()
+
+
+@dataclass
+class ChunkResult:
+    """What a worker reports for one chunk; the rows themselves went to the writer."""
+
+    chunk_id: str
+    attempt: int
+    pid: int
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_filtered: int = 0
+    rows_rejected: int = 0
+    rows_added: int = 0
+    bytes_read: int = 0
+    messages: int = 0
+    seconds: float = 0.0
+    bad_samples: list[BadRow] = field(default_factory=list)
+
+
+_STATE: dict = {}
+
+
+def init(queue, spec: WorkerSpec, title: str | None = None) -> None:
+    """Pool initializer: keep the queue and settings; leave Ctrl-C to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _STATE["queue"] = queue
+    _STATE["spec"] = spec
+    if title:
+        set_title(title)
+
+
+def set_title(title: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:  # optional at run time; the job works without it
+        pass
+
+
+def encode(table: pa.Table) -> bytes:
+    """Arrow IPC stream bytes of a table (what crosses the queue; never pickled pandas)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _pieces(table: pa.Table) -> list[pa.Table]:
+    if table.num_rows == 0:
+        return []
+    per = max(1, int(table.num_rows * MESSAGE_BYTES / max(table.nbytes, 1)))
+    return [table.slice(i, per) for i in range(0, table.num_rows, per)]
+
+
+def _rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
+    return pa.table({
+        "file": [b.file for b in bad],
+        "line": [b.line for b in bad],
+        "offset": [b.offset for b in bad],
+        "stage": [b.stage for b in bad],
+        "reason": [b.reason for b in bad],
+        "raw": [b.raw for b in bad],
+        "chunk": [chunk.id] * len(bad),
+    }, schema=REJECT_SCHEMA)
+
+
+def _stage_rejects(block, rejects: pa.Table, file: str) -> list[BadRow]:
+    if rejects.num_rows == 0:
+        return []
+    rows = rejects.column("row").to_numpy(zero_copy_only=False)
+    stages = rejects.column("stage").to_pylist()
+    reasons = rejects.column("reason").to_pylist()
+    known = ~np.isnan(rows.astype(float)) if rows.dtype.kind == "f" else np.ones(len(rows), dtype=bool)
+    located: list = [(None, None, None)] * len(rows)
+    if known.any():
+        idx = rows[known].astype(np.int64)
+        for i, loc in zip(np.flatnonzero(known), block.locate(idx)):
+            located[i] = loc
+    return [BadRow(file, loc[0], loc[1], st, reason, loc[2]) for loc, st, reason in zip(located, stages, reasons)]
+
+
+def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
+    """Read one chunk, run the stages, stream the result to the writer, report the counts.
+
+    The writer commits a chunk only when it has the ``end`` message, so a worker that dies half way
+    leaves nothing behind, and a retried chunk is never written twice.
+    """
+    chunk, attempt = task
+    spec: WorkerSpec = _STATE["spec"]
+    queue = _STATE["queue"]
+    started = time.monotonic()
+    result = ChunkResult(chunk.id, attempt, os.getpid())
+    ctx = StageContext(base_dir=Path(spec.base_dir), chunk=chunk.describe(),
+                       allowed_modules=spec.allowed_modules)
+    stage_list = [(name, s) for name, s in spec.stages]
+    messages = 0
+    try:
+        for block in read_chunk(chunk, spec.read):
+            result.rows_read += block.rows_read
+            bad = list(block.bad)
+            if spec.stages:
+                out = apply_stages(block.table, stage_list, ctx)
+                bad += _stage_rejects(block, out.rejects, chunk.file.path)
+                result.rows_filtered += out.rows_filtered
+                result.rows_added += out.rows_added
+                table = out.table
+            else:
+                table = block.table
+            if bad:
+                if spec.on_bad_rows == "fail":
+                    first = min(bad, key=lambda b: (b.line is None, b.line or 0))
+                    where = f"{first.file} line {first.line}" if first.line else first.file
+                    stage = "" if first.stage == "read" else f" ({first.stage})"
+                    raise InputError(f"{where}{stage}: {first.reason}", file=first.file, line=first.line,
+                                     chunk=chunk.id)
+                result.rows_rejected += len(bad)
+                room = BAD_ROW_SAMPLES - len(result.bad_samples)
+                result.bad_samples.extend(bad[:max(room, 0)])
+                if spec.on_bad_rows == "quarantine":
+                    queue.put(("rejects", chunk.id, attempt, encode(_rejects_table(bad, chunk))))
+                    messages += 1
+            for piece in _pieces(table):
+                queue.put(("data", chunk.id, attempt, encode(piece)))
+                messages += 1
+            result.rows_written += table.num_rows
+    except PipelineError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, TypeError, KeyError) as exc:
+        raise StageError(f"{chunk.describe()}: {type(exc).__name__}: {exc}", chunk=chunk.id,
+                         file=chunk.file.path) from exc
+    queue.put(("end", chunk.id, attempt, messages, result.rows_written, result.rows_rejected))
+    result.messages = messages
+    result.bytes_read = (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
+    result.seconds = time.monotonic() - started
+    return result

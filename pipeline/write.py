@@ -1,0 +1,313 @@
+"""The writer: one process that takes Arrow data from the queue and writes Parquet into staging.
+
+Protocol on the queue (all tuples):
+  ("data",    chunk_id, attempt, ipc_bytes)    rows of a chunk
+  ("rejects", chunk_id, attempt, ipc_bytes)    quarantined rows of a chunk
+  ("end",     chunk_id, attempt, n_messages, rows, rejected)   the chunk is complete
+  ("done",    n_chunks)                        sent by the parent after the pool is joined
+  ("abort",)                                   stop now, write nothing more
+
+A chunk's messages are held until its ``end`` arrives and only then written, so a worker that
+dies half way contributes nothing and a chunk retried after its worker died is written once: the
+writer keeps the first complete attempt and drops any later one. The writer stops on ``done``
+once it has committed that many chunks; it reports to the parent on the ``events`` queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue as queue_mod
+import signal
+import traceback
+import urllib.parse
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import OutputError, StageError
+from pipeline.worker import REJECT_SCHEMA, decode, set_title
+
+BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+MAX_PARTITION_VALUE = 200
+DONE_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class WriterSpec:
+    job_name: str
+    run_id: str
+    staging: str
+    schema: pa.Schema | None          # the output schema when the plan knows it
+    partition_by: tuple[str, ...] = ()
+    compression: str = "zstd"
+    compression_level: int | None = None
+    row_group_rows: int = 1_000_000
+    file_bytes: int = 512 << 20
+
+
+@dataclass
+class WrittenFile:
+    path: str            # relative to the dataset root
+    rows: int
+    bytes: int
+    run_id: str
+
+
+@dataclass
+class _Open:
+    path: str
+    sink: pa.NativeFile
+    writer: pq.ParquetWriter
+    rows: int = 0
+
+
+@dataclass
+class _Partition:
+    directory: str
+    tables: list = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+    open: _Open | None = None
+    seq: int = 0
+
+
+def partition_dir(names: tuple[str, ...], values: tuple) -> str:
+    """Hive directory for partition values, escaped so that no value can leave the dataset root."""
+    parts = []
+    for name, value in zip(names, values):
+        if value is None or value == "":
+            text = NULL_PARTITION
+        else:
+            text = urllib.parse.quote(str(value), safe="")
+            if text in (".", ".."):
+                text = text.replace(".", "%2E")
+        if len(text) > MAX_PARTITION_VALUE:
+            digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+            text = f"{text[:MAX_PARTITION_VALUE - 18]}~{digest}"
+        parts.append(f"{urllib.parse.quote(name, safe='')}={text}")
+    return os.path.join(*parts) if parts else ""
+
+
+class DatasetWriter:
+    """Rows in, Parquet part files out: row groups of ``row_group_rows``, files rolled past ``file_bytes``."""
+
+    def __init__(self, spec: WriterSpec):
+        self.spec = spec
+        self.root = os.path.realpath(spec.staging)
+        self.schema = spec.schema
+        self.partitions: dict[tuple, _Partition] = {}
+        self.buffered = 0
+        self.files: list[WrittenFile] = []
+        self.rejects: _Partition | None = None
+        self.rejected = 0
+
+    # -- rows
+    def write(self, table: pa.Table, where: str) -> None:
+        table = self._conform(table, where)
+        if table.num_rows == 0:
+            return
+        keys = self.spec.partition_by
+        if not keys:
+            self._add((), table)
+        else:
+            for values, part in _split_partitions(table, keys):
+                self._add(values, part)
+        while self.buffered > BUFFER_BYTES:
+            largest = max(self.partitions.values(), key=lambda p: p.nbytes)
+            self._flush(largest, final=True)
+
+    def _conform(self, table: pa.Table, where: str) -> pa.Table:
+        if self.schema is None:
+            self.schema = table.schema
+            return table
+        if table.schema.equals(self.schema):
+            return table
+        if set(table.column_names) != set(self.schema.names):
+            raise StageError(
+                f"{where}: the stages produced columns {table.column_names}, but earlier chunks had "
+                f"{self.schema.names}; every chunk must give the same columns", chunk=where)
+        try:
+            return table.select(self.schema.names).cast(self.schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise StageError(f"{where}: the stages produced types that differ from earlier chunks: {exc}",
+                             chunk=where) from exc
+
+    def _add(self, values: tuple, table: pa.Table) -> None:
+        part = self.partitions.get(values)
+        if part is None:
+            part = self.partitions[values] = _Partition(partition_dir(self.spec.partition_by, values))
+        part.tables.append(table)
+        part.rows += table.num_rows
+        part.nbytes += table.nbytes
+        self.buffered += table.nbytes
+        if part.rows >= self.spec.row_group_rows:
+            self._flush(part, final=False)
+
+    def _flush(self, part: _Partition, final: bool, schema: pa.Schema | None = None) -> None:
+        if not part.tables:
+            return
+        table = pa.concat_tables(part.tables)
+        self.buffered -= part.nbytes
+        part.tables, part.rows, part.nbytes = [], 0, 0
+        n = self.spec.row_group_rows
+        keep = 0 if final else table.num_rows - (table.num_rows // n) * n
+        if keep:
+            rest = table.slice(table.num_rows - keep)
+            table = table.slice(0, table.num_rows - keep)
+            part.tables, part.rows, part.nbytes = [rest], rest.num_rows, rest.nbytes
+            self.buffered += rest.nbytes
+        if table.num_rows:
+            self._write_rows(part, table, schema)
+
+    def _write_rows(self, part: _Partition, table: pa.Table, schema: pa.Schema | None) -> None:
+        if part.open is None:
+            self._open(part, schema or table.schema)
+        opened = part.open
+        opened.writer.write_table(table, row_group_size=self.spec.row_group_rows)
+        opened.rows += table.num_rows
+        if opened.sink.tell() >= self.spec.file_bytes:
+            self._close(part)
+
+    def _open(self, part: _Partition, schema: pa.Schema) -> None:
+        directory = os.path.join(self.root, part.directory)
+        os.makedirs(directory, exist_ok=True)
+        name = f"part-{part.seq:05d}-{self.spec.run_id}.parquet"
+        part.seq += 1
+        path = os.path.join(directory, name)
+        if not os.path.realpath(path).startswith(self.root + os.sep):
+            raise OutputError(f"refusing to write outside the output directory: {path}")
+        sink = pa.OSFile(path, "wb")
+        compression = None if self.spec.compression == "none" else self.spec.compression
+        writer = pq.ParquetWriter(sink, schema, compression=compression,
+                                  compression_level=self.spec.compression_level)
+        part.open = _Open(path, sink, writer)
+
+    def _close(self, part: _Partition) -> None:
+        opened = part.open
+        if opened is None:
+            return
+        opened.writer.close()
+        opened.sink.close()
+        _fsync(opened.path)
+        self.files.append(WrittenFile(os.path.relpath(opened.path, self.root), opened.rows,
+                                      os.path.getsize(opened.path), self.spec.run_id))
+        part.open = None
+
+    # -- rejects
+    def write_rejects(self, table: pa.Table) -> None:
+        if self.rejects is None:
+            self.rejects = _Partition("_rejects")
+        self.rejected += table.num_rows
+        self._write_rows(self.rejects, table, REJECT_SCHEMA)
+
+    def close(self) -> list[WrittenFile]:
+        for part in self.partitions.values():
+            self._flush(part, final=True)
+            self._close(part)
+        if self.rejects is not None:
+            self._close(self.rejects)
+        if not self.files and self.schema is not None and not self.spec.partition_by:
+            # An empty result is still a readable dataset with the right schema.
+            empty = _Partition("")
+            self._open(empty, self.schema)
+            self._close(empty)
+        for d, _, _ in os.walk(self.root):
+            _fsync(d)
+        return self.files
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _split_partitions(table: pa.Table, keys: tuple[str, ...]):
+    """(values, rows) for each distinct combination of partition values, partition columns dropped."""
+    data = table.drop_columns(list(keys))
+    if len(keys) == 1:
+        col = table.column(keys[0])
+        encoded = pc.dictionary_encode(col).combine_chunks()
+        indices = encoded.indices
+        dictionary = encoded.dictionary.to_pylist()
+        if indices.null_count:
+            indices = pc.fill_null(indices, len(dictionary))
+            dictionary.append(None)
+        for code in pc.unique(indices).to_pylist():
+            yield (dictionary[code],), data.filter(pc.equal(indices, code))
+        return
+    groups = table.select(list(keys)).group_by(list(keys), use_threads=False).aggregate([])
+    for row in groups.to_pylist():
+        mask = None
+        for k in keys:
+            v = row[k]
+            m = pc.is_null(table.column(k)) if v is None else pc.fill_null(pc.equal(table.column(k), v), False)
+            mask = m if mask is None else pc.and_(mask, m)
+        yield tuple(row[k] for k in keys), data.filter(mask)
+
+
+def writer_main(queue, events, spec: WriterSpec) -> None:
+    """Entry point of the writer process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    set_title(f"pipeline: {spec.job_name} writer")
+    try:
+        events.put(("closed", run_writer(queue, events, spec)))
+    except OutputError as exc:
+        events.put(("error", exc))
+    except OSError as exc:
+        events.put(("error", OutputError(f"cannot write the output: {exc}", path=getattr(exc, "filename", None))))
+    except StageError as exc:
+        events.put(("error", exc))
+    except BaseException as exc:  # reported to the parent, which fails the run with exit 1
+        events.put(("error", RuntimeError(f"writer failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
+
+
+def run_writer(queue, events, spec: WriterSpec) -> dict:
+    os.makedirs(spec.staging, exist_ok=True)
+    out = DatasetWriter(spec)
+    pending: dict[tuple[str, int], list] = {}
+    committed: set[str] = set()
+    expected: int | None = None
+    while expected is None or len(committed) < expected:
+        try:
+            msg = queue.get(timeout=DONE_GRACE_SECONDS) if expected is not None else queue.get()
+        except queue_mod.Empty:
+            raise RuntimeError(f"the writer received {len(committed)} of {expected} chunks; the rest never arrived")
+        kind = msg[0]
+        if kind in ("data", "rejects"):
+            pending.setdefault((msg[1], msg[2]), []).append((kind, msg[3]))
+        elif kind == "end":
+            _, chunk_id, attempt, n_messages, rows, rejected = msg
+            pieces = pending.pop((chunk_id, attempt), [])
+            if chunk_id in committed:
+                continue
+            if len(pieces) != n_messages:
+                raise RuntimeError(f"chunk {chunk_id}: {len(pieces)} of {n_messages} messages arrived")
+            written = 0
+            for what, data in pieces:
+                table = decode(data)
+                if what == "data":
+                    out.write(table, f"chunk {chunk_id}")
+                    written += table.num_rows
+                else:
+                    out.write_rejects(table)
+            committed.add(chunk_id)
+            events.put(("ack", chunk_id, attempt, written))
+        elif kind == "done":
+            expected = msg[1]
+        elif kind == "abort":
+            return {"aborted": True}
+    files = out.close()
+    return {
+        "files": [f.__dict__ for f in files],
+        "schema": out.schema,
+        "rejected": out.rejected,
+        "chunks": len(committed),
+    }
