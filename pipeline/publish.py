@@ -22,6 +22,7 @@ from pipeline.errors import OutputError
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 REJECTS = "_rejects"
+SPOOL = "_spool"            # inside staging: Arrow files on their way from workers to the writer
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 

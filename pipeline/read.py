@@ -363,3 +363,30 @@ def _cast_rows(table: pa.Table, to_schema) -> tuple[pa.Table, np.ndarray]:
     bisect(0, table.num_rows)
     tables = [t for _, t in sorted(pieces, key=lambda p: p[0])]
     return (pa.concat_tables(tables) if tables else to_schema(table.slice(0, 0))), good
+
+
+def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int | None, str]]:
+    """(line, byte offset, raw text) of every record of a chunk, without parsing values.
+
+    Used to quarantine a whole chunk that no worker could process.
+    """
+    f = chunk.file
+    if f.format == "parquet":
+        pf = pq.ParquetFile(f.path)
+        first = sum(pf.metadata.row_group(i).num_rows for i in range(chunk.row_groups[0]))
+        n = sum(pf.metadata.row_group(i).num_rows for i in chunk.row_groups)
+        for i in range(n):
+            yield first + i + 1, None, ""
+        return
+    quote = spec.quote.encode() if spec.quote and f.format != "jsonl" else None
+    if chunk.end >= 0 and not f.compression:
+        with open(f.path, "rb") as fh:
+            fh.seek(chunk.start)
+            blocks = [(fh.read(chunk.end - chunk.start), chunk.start, chunk.first_line)]
+    else:
+        blocks = stream_blocks(chunk, spec, quote)
+    for data, offset, line in blocks:
+        starts, ends = record_spans(data, quote)
+        lines = line_numbers(data, starts, line)
+        for s, e, ln in zip(starts, ends, lines):
+            yield int(ln), offset + int(s), data[int(s):int(e)].rstrip(b"\r\n").decode("utf-8", errors="replace")

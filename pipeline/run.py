@@ -17,10 +17,13 @@ from pipeline.errors import ConfigError, ExprError, InputError, PipelineError
 from pipeline.execute import LocalExecutor
 from pipeline.lock import JobLock
 from pipeline.plan import Plan, build_plan
-from pipeline.publish import OutputPaths, check_target, link_previous, new_run_id, publish, recover, REJECTS
+from pipeline.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish, recover
 from pipeline.progress import Progress
 from pipeline.stages import StageContext, output_schema
-from pipeline.worker import ChunkResult, WorkerSpec
+from pipeline.plan import Chunk
+from pipeline.read import BadRow, raw_records
+from pipeline.worker import ChunkResult, WorkerSpec, rejects_table
+from pipeline.worker import spool as spool_table
 from pipeline.write import WriterSpec
 
 log = logging.getLogger("pipeline")
@@ -127,7 +130,7 @@ def _stage_line(job: Job, key: str) -> int | None:
     return None
 
 
-def worker_spec(job: Job, plan: Plan) -> WorkerSpec:
+def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
     return WorkerSpec(
         job_name=job.name,
         read=plan.read,
@@ -135,7 +138,20 @@ def worker_spec(job: Job, plan: Plan) -> WorkerSpec:
         stage_keys=tuple(s.key for s in job.stages),
         base_dir=str(job.base_dir),
         on_bad_rows=job.run.on_bad_rows,
+        spool=spool,
     )
+
+
+def quarantine_chunk(chunk: Chunk, spec: WorkerSpec, reason: str, attempt: int) -> list[tuple]:
+    """The queue messages that record every record of a chunk in _rejects, and end the chunk."""
+    records = list(raw_records(chunk, spec.read))
+    bad = [BadRow(chunk.file.path, line, offset, "worker", reason, raw) for line, offset, raw in records]
+    table = rejects_table(bad, chunk)
+    path = spool_table(table, os.path.join(spec.spool, f"{chunk.id}.{attempt}.0.arrow"))
+    result = ChunkResult(chunk.id, attempt, os.getpid(), rows_read=len(bad), rows_rejected=len(bad),
+                         messages=1, bad_samples=bad[:1],
+                         bytes_read=(chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size)
+    return [("rejects", chunk.id, attempt, path, len(bad)), ("end", chunk.id, attempt, 1, result)]
 
 
 def schema_dict(schema: pa.Schema | None) -> list[dict]:
@@ -200,17 +216,30 @@ def _run(job: Job, report: Report, started: float, *, workers, dry_run, progress
                 raise InputError(f"{counts.rows_rejected} bad rows so far, more than run.max_bad_rows ({cap}); "
                                  f"nothing was published", rows_rejected=counts.rows_rejected)
 
+        spool = os.path.join(staging, SPOOL)
+        os.makedirs(spool)
+        wspec = worker_spec(job, plan, spool)
+
+        def on_poison(chunk, why: str, attempts: int):
+            if job.run.on_bad_rows != "quarantine":
+                return None
+            return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts",
+                                    attempts)
+
         try:
-            executor = LocalExecutor(plan.workers, job.run.start_method, on_result=on_result)
+            executor = LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
+                                     chunk_timeout=job.run.chunk_timeout, on_result=on_result,
+                                     on_poison=on_poison)
             spec = WriterSpec(job.name, run_id, staging, out_schema, tuple(job.output.partition_by),
                               job.output.compression, job.output.compression_level,
                               job.output.row_group_rows, job.output.file_bytes)
-            execution = executor.run(plan.chunks, worker_spec(job, plan), spec)
+            execution = executor.run(plan.chunks, wspec, spec)
             bar.close()
+            shutil.rmtree(spool)
             written = sum(execution.acked_rows.values())
             if written != counts.rows_written or not counts.balanced():
-                raise RuntimeError(f"row counts do not add up (workers wrote {counts.rows_written}, "
-                                   f"the writer received {written}); nothing was published")
+                raise RuntimeError(f"row counts do not add up ({counts}; the writer received {written} rows); "
+                                   f"nothing was published")
             info = execution.writer
             files = info["files"]
             if previous_manifest is not None and job.output.mode == "append":

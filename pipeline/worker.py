@@ -20,7 +20,7 @@ from pipeline.plan import Chunk, ReadSpec
 from pipeline.read import BadRow, read_chunk
 from pipeline.stages import StageContext, apply_stages
 
-MESSAGE_BYTES = 8 << 20     # the Arrow data of one queue message stays under about this size
+SPOOL_BYTES = 16 << 20      # Arrow data of one spool file (one queue message) stays under about this size
 BAD_ROW_SAMPLES = 5         # bad rows a chunk reports back to the parent for the summary
 
 REJECT_SCHEMA = pa.schema([
@@ -37,6 +37,7 @@ class WorkerSpec:
     stage_keys: tuple[str, ...]
     base_dir: str
     on_bad_rows: str
+    spool: str = ""                    # directory for the Arrow files the queue messages point to
     allowed_modules: tuple[str, ...] = ()
 
 
@@ -61,11 +62,12 @@ class ChunkResult:
 _STATE: dict = {}
 
 
-def init(queue, spec: WorkerSpec, title: str | None = None) -> None:
-    """Pool initializer: keep the queue and settings; leave Ctrl-C to the parent."""
+def init(queue, events, spec: WorkerSpec, title: str | None = None) -> None:
+    """Pool initializer: keep the queues and settings; leave Ctrl-C to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _STATE["queue"] = queue
+    _STATE["events"] = events
     _STATE["spec"] = spec
     if title:
         set_title(title)
@@ -80,26 +82,32 @@ def set_title(title: str) -> None:
         pass
 
 
-def encode(table: pa.Table) -> bytes:
-    """Arrow IPC stream bytes of a table (what crosses the queue; never pickled pandas)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+def spool(table: pa.Table, path: str) -> str:
+    """Write a table as an Arrow IPC file that the writer memory-maps; return the path.
+
+    The queue carries only this path and a row count (a few hundred bytes). A worker killed while
+    writing leaves at most an unreferenced file, never a half-written message in the shared pipe.
+    """
+    tmp = path + ".tmp"
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    os.rename(tmp, path)
+    return path
 
 
-def decode(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+def unspool(path: str) -> pa.Table:
+    # The table keeps the mapping alive; the file may be unlinked while it is in use.
+    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
 
 
 def _pieces(table: pa.Table) -> list[pa.Table]:
     if table.num_rows == 0:
         return []
-    per = max(1, int(table.num_rows * MESSAGE_BYTES / max(table.nbytes, 1)))
+    per = max(1, int(table.num_rows * SPOOL_BYTES / max(table.nbytes, 1)))
     return [table.slice(i, per) for i in range(0, table.num_rows, per)]
 
 
-def _rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
+def rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
     return pa.table({
         "file": [b.file for b in bad],
         "line": [b.line for b in bad],
@@ -135,12 +143,20 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     chunk, attempt = task
     spec: WorkerSpec = _STATE["spec"]
     queue = _STATE["queue"]
+    _STATE["events"].put(("start", chunk.id, attempt, os.getpid(), time.time()))
     started = time.monotonic()
     result = ChunkResult(chunk.id, attempt, os.getpid())
     ctx = StageContext(base_dir=Path(spec.base_dir), chunk=chunk.describe(),
                        allowed_modules=spec.allowed_modules)
     stage_list = [(name, s) for name, s in spec.stages]
     messages = 0
+
+    def send(kind: str, table: pa.Table) -> None:
+        nonlocal messages
+        path = os.path.join(spec.spool, f"{chunk.id}.{attempt}.{messages}.arrow")
+        queue.put((kind, chunk.id, attempt, spool(table, path), table.num_rows))
+        messages += 1
+
     try:
         for block in read_chunk(chunk, spec.read):
             result.rows_read += block.rows_read
@@ -164,19 +180,17 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
                 room = BAD_ROW_SAMPLES - len(result.bad_samples)
                 result.bad_samples.extend(bad[:max(room, 0)])
                 if spec.on_bad_rows == "quarantine":
-                    queue.put(("rejects", chunk.id, attempt, encode(_rejects_table(bad, chunk))))
-                    messages += 1
+                    send("rejects", rejects_table(bad, chunk))
             for piece in _pieces(table):
-                queue.put(("data", chunk.id, attempt, encode(piece)))
-                messages += 1
+                send("data", piece)
             result.rows_written += table.num_rows
     except PipelineError:
         raise
     except (pa.ArrowException, OSError, ValueError, TypeError, KeyError) as exc:
         raise StageError(f"{chunk.describe()}: {type(exc).__name__}: {exc}", chunk=chunk.id,
                          file=chunk.file.path) from exc
-    queue.put(("end", chunk.id, attempt, messages, result.rows_written, result.rows_rejected))
     result.messages = messages
     result.bytes_read = (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
     result.seconds = time.monotonic() - started
+    queue.put(("end", chunk.id, attempt, messages, result))
     return result

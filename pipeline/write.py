@@ -1,9 +1,9 @@
 """The writer: one process that takes Arrow data from the queue and writes Parquet into staging.
 
 Protocol on the queue (all tuples):
-  ("data",    chunk_id, attempt, ipc_bytes)    rows of a chunk
-  ("rejects", chunk_id, attempt, ipc_bytes)    quarantined rows of a chunk
-  ("end",     chunk_id, attempt, n_messages, rows, rejected)   the chunk is complete
+  ("data",    chunk_id, attempt, path, rows)   rows of a chunk, in an Arrow IPC file (the spool)
+  ("rejects", chunk_id, attempt, path, rows)   quarantined rows of a chunk
+  ("end",     chunk_id, attempt, n_messages, result)   the chunk is complete (result: its counts)
   ("done",    n_chunks)                        sent by the parent after the pool is joined
   ("abort",)                                   stop now, write nothing more
 
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError, StageError
-from pipeline.worker import REJECT_SCHEMA, decode, set_title
+from pipeline.worker import REJECT_SCHEMA, set_title, unspool
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -252,6 +252,14 @@ def _split_partitions(table: pa.Table, keys: tuple[str, ...]):
         yield tuple(row[k] for k in keys), data.filter(mask)
 
 
+def _discard(pieces) -> None:
+    for _, path in pieces:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def writer_main(queue, events, spec: WriterSpec) -> None:
     """Entry point of the writer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -284,26 +292,32 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
         if kind in ("data", "rejects"):
             pending.setdefault((msg[1], msg[2]), []).append((kind, msg[3]))
         elif kind == "end":
-            _, chunk_id, attempt, n_messages, rows, rejected = msg
+            _, chunk_id, attempt, n_messages, result = msg
             pieces = pending.pop((chunk_id, attempt), [])
             if chunk_id in committed:
+                _discard(pieces)
                 continue
             if len(pieces) != n_messages:
                 raise RuntimeError(f"chunk {chunk_id}: {len(pieces)} of {n_messages} messages arrived")
             written = 0
-            for what, data in pieces:
-                table = decode(data)
+            for what, path in pieces:
+                table = unspool(path)
                 if what == "data":
                     out.write(table, f"chunk {chunk_id}")
                     written += table.num_rows
                 else:
                     out.write_rejects(table)
+                os.unlink(path)
             committed.add(chunk_id)
-            events.put(("ack", chunk_id, attempt, written))
+            if written != result.rows_written:
+                raise RuntimeError(f"chunk {chunk_id}: {written} rows arrived, the worker sent {result.rows_written}")
+            events.put(("ack", chunk_id, attempt, written, result))
         elif kind == "done":
             expected = msg[1]
         elif kind == "abort":
             return {"aborted": True}
+    for pieces in pending.values():
+        _discard(pieces)
     files = out.close()
     return {
         "files": [f.__dict__ for f in files],

@@ -1,0 +1,22 @@
+"""Stages: the registry, the runner and the built-in stages (see docs/stages.md)."""
+
+from pipeline.stages.registry import (
+    REJECTS_SCHEMA,
+    STAGES,
+    StageContext,
+    StageDef,
+    StageOutput,
+    StagesResult,
+    apply_stages,
+    output_schema,
+    register,
+    validate_spec,
+)
+from pipeline.stages import builtin  # noqa: F401  (registers the built-in stages)
+from pipeline.stages.python_stage import PythonSpec, check_python_spec, load_function
+
+__all__ = [
+    "REJECTS_SCHEMA", "STAGES", "PythonSpec", "StageContext", "StageDef", "StageOutput",
+    "StagesResult", "apply_stages", "check_python_spec", "load_function", "output_schema",
+    "register", "validate_spec",
+]
