@@ -164,13 +164,17 @@ class DatasetWriter:
             self._write_rows(part, table, schema)
 
     def _write_rows(self, part: _Partition, table: pa.Table, schema: pa.Schema | None) -> None:
-        if part.open is None:
-            self._open(part, schema or table.schema)
-        opened = part.open
-        opened.writer.write_table(table, row_group_size=self.spec.row_group_rows)
-        opened.rows += table.num_rows
-        if opened.sink.tell() >= self.spec.file_bytes:
-            self._close(part)
+        """Append row groups to the partition's open file, rolling to a new file past file_bytes."""
+        n = self.spec.row_group_rows
+        for start in range(0, table.num_rows, n):
+            if part.open is None:
+                self._open(part, schema or table.schema)
+            opened = part.open
+            group = table.slice(start, n)
+            opened.writer.write_table(group, row_group_size=n)
+            opened.rows += group.num_rows
+            if opened.sink.tell() >= self.spec.file_bytes:
+                self._close(part)
 
     def _open(self, part: _Partition, schema: pa.Schema) -> None:
         directory = os.path.join(self.root, part.directory)

@@ -71,7 +71,7 @@ def test_typed_columns_are_real_types(tmp_path, workers):
 
     table = read_output(tmp_path / "out")
     ref = pacsv.read_csv(io.BytesIO(data))
-    assert table.schema.field("ts").type == pa.timestamp("s")
+    assert pa.types.is_timestamp(table.schema.field("ts").type)  # Parquet stores seconds as ms
     assert table.schema.field("day").type == pa.date32()
     assert table.column("ts").to_pylist() == ref.column("ts").to_pylist()
     assert table.column("price").to_pylist() == ref.column("price").to_pylist()

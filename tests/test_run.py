@@ -29,24 +29,24 @@ def _rows_by_id(table: pa.Table) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: r["id"])
 
 
-def test_filter_derive_select_matches_duckdb(tmp_path, workers):
+def test_filter_derive_select_matches_duckdb(tmp_path, workers, capsys):
     (tmp_path / "sales.csv").write_bytes(SALES)
     job = basic_job("sales.csv", run={"workers": workers}, stages=[
         {"filter": "status == 'ok' and qty > 0"},
         {"derive": {"total": "price * qty"}},
         {"select": ["id", "country", "total"]},
     ])
-    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress")
+    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
     assert code == 0, err
     got = _rows_by_id(read_output(tmp_path / "out"))
     ref = duckdb.sql(f"select id, country, price * qty as total from read_csv('{tmp_path}/sales.csv') "
                      f"where status = 'ok' and qty > 0 order by id").fetchall()
     assert [(r["id"], r["country"], r["total"]) for r in got] == ref
     m = manifest_of(tmp_path / "out")
-    assert m["counts"] == {"rows_read": 6, "rows_written": 3, "rows_filtered": 3, "rows_rejected": 0,
-                           "rows_added": 0}
+    assert m["counts"] == {"rows_read": 6, "rows_written": len(ref), "rows_filtered": 6 - len(ref),
+                           "rows_rejected": 0, "rows_added": 0}
     assert (tmp_path / "out" / "_SUCCESS").exists()
-    assert "6 read, 3 written, 3 filtered, 0 rejected" in out
+    assert f"6 read, {len(ref)} written, {6 - len(ref)} filtered, 0 rejected" in out
 
 
 def test_partitioned_output_reads_back_in_pyarrow_and_duckdb(tmp_path, workers):
@@ -76,6 +76,8 @@ def test_jsonl_gzip_and_parquet_inputs(tmp_path, workers):
     pq.write_table(pa.Table.from_pylist(lines), tmp_path / "c.parquet", row_group_size=7)
     for name in ["a.jsonl", "b.jsonl.gz", "c.parquet"]:
         job = basic_job(name, out=f"out-{name}", run={"workers": workers}, input={"chunk_bytes": 300})
+        if name.endswith(".parquet"):  # Parquet has its own types: ts is a string there unless pinned
+            job["input"]["schema"] = {"ts": "timestamp[s]"}
         code, _, err = run_cli("run", write_job(tmp_path, job, f"{name}.yaml"), "--no-progress")
         assert code == 0, (name, err)
         table = read_output(tmp_path / f"out-{name}")

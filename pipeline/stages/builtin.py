@@ -166,13 +166,17 @@ def _literal_scalar(value: Any, dtype: pa.DataType, what: str, key: str) -> pa.S
         scalar = pa.scalar(value)
         return scalar if scalar.type == dtype else pc.cast(scalar, dtype, safe=True)
     except (pa.ArrowException, ValueError, TypeError) as e:
-        raise ExprError(f"{what} {value!r} cannot be converted to {type_name(dtype)}: {e}", key=key) from None
+        raise ExprError(f"{what} {value!r} does not fit the column's type {type_name(dtype)}: {e}",
+                        key=key) from None
 
 
 def _bound(bound: Any, dtype: pa.DataType, what: str, key: str) -> pa.Scalar:
     """A range bound as a scalar comparable with a column of ``dtype``."""
-    if (pa.types.is_temporal(dtype) or pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
-            or pa.types.is_decimal(dtype)):
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        if not isinstance(bound, str):
+            raise ExprError(f"the {what} {bound!r} is not text, but the column is {type_name(dtype)}", key=key)
+        return pa.scalar(bound)
+    if pa.types.is_temporal(dtype) or pa.types.is_decimal(dtype):
         return _literal_scalar(bound, dtype, what, key)
     return pa.scalar(bound)
 
@@ -303,7 +307,7 @@ def fill_null(table: pa.Table, spec: dict[str, Literal_], ctx: StageContext) -> 
         if pa.types.is_null(column.type):
             table = _set_column(table, name, pa.repeat(pa.scalar(value), table.num_rows))
             continue
-        scalar = _literal_scalar(value, column.type, f"fill value for {name!r}", name)
+        scalar = _literal_scalar(value, column.type, "the fill value", name)
         table = _set_column(table, name, pc.fill_null(column, scalar))
     return table
 
