@@ -169,12 +169,16 @@ def _op_mul(a, b):
 
 def _to_float(v):
     if _is_integer(v.type) or _is_null_type(v):
-        return pc.cast(v, pa.float64())
+        return pc.cast(v, pa.float64(), safe=False)  # like Python, big ints round to the nearest float
     return v
 
 
+def _truediv(a, b):
+    return pc.divide_checked(_to_float(a), _to_float(b))
+
+
 def _op_truediv(a, b):
-    return _apply("operator '/'", pc.divide_checked, [_to_float(a), _to_float(b)])
+    return _apply("operator '/'", _truediv, [a, b])
 
 
 def _floordiv(a, b):

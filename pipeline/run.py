@@ -75,15 +75,16 @@ class Report:
             f"  input     {self.input_files} files, {mib:.1f} MiB, {self.chunks} chunks, {self.workers} workers",
             f"  rows      {c.rows_read:,} read, {c.rows_written:,} written, {c.rows_filtered:,} filtered, "
             f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else ""),
-            f"  speed     {rate:,.0f} rows/s, {mib / self.seconds if self.seconds > 0 else 0:.1f} MiB/s",
         ]
+        if c.rows_read:
+            lines.append(f"  speed     {rate:,.0f} rows/s, {mib / self.seconds if self.seconds > 0 else 0:.1f} MiB/s")
         if self.status == "succeeded":
             where = self.output
             lines.append(f"  output    {where} ({self.output_files} part files, "
                          f"{self.output_bytes / (1 << 20):.1f} MiB)")
             if self.reject_files:
                 lines.append(f"  rejects   {os.path.join(where, REJECTS)} ({c.rows_rejected:,} rows)")
-        for bad in self.bad_samples:
+        for bad in sorted(self.bad_samples, key=lambda b: (b.file, b.line or 0)):
             where = f"{bad.file} line {bad.line}" if bad.line else bad.file
             lines.append(f"  bad row   {where}: {bad.reason}")
         if c.rows_rejected > len(self.bad_samples) and self.bad_samples:

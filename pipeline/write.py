@@ -104,6 +104,7 @@ class DatasetWriter:
         self.files: list[WrittenFile] = []
         self.rejects: _Partition | None = None
         self.rejected = 0
+        self._opened = False
 
     # -- rows
     def write(self, table: pa.Table, where: str) -> None:
@@ -130,8 +131,23 @@ class DatasetWriter:
             raise StageError(
                 f"{where}: the stages produced columns {table.column_names}, but earlier chunks had "
                 f"{self.schema.names}; every chunk must give the same columns", chunk=where)
+        table = table.select(self.schema.names)
+        undecided = [i for i, f in enumerate(self.schema)
+                     if pa.types.is_null(f.type) and not pa.types.is_null(table.schema.field(i).type)]
+        if undecided and not self._opened:
+            # a column that was all null so far (say, from a python stage) takes the first real type
+            schema = self.schema
+            for i in undecided:
+                schema = schema.set(i, pa.field(schema.field(i).name, table.schema.field(i).type))
+            self.schema = schema
+            for part in self.partitions.values():
+                part.tables = [t.cast(schema) for t in part.tables]
+        elif undecided:
+            names = [self.schema.field(i).name for i in undecided]
+            raise StageError(f"{where}: column(s) {names} were all null in earlier chunks and were written "
+                             f"with no type; add a `cast` stage after the stage that makes them", chunk=where)
         try:
-            return table.select(self.schema.names).cast(self.schema)
+            return table.cast(self.schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise StageError(f"{where}: the stages produced types that differ from earlier chunks: {exc}",
                              chunk=where) from exc
@@ -184,6 +200,8 @@ class DatasetWriter:
         path = os.path.join(directory, name)
         if not os.path.realpath(path).startswith(self.root + os.sep):
             raise OutputError(f"refusing to write outside the output directory: {path}")
+        if part is not self.rejects:
+            self._opened = True
         sink = pa.OSFile(path, "wb")
         compression = None if self.spec.compression == "none" else self.spec.compression
         writer = pq.ParquetWriter(sink, schema, compression=compression,
