@@ -92,49 +92,63 @@ class LocalExecutor:
         events = ctx.Queue()
         ex = Execution()
         me = os.getpid()
+        state = _State(chunks)
         writer = ctx.Process(target=_writer_entry, args=(data_q, events, writer_spec, me),
                              name=f"pipeline: {writer_spec.job_name} writer", daemon=True)
+        title = f"pipeline: {worker_spec.job_name} worker"
+
+        def new_pool(todo: list[Chunk]):
+            pool = ctx.Pool(min(self.workers, max(len(todo), 1)), initializer=_worker_init,
+                            initargs=(data_q, events, worker_spec, title, me))
+            # Pool replaces and forgets dead workers on its own thread; remember every one it starts,
+            # so that a worker born and killed between two polls is still seen with its exit code.
+            pool._pool = _Recorded(pool._pool, state.procs)
+            tasks = []
+            for chunk in todo:
+                state.tries[chunk.id] += 1
+                tasks.append((chunk, state.tries[chunk.id]))
+            return pool, pool.imap_unordered(process_chunk, tasks, chunksize=1), len(tasks)
+
         pool = None
         try:
             writer.start()
-            title = f"pipeline: {worker_spec.job_name} worker"
-            pool = ctx.Pool(self.workers, initializer=_worker_init,
-                            initargs=(data_q, events, worker_spec, title, me))
-            state = _State(chunks)
-            results = pool.imap_unordered(process_chunk, ((c, 0) for c in chunks), chunksize=1)
-            retries: list = []
-            imap_left = len(chunks)
+            pool, results, left = new_pool(list(chunks))
+            broken = False
             while not state.finished():
-                progressed = False
-                if imap_left:
+                if left:
                     try:
-                        result = results.next(timeout=POLL_SECONDS)
-                        imap_left -= 1
-                        self._take(result, state, ex)
-                        progressed = True
+                        self._take(results.next(timeout=POLL_SECONDS), state)
+                        left -= 1
                     except mp.TimeoutError:
                         pass
-                    except StopIteration:
-                        imap_left = 0
                 else:
                     time.sleep(POLL_SECONDS)
-                for handle in list(retries):
-                    if handle.ready():
-                        retries.remove(handle)
-                        self._take(handle.get(), state, ex)
-                progressed |= self._drain_events(events, state, ex)
+                self._drain_events(events, state, ex)
                 if not writer.is_alive():
                     self._drain_events(events, state, ex)
                     if not state.finished():
                         raise OutputError(f"the writer process died (exit code {writer.exitcode}); "
                                           f"nothing was published")
-                for chunk_id, why in self._lost(pool, state):
-                    self._retry(chunk_id, why, state, ex, pool, retries, data_q)
-            if state.lost_tasks:
-                pool.terminate()
-            else:
-                pool.close()
-            pool.join()
+                deaths = self._deaths(pool, state)
+                if deaths and not state.finished():
+                    # A dead worker may have held the pool's task-queue lock, which would wedge the
+                    # pool for good (and Pool.terminate with it): start a fresh pool for the rest.
+                    self._blame(deaths, state, ex, data_q)
+                    _kill_pool(pool)
+                    broken = True
+                    todo = [c for c in chunks if c.id not in state.acked and c.id not in state.poisoned]
+                    state.running.clear()
+                    state.result_pid.clear()
+                    state.procs.clear()  # the old pool's processes were killed on purpose
+                    pool, results, left = (new_pool(todo) if todo else (None, None, 0))
+                    if pool is None:
+                        continue
+            if pool is not None:
+                if broken:
+                    _kill_pool(pool)  # every chunk is committed: nothing is in flight
+                else:
+                    pool.close()
+                    pool.join()
             pool = None
             data_q.put(("done", len(chunks)))
             ex.writer = self._wait_writer(writer, events, state, ex)
@@ -142,12 +156,12 @@ class LocalExecutor:
             return ex
         except BaseException:
             if pool is not None:
-                pool.terminate()
-                pool.join()
+                _kill_pool(pool)
             if writer.is_alive():
                 writer.kill()
                 writer.join(WRITER_EXIT_SECONDS)
             data_q.cancel_join_thread()
+            events.cancel_join_thread()
             raise
         finally:
             data_q.close()
@@ -155,7 +169,7 @@ class LocalExecutor:
 
     # -- results and events
 
-    def _take(self, result: ChunkResult, state: "_State", ex: Execution) -> None:
+    def _take(self, result: ChunkResult, state: "_State") -> None:
         """A worker returned: its chunk's messages are sent or on their way to the writer."""
         if result.chunk_id not in state.acked:
             state.result_pid[result.chunk_id] = result.pid
@@ -186,7 +200,7 @@ class LocalExecutor:
         kind = msg[0]
         if kind == "start":
             _, chunk_id, attempt, pid, started = msg
-            if chunk_id not in state.acked and attempt == state.attempts.get(chunk_id, 0):
+            if chunk_id not in state.acked and attempt == state.tries.get(chunk_id):
                 state.running[chunk_id] = (pid, attempt, time.monotonic())
         elif kind == "ack":
             ex.acked_rows[msg[1]] = msg[3]
@@ -200,55 +214,62 @@ class LocalExecutor:
             return msg[1]
         return None
 
-    # -- lost chunks: dead workers, timeouts, end messages that never came
+    # -- dead workers, timeouts
 
-    def _lost(self, pool, state: "_State") -> list[tuple[str, str]]:
-        procs = {p.pid: p for p in list(pool._pool)}
-        for pid, proc in procs.items():
-            state.procs.setdefault(pid, proc)
-        alive = {pid for pid, p in procs.items() if p.exitcode is None}
-        lost = []
-        now = time.monotonic()
-        for chunk_id, (pid, attempt, started) in list(state.running.items()):
-            if chunk_id in state.acked:
-                continue
-            if pid not in alive and (pid not in procs or procs[pid].exitcode is not None):
-                lost.append((chunk_id, _death(state.procs.get(pid), pid)))
-            elif self.chunk_timeout and now - started > self.chunk_timeout:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                lost.append((chunk_id, f"timed out after {self.chunk_timeout:g} s (run.chunk_timeout)"))
-        for chunk_id, pid in list(state.result_pid.items()):
-            if chunk_id not in state.acked and pid not in alive:
-                # its worker returned, then died before its last message reached the writer
-                lost.append((chunk_id, _death(state.procs.get(pid), pid)))
-        return lost
+    def _deaths(self, pool, state: "_State") -> list[tuple[int, str]]:
+        """(pid, what happened) for every worker of this pool that is gone, or was killed for time."""
+        deaths = []
+        for pid, proc in list(state.procs.items()):
+            if proc.exitcode is not None and pid not in state.dead:
+                state.dead.add(pid)
+                deaths.append((pid, _death(proc, pid)))
+        if self.chunk_timeout:
+            now = time.monotonic()
+            for chunk_id, (pid, attempt, started) in list(state.running.items()):
+                if now - started > self.chunk_timeout and pid not in state.dead:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    state.dead.add(pid)
+                    deaths.append((pid, f"timed out after {self.chunk_timeout:g} s (run.chunk_timeout)"))
+        return deaths
 
-    def _retry(self, chunk_id: str, why: str, state: "_State", ex: Execution, pool, handles, data_q) -> None:
-        state.running.pop(chunk_id, None)
-        state.lost_tasks = True
-        chunk = state.by_id[chunk_id]
-        attempt = state.attempts[chunk_id] + 1
-        state.result_pid.pop(chunk_id, None)
-        if attempt > self.retries:
-            log.error("%s: %s on every one of %d attempts", chunk.describe(), why, attempt)
-            poisoned = self.on_poison(chunk, why, attempt) if self.on_poison else None
-            if poisoned is None:
-                raise InputError(f"{chunk.describe()}: the worker {why}, on every one of {attempt} attempts; "
-                                 f"this chunk cannot be processed", file=chunk.file.path, chunk=chunk.id)
-            ex.poisoned.append((chunk, why))
-            state.attempts[chunk_id] = attempt
-            for msg in poisoned:
-                data_q.put(msg)  # its whole-chunk rejects and its end: the writer acks it like any chunk
-            return
-        log.warning("%s: the worker %s; retrying (attempt %d of %d)", chunk.describe(), why, attempt + 1,
-                    self.retries + 1)
-        ex.retried.append((chunk_id, why))
-        state.attempts[chunk_id] = attempt
-        state.result_pid.pop(chunk_id, None)
-        handles.append(pool.apply_async(process_chunk, ((chunk, attempt),)))
+    def _blame(self, deaths, state: "_State", ex: Execution, data_q) -> None:
+        """Count a failure against each chunk a dead worker was running; poison the hopeless ones."""
+        blamed = False
+        for pid, why in deaths:
+            victims = [cid for cid, (p, _, _) in state.running.items() if p == pid]
+            victims += [cid for cid, p in state.result_pid.items() if p == pid and cid not in victims]
+            for chunk_id in victims:
+                if chunk_id in state.acked:
+                    continue
+                blamed = True
+                chunk = state.by_id[chunk_id]
+                state.failures[chunk_id] += 1
+                tries = state.failures[chunk_id]
+                if tries > self.retries:
+                    self._poison(chunk, why, tries, state, ex, data_q)
+                else:
+                    log.warning("%s: the worker %s; retrying (attempt %d of %d)", chunk.describe(), why,
+                                tries + 1, self.retries + 1)
+                    ex.retried.append((chunk_id, why))
+        if not blamed:
+            state.unattributed += 1
+            log.warning("a worker %s while idle; restarting the pool", deaths[0][1])
+            if state.unattributed > self.retries + 2:
+                raise RuntimeError(f"worker processes keep dying ({deaths[0][1]}); giving up")
+
+    def _poison(self, chunk: Chunk, why: str, tries: int, state: "_State", ex: Execution, data_q) -> None:
+        log.error("%s: the worker %s, on every one of %d attempts", chunk.describe(), why, tries)
+        poisoned = self.on_poison(chunk, why, tries) if self.on_poison else None
+        if poisoned is None:
+            raise InputError(f"{chunk.describe()}: the worker {why}, on every one of {tries} attempts; "
+                             f"this chunk cannot be processed", file=chunk.file.path, chunk=chunk.id)
+        ex.poisoned.append((chunk, why))
+        state.poisoned.add(chunk.id)
+        for msg in poisoned:
+            data_q.put(msg)  # its whole-chunk rejects and its end: the writer acks it like any chunk
 
     def _wait_writer(self, writer, events, state: "_State", ex: Execution) -> dict:
         while True:
@@ -267,18 +288,55 @@ class LocalExecutor:
                 return info
 
 
+class _Recorded(list):
+    """The pool's list of worker processes, also recording each one into ``seen`` by pid."""
+
+    def __init__(self, procs, seen: dict):
+        super().__init__(procs)
+        self.seen = seen
+        for proc in procs:
+            seen[proc.pid] = proc
+
+    def append(self, proc) -> None:
+        super().append(proc)
+        self.seen[proc.pid] = proc
+
+
 class _State:
     def __init__(self, chunks: Sequence[Chunk]):
         self.by_id = {c.id: c for c in chunks}
-        self.attempts = {c.id: 0 for c in chunks}
+        self.tries = {c.id: -1 for c in chunks}        # submissions so far: the attempt number of the latest
+        self.failures = {c.id: 0 for c in chunks}      # attempts that killed their worker
         self.running: dict[str, tuple[int, int, float]] = {}
         self.result_pid: dict[str, int] = {}
         self.acked: set[str] = set()
+        self.poisoned: set[str] = set()
         self.procs: dict = {}
-        self.lost_tasks = False
+        self.dead: set[int] = set()
+        self.unattributed = 0
 
     def finished(self) -> bool:
         return len(self.acked) == len(self.by_id)
+
+
+def _kill_pool(pool) -> None:
+    """Stop a pool without Pool.terminate(), which can wait for ever on a lock a dead worker held.
+
+    Its finaliser is cancelled for the same reason; its helper threads are daemons, left blocked.
+    """
+    from multiprocessing import pool as pool_mod
+
+    pool._terminate.cancel()
+    pool._state = pool_mod.TERMINATE
+    pool._worker_handler._state = pool_mod.TERMINATE
+    pool._task_handler._state = pool_mod.TERMINATE
+    pool._change_notifier.put(None)
+    procs = list(pool._pool)
+    for proc in procs:
+        if proc.exitcode is None:
+            proc.kill()
+    for proc in procs:
+        proc.join(WRITER_EXIT_SECONDS)
 
 
 def _death(proc, pid: int) -> str:

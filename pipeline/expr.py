@@ -15,6 +15,7 @@ import ast
 import difflib
 import functools
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
@@ -393,14 +394,14 @@ def _fn_rstrip(s, chars=None):
 
 def _fn_substring(s, start, length=None):
     (s,) = _strings("substring()", s)
+    if length is not None and length < 0:
+        raise _Fail(f"substring() length must be 0 or more, got {length}")
     if length is None:
         return pc.utf8_slice_codeunits(s, start)
-    if length < 0:
-        raise _Fail(f"substring() length must be 0 or more, got {length}")
-    stop = start + length
-    if start < 0 <= stop:
-        return pc.utf8_slice_codeunits(s, start)
-    return pc.utf8_slice_codeunits(s, start, stop)
+    if start >= 0:
+        return pc.utf8_slice_codeunits(s, start, start + length)
+    # A negative start counts from the end (clamped to the first character), as s[start:][:length].
+    return pc.utf8_slice_codeunits(pc.utf8_slice_codeunits(s, start), 0, length)
 
 
 def _fn_concat(*args):
@@ -499,6 +500,9 @@ def _fn_regex_replace(s, pattern, repl):
 
 
 def _fn_strftime(x, fmt):
+    if pa.types.is_timestamp(x.type) and x.type.unit != "s":
+        # Arrow's %S would print the fraction of a second; like Python, print whole seconds.
+        x = pc.cast(x, pa.timestamp("s", x.type.tz), safe=False)
     return pc.strftime(x, format=fmt)
 
 
@@ -572,7 +576,8 @@ FUNCTIONS: dict[str, Function] = {
     "to_date": Function(_fn_to_date, 2, 2, "s, format",
                         "s parsed as a date with a strptime format such as '%d.%m.%Y'", _S),
     "strftime": Function(_fn_strftime, 2, 2, "t, format",
-                         "t formatted as text with a strftime format", _S),
+                         "t formatted as text with a strftime format such as '%Y-%m-%d %H:%M:%S'",
+                         _S),
     # math
     "round": Function(_fn_round, 1, 2, "x, ndigits=0",
                       "x rounded to ndigits decimals, halves to even (2.5 -> 2)", {1: _lit_int}),
@@ -641,7 +646,7 @@ class _Source:
                 if name not in by_name:
                     by_name[name] = f"{prefix}{len(by_name)}"
                     self.names[by_name[name]] = name
-                emit(by_name[name], i, same=True)
+                emit(f" {by_name[name]} ", i, same=True)
                 i = j + 1
             elif c == "#":
                 j = text.find("\n", i)
@@ -686,7 +691,7 @@ class _Source:
         """An error about a part of the expression; its position is given unless it starts it."""
         if index is None or index <= len(self.text) - len(self.text.lstrip()):
             return ExprError(f"expression {self.text!r}: {message}")
-        return ExprError(f"expression {self.text!r}: {message} (at{self.where(index)[3:]})")
+        return ExprError(f"expression {self.text!r}: {message} ({self.where(index).strip()})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -916,7 +921,9 @@ class _Compiler:
             names = fn.param_names()
             slots: dict[int, ast.AST] = dict(enumerate(args))
             for kw in node.keywords:
-                if kw.arg is None or kw.arg not in names:
+                if kw.arg is None:
+                    raise self.fail("'**' unpacking is not allowed", node)
+                if kw.arg not in names:
                     raise self.fail(f"{name}() has no argument {kw.arg!r}; it takes {fn.signature(name)}", node)
                 index = names.index(kw.arg)
                 if index in slots:
@@ -1000,6 +1007,9 @@ class Expr:
             return self._run(table)
         except _Fail as e:
             raise StageError(f"expression {self.text!r} failed: {e}", expression=self.text) from e.__cause__
+        except (pa.ArrowException, ArithmeticError, TypeError, ValueError) as e:
+            raise StageError(f"expression {self.text!r} failed: {_arrow_message(e)}",
+                             expression=self.text) from e
 
     def check(self, schema: pa.Schema) -> pa.DataType:
         """Check the expression against ``schema`` and return its result type.
@@ -1013,6 +1023,8 @@ class Expr:
             result = self._run(schema.empty_table())
         except _Fail as e:
             raise ExprError(f"expression {self.text!r}: {e}") from None
+        except (pa.ArrowException, ArithmeticError, TypeError, ValueError) as e:
+            raise ExprError(f"expression {self.text!r}: {_arrow_message(e)}") from None
         return result.type
 
     def __reduce__(self):
@@ -1032,14 +1044,20 @@ def _compile(text: str) -> Expr:
     if not source.parsed:
         raise ExprError("empty expression")
     try:
-        tree = ast.parse(source.parsed, mode="eval")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. invalid escape sequences in string literals
+            tree = ast.parse(source.parsed, mode="eval")
     except SyntaxError as e:
         index = None
         if e.lineno in (None, 1):
             index = source.original(e.offset - 1) if e.offset and e.offset > 0 else len(text)
         message = re.sub(r"\s*\(<unknown>, line \d+\)$", "", e.msg or "invalid syntax")
         message = re.sub(r"\s*\(detected at line \d+\)", "", message)
-        raise source.error(message, index) from None
+        hint = ""
+        if index is not None and index < len(text) and text[index] == "=" \
+                and text[index:index + 2] != "==" and text[index - 1:index] not in ("<", ">", "!", "="):
+            hint = " (use == to compare)"
+        raise ExprError(f"expression {text!r}: {message}{source.where(index)}{hint}") from None
     except (ValueError, RecursionError, MemoryError) as e:
         raise source.error(f"cannot be parsed ({type(e).__name__})") from None
     compiler = _Compiler(source)

@@ -257,10 +257,29 @@ def cast(table: pa.Table, spec: dict[str, TypeName], ctx: StageContext) -> Stage
 
 
 def _failing_rows(column, dtype: pa.DataType) -> list[int]:
-    """Positions of the values that do not cast, found by casting halves of failing ranges."""
+    """Positions of the values that do not cast.
+
+    The distinct values are cast in halves, recursing into the halves that fail, so a bad value
+    that repeats costs no more than one; the rows holding a bad value are then found at once.
+    """
+    try:
+        distinct = pc.unique(column)
+    except pa.ArrowException:
+        distinct = None
+    if distinct is None or len(distinct) == len(column):
+        return _bisect(column, dtype)
+    bad = _bisect(distinct, dtype)
+    if not bad:
+        return []
+    hits = pc.is_in(column, value_set=distinct.take(pa.array(bad, pa.int64())))
+    return pc.indices_nonzero(hits).to_pylist()
+
+
+def _bisect(values, dtype: pa.DataType) -> list[int]:
+    """Positions in ``values`` that fail to cast, by casting halves of failing ranges."""
     bad: list[int] = []
     offset = 0
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
     for chunk in chunks:
         todo = [(0, len(chunk))]
         while todo:
@@ -312,7 +331,7 @@ def fill_null(table: pa.Table, spec: dict[str, Literal_], ctx: StageContext) -> 
     return table
 
 
-@register("drop_nulls", example="drop_nulls: [id, ts]  (or drop_nulls: all)")
+@register("drop_nulls", example="drop_nulls: [id, ts] (or drop_nulls: all)")
 def drop_nulls(table: pa.Table, spec: list[str] | Literal["all"] | None, ctx: StageContext) -> StageOutput:
     """Remove rows with a null in any of these columns (all columns for `all` or null)."""
     names = table.column_names if spec in (None, "all") else spec

@@ -7,6 +7,7 @@ loaded by path. An installed module is used only when the job allows it by name
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -103,7 +104,6 @@ def load_function(reference: str, base_dir: Path, allowed_modules: tuple[str, ..
     fn = getattr(module, attr, None)
     if fn is None:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        import difflib
         close = difflib.get_close_matches(attr, public, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ExprError(f"python stage: {module_name!r} has no function {attr!r}{hint}")
@@ -132,12 +132,20 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
 
 
 def _restore_types(result: pa.Table, source: pa.Schema) -> pa.Table:
-    """Undo representation changes of the pandas round trip (large_string, empty object columns)."""
+    """Undo representation changes of the pandas round trip.
+
+    pandas text comes back as large_string and an empty object column as null: such columns get
+    the input column's type again, and new text columns become plain string.
+    """
     for i, field in enumerate(result.schema):
         j = source.get_field_index(field.name)
-        if j < 0 or field.type == source.field(j).type:
+        want = source.field(j).type if j >= 0 else None
+        if want is not None and field.type == want:
             continue
-        want = source.field(j).type
+        if want is None:
+            if not pa.types.is_large_string(field.type):
+                continue
+            want = pa.string()
         same_kind = (
             pa.types.is_null(field.type)
             or (pa.types.is_large_string(field.type) and pa.types.is_string(want))

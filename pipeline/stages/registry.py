@@ -113,13 +113,18 @@ def validate_spec(name: str, value: Any) -> Any:
     try:
         return sdef.adapter.validate_python(value)
     except ValidationError as e:
-        raise ValueError(_plain(e, sdef)) from None
+        raise ValueError(_plain(e, sdef, value)) from None
 
 
-def _plain(err: ValidationError, sdef: StageDef) -> str:
+def _plain(err: ValidationError, sdef: StageDef, value: Any = None) -> str:
+    items = err.errors(include_url=False)
+    per_place: dict[str, int] = {}
+    for item in items:
+        place = _location(item["loc"], value)
+        per_place[place] = per_place.get(place, 0) + 1
     seen: list[str] = []
-    for item in err.errors(include_url=False):
-        loc = _location(item["loc"])
+    for item in items:
+        loc = _location(item["loc"], value)
         kind = item["type"]
         msg = item["msg"]
         if kind == "extra_forbidden":
@@ -130,6 +135,9 @@ def _plain(err: ValidationError, sdef: StageDef) -> str:
             loc = loc.rpartition(".")[0]
         elif kind in ("value_error", "assertion_error"):
             text = str((item.get("ctx") or {}).get("error") or msg)
+        elif per_place[loc] > 1:
+            # several alternatives (a union) all refused the value
+            text = f"{_show(item.get('input'))} is not an accepted value"
         else:
             text = f"{msg[:1].lower()}{msg[1:]}, got {_show(item.get('input'))}"
         line = f"{loc}: {text}" if loc else text
@@ -140,18 +148,30 @@ def _plain(err: ValidationError, sdef: StageDef) -> str:
     return f"invalid {sdef.name} stage: {shown}{example}"
 
 
-def _location(loc: Sequence[Any]) -> str:
+def _location(loc: Sequence[Any], value: Any) -> str:
+    """The path of an error inside the spec, as keys and [indexes] of the value written.
+
+    Pydantic locations also name union members and validators ("list[str]", "function-after");
+    walking the value tells those apart from the user's keys.
+    """
     parts: list[str] = []
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(value, dict) and part in value:
+            parts.append(("." if parts else "") + str(part))
+            value = value[part]
+        elif isinstance(value, (list, tuple)) and isinstance(part, int) and 0 <= part < len(value):
             parts.append(f"[{part}]")
-        elif isinstance(part, str) and not _is_type_tag(part):
+            value = value[part]
+        elif hasattr(value, "__dict__") and isinstance(part, str) and part in vars(value):
             parts.append(("." if parts else "") + part)
+            value = vars(value)[part]
+        elif isinstance(part, str) and isinstance(value, dict) and not _is_type_tag(part):
+            parts.append(("." if parts else "") + part)   # a missing or unknown key
+            value = None
     return "".join(parts)
 
 
 def _is_type_tag(part: str) -> bool:
-    """Union members and validator wrappers appear in pydantic locations; they mean nothing to users."""
     tags = ("str", "int", "float", "bool", "none", "list", "dict", "date", "datetime", "[key]")
     return part in tags or any(c in part for c in "[(") or part.startswith(("function-", "literal"))
 
@@ -186,12 +206,17 @@ def _run_one(name: str, table: pa.Table, spec: Any, ctx: StageContext) -> StageO
     try:
         spec = sdef.adapter.validate_python(spec)
     except ValidationError as e:
-        raise ExprError(_plain(e, sdef)) from None
+        raise ExprError(_plain(e, sdef, spec)) from None
     out = sdef.fn(table, spec, ctx)
     if isinstance(out, pa.Table):
         out = StageOutput(out)
     if not isinstance(out, StageOutput):
         raise TypeError(f"stage {name!r} returned {type(out).__name__}, not a table")
+    if out.kept is None and out.rejected is not None and out.rejected.num_rows:
+        # Rejected rows without a mask: every other row went on.
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[out.rejected.column("row").to_numpy(zero_copy_only=False)] = False
+        out.kept = pa.array(keep)
     if out.kept is not None:
         kept = out.kept
         if isinstance(kept, pa.ChunkedArray):
@@ -307,7 +332,7 @@ def output_schema(
         except ExprError as e:
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None
         except ValidationError as e:
-            raise ExprError(_plain(e, STAGES[name]), key=key) from None
+            raise ExprError(_plain(e, STAGES[name], spec), key=key) from None
         except StageError as e:
             if name == "python":
                 return None

@@ -1,0 +1,195 @@
+"""Faults through real processes: killed workers, signals, the lock, process titles, a full disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import ROOT, basic_job, manifest_of, read_output, sort_rows, write_job
+
+SLOW_STAGE = '''
+import os, time, pathlib
+
+def slow(df, seconds, die_on=None, mode="kill"):
+    if die_on is not None and (df["id"] == die_on).any():
+        if mode == "kill":
+            os.kill(os.getpid(), 9)
+        elif mode == "exit":
+            os._exit(3)
+        elif mode == "hang":
+            time.sleep(3600)
+    time.sleep(seconds)
+    return df
+'''
+
+
+def _job_dir(tmp_path: Path, rows: int = 400, chunk_bytes: int = 600, **python) -> Path:
+    lines = "".join(f"{i},name {i},{i * 0.5}\n" for i in range(rows))
+    (tmp_path / "in.csv").write_text("id,name,value\n" + lines)
+    (tmp_path / "slow.py").write_text(SLOW_STAGE)
+    params = {"seconds": python.pop("seconds", 0.05)}
+    params.update(python)
+    job = basic_job("in.csv", name="faulty", input={"chunk_bytes": chunk_bytes},
+                    stages=[{"python": {"function": "slow:slow", "params": params}}],
+                    run={"workers": 2, "retries": 2})
+    return write_job(tmp_path, job)
+
+
+def _start(config: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _pids_titled(text: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if text in line]
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _expected_rows(tmp_path: Path) -> list[dict]:
+    import pyarrow.csv as pacsv
+
+    return sort_rows(pacsv.read_csv(tmp_path / "in.csv").to_pylist())
+
+
+def test_process_titles_name_job_and_role(tmp_path):
+    config = _job_dir(tmp_path, seconds=0.3)
+    proc = _start(config)
+    try:
+        workers = _wait_for(lambda: _pids_titled("pipeline: faulty worker"))
+        writers = _wait_for(lambda: _pids_titled("pipeline: faulty writer"))
+        assert len(workers) == 2 and len(writers) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_worker_killed_mid_run_gives_the_same_output_as_a_clean_run(tmp_path):
+    config = _job_dir(tmp_path, seconds=0.15)
+    proc = _start(config)
+    victim = _wait_for(lambda: _pids_titled("pipeline: faulty worker"))[0]
+    time.sleep(0.3)
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "retrying" in err and "SIGKILL" in err
+    assert sort_rows(read_output(tmp_path / "out").to_pylist()) == _expected_rows(tmp_path)
+    counts = manifest_of(tmp_path / "out")["counts"]
+    assert counts["rows_read"] == counts["rows_written"] == 400
+
+
+@pytest.mark.parametrize("mode", ["kill", "exit"])
+def test_chunk_that_kills_every_worker_fails_with_65_naming_the_range(tmp_path, mode):
+    config = _job_dir(tmp_path, seconds=0.0, die_on=123, mode=mode)
+    proc = _start(config)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 65, err
+    assert "in.csv (bytes " in err and "on every one of 3 attempts" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_poison_chunk_is_quarantined_whole_under_quarantine(tmp_path):
+    config = _job_dir(tmp_path, seconds=0.0, die_on=123)
+    proc = _start(config, "--set", "run.on_bad_rows=quarantine")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
+    written = read_output(tmp_path / "out").column("id").to_pylist()
+    assert 123 not in written
+    assert any(r["raw"].startswith("123,") for r in rejects)
+    assert all(r["stage"] == "worker" for r in rejects)
+    counts = manifest_of(tmp_path / "out")["counts"]
+    assert counts["rows_read"] == 400 == counts["rows_written"] + counts["rows_rejected"]
+    assert counts["rows_rejected"] == len(rejects)
+
+
+def test_chunk_timeout_kills_and_reports(tmp_path):
+    config = _job_dir(tmp_path, seconds=0.0, die_on=123, mode="hang")
+    proc = _start(config, "--set", "run.chunk_timeout=1s", "--set", "run.retries=1")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 65, err
+    assert "timed out after 1 s" in err
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_the_run_cleanly(tmp_path, signum, code):
+    config = _job_dir(tmp_path, seconds=0.5)
+    proc = _start(config)
+    _wait_for(lambda: _pids_titled("pipeline: faulty worker"))
+    time.sleep(0.5)
+    started = time.monotonic()
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)   # Ctrl-C reaches the whole process group
+    else:
+        proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert err.count("interrupted") == 1
+    assert not (tmp_path / "out").exists()
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".out.staging")] == []
+    time.sleep(0.5)
+    assert _pids_titled("pipeline: faulty") == []
+
+
+def test_parent_sigkill_leaves_no_process_and_next_run_succeeds(tmp_path):
+    config = _job_dir(tmp_path, seconds=0.5)
+    proc = _start(config)
+    _wait_for(lambda: _pids_titled("pipeline: faulty writer"))
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    _wait_for(lambda: _pids_titled("pipeline: faulty") == [], timeout=10)
+    config2 = _job_dir(tmp_path, seconds=0.0)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config2), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "removed stale staging" in done.stderr
+    assert sort_rows(read_output(tmp_path / "out").to_pylist()) == _expected_rows(tmp_path)
+
+
+def test_second_run_of_the_same_job_exits_75_naming_the_holder(tmp_path):
+    config = _job_dir(tmp_path, seconds=0.5)
+    first = _start(config)
+    _wait_for(lambda: _pids_titled("pipeline: faulty worker"))
+    second = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 75
+    assert f"pid {first.pid}" in second.stderr
+    first.kill()
+    first.wait()
+
+
+def test_full_disk_exits_74_and_keeps_the_previous_output(tmp_path):
+    config = _job_dir(tmp_path, seconds=0.0)
+    assert subprocess.run([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
+                          capture_output=True, timeout=120).returncode == 0
+    before = manifest_of(tmp_path / "out")
+    # RLIMIT_FSIZE makes every write past 4 KiB fail with EFBIG in the run and all its children
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+              "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, "run", str(config), "--no-progress",
+                           "--set", "output.compression=none"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 74, done.stderr
+    assert manifest_of(tmp_path / "out") == before
+    assert sort_rows(read_output(tmp_path / "out").to_pylist()) == _expected_rows(tmp_path)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".out.staging")] == []
