@@ -36,5 +36,21 @@ test: install ## Run the test suite (a few minutes; slow tests excluded)
 test-slow: install ## Run only the slow tests (chaos, large inputs)
 	$(BIN)/pytest -q -m slow
 
+BENCH_STAMP  := $(VENV)/.installed-bench
+BENCH_SCALE  ?= 1.0
+BENCH_REPEAT ?= 3
+
+.PHONY: bench bench-smoke
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## Benchmark against DuckDB, Polars, pandas, Dask (BENCH_SCALE=1.0 BENCH_REPEAT=3)
+	BENCH_SCALE=$(BENCH_SCALE) BENCH_REPEAT=$(BENCH_REPEAT) $(PY) -m bench
+
+bench-smoke: $(BENCH_STAMP) ## A tiny, quick run of the benchmark (checks it end to end)
+	BENCH_SCALE=0.002 BENCH_REPEAT=1 $(PY) -m bench
+
 clean: ## Remove the virtual environment, generated data and outputs
 	rm -rf $(VENV) data build *.egg-info .pytest_cache .hypothesis

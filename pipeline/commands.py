@@ -34,7 +34,7 @@ def _check_python_stages(job: Job) -> None:
     for s in job.stages:
         if s.name == "python":
             try:
-                check(s.spec, job.base_dir, ())
+                check(s.spec, job.base_dir, tuple(job.run.python_modules))
             except PipelineError as exc:
                 raise ConfigError(exc.message, file=str(job.config_path), line=s.line, key=s.key) from exc
 

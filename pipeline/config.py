@@ -395,6 +395,7 @@ class RunConfig(_Model):
     progress_interval: Duration = 10.0
     state_dir: str | None = None
     metrics_file: str | None = None
+    python_modules: Annotated[tuple[str, ...], BeforeValidator(_str_tuple)] = ()  # installed modules python stages may import
 
     @field_validator("state_dir", "metrics_file")
     @classmethod

@@ -243,10 +243,16 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         names = list(chunk.columns)
     to_schema = conform(spec.schema)
 
-    def block(data: bytes, offset: int, line: int, quotes: int) -> Block:
-        return parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, quote=quote,
-                           max_record=spec.max_record_bytes, names=names,
-                           check_lengths=quotes != 0, to_schema=to_schema)
+    def block(data: bytes, offset: int, line: int, quotes: int, final: bool) -> Block:
+        result = parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, quote=quote,
+                             max_record=spec.max_record_bytes, names=names,
+                             check_lengths=quotes != 0, to_schema=to_schema)
+        if f.format == "jsonl" and final and result.bad and data and not data.endswith(b"\n"):
+            last = result.bad[-1]
+            if last.offset == offset + data.rfind(b"\n") + 1:
+                raise InputError(f"{f.path} line {last.line}: the last line is cut short (invalid JSON and no "
+                                 f"final newline); the file looks truncated", file=f.path, line=last.line)
+        return result
 
     if chunk.end >= 0 and not f.compression:
         try:
@@ -258,11 +264,16 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         if len(data) != chunk.end - chunk.start:
             raise InputError(f"{f.path}: file changed while reading (expected {chunk.end - chunk.start} bytes "
                              f"at offset {chunk.start}, got {len(data)})", file=f.path)
-        yield block(data, chunk.start, chunk.first_line, chunk.quotes)
+        yield block(data, chunk.start, chunk.first_line, chunk.quotes, chunk.end == f.size)
         return
 
-    for data, offset, line in stream_blocks(chunk, spec, quote):
-        yield block(data, offset, line, -1)
+    previous = None
+    for piece in stream_blocks(chunk, spec, quote):
+        if previous is not None:
+            yield block(*previous, -1, False)
+        previous = piece
+    if previous is not None:
+        yield block(*previous, -1, True)
 
 
 def last_boundary(data: bytes, quote: bytes | None) -> int:

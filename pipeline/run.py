@@ -93,7 +93,7 @@ class Report:
 
 
 def stage_context(job: Job, chunk: str = "") -> StageContext:
-    return StageContext(base_dir=job.base_dir, chunk=chunk)
+    return StageContext(base_dir=job.base_dir, chunk=chunk, allowed_modules=tuple(job.run.python_modules))
 
 
 def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
@@ -140,6 +140,7 @@ def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
         base_dir=str(job.base_dir),
         on_bad_rows=job.run.on_bad_rows,
         spool=spool,
+        allowed_modules=tuple(job.run.python_modules),
     )
 
 

@@ -99,7 +99,7 @@ class DatasetWriter:
         self.spec = spec
         self.root = os.path.realpath(spec.staging)
         self.schema = spec.schema
-        self.partitions: dict[tuple, _Partition] = {}
+        self.partitions: dict[str, _Partition] = {}
         self.buffered = 0
         self.files: list[WrittenFile] = []
         self.rejects: _Partition | None = None
@@ -153,9 +153,10 @@ class DatasetWriter:
                              chunk=where) from exc
 
     def _add(self, values: tuple, table: pa.Table) -> None:
-        part = self.partitions.get(values)
+        directory = partition_dir(self.spec.partition_by, values)   # null and "" share one directory
+        part = self.partitions.get(directory)
         if part is None:
-            part = self.partitions[values] = _Partition(partition_dir(self.spec.partition_by, values))
+            part = self.partitions[directory] = _Partition(directory)
         part.tables.append(table)
         part.rows += table.num_rows
         part.nbytes += table.nbytes

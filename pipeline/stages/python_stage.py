@@ -100,7 +100,7 @@ def load_function(reference: str, base_dir: Path, allowed_modules: tuple[str, ..
         raise ExprError(
             f"python stage: module {module_name!r} not found: there is no {relative.as_posix()} in "
             f"the job file's folder ({base_dir}). Put the function in a file there, or, to use an "
-            f"installed module, add {module_name.split('.')[0]!r} to the job's allowed python modules")
+            f"installed module, add {module_name.split('.')[0]!r} to run.python_modules")
     fn = getattr(module, attr, None)
     if fn is None:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
