@@ -3,9 +3,9 @@
 Every chunk is then read with the same schema, so the writer never sees a type clash and a value
 that does not fit its column is a bad row, never a silent null or a silent change of type.
 
-A column gets the narrowest type that at least 99.9 % of its sampled non-null values fit (one
-stray value in a sample of thousands must not turn a numeric column into text); the values that
-do not fit become bad rows when the chunk is read. ``input.schema`` pins any column's type.
+A column gets the narrowest type that at least 99.9 % of its sampled non-null values fit, and at
+least all but one when there are 100 or more (one stray value must not turn a numeric column into
+text); the values that do not fit become bad rows when the chunk is read. ``input.schema`` pins any column's type.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def infer_column(values: pa.ChunkedArray | pa.Array) -> pa.DataType:
     n = len(values)
     if n == 0:
         return pa.string()
-    allowed_misses = int(n * TOLERANCE)
+    # one stray value in a hundred or more is a bad row, not a reason to make the column text
+    allowed_misses = max(int(n * TOLERANCE), 1 if n >= 100 else 0)
     for dtype, pattern in CANDIDATES:
         matched = pc.sum(pc.match_substring_regex(values, pattern)).as_py() or 0
         if n - matched <= allowed_misses:

@@ -1,0 +1,129 @@
+"""The command line: exit codes, config errors with file/line/key, validate, plan, inspect, logs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.demo import generate
+from tests.conftest import ROOT, basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
+
+SALES = "id,price,qty,status\n1,2.5,2,ok\n2,1.0,0,ok\n3,4.0,1,refunded\n"
+
+
+@pytest.fixture
+def job_dir(tmp_path):
+    (tmp_path / "in.csv").write_text(SALES)
+    return tmp_path
+
+
+def test_every_config_in_configs_runs(tmp_path):
+    """The shipped job files run on the demo data, as `make run` does."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    generate(tmp_path / "data", rows=3000, seed=2026)
+    configs = sorted((tmp_path / "configs").glob("*.yaml"))
+    assert configs
+    for config in configs:
+        done = run_subprocess("run", config, "--no-progress", cwd=tmp_path)
+        assert done.returncode == 0, (config.name, done.stderr)
+        assert "succeeded" in done.stdout and "rows/s" in done.stdout
+    for out_dir in (p for p in (tmp_path / "data" / "out").iterdir() if p.is_dir()):
+        m = manifest_of(out_dir)
+        c = m["counts"]
+        assert c["rows_read"] + c["rows_added"] == c["rows_written"] + c["rows_filtered"] + c["rows_rejected"]
+        assert sum(f["rows"] for f in m["files"]) == c["rows_written"]
+
+
+@pytest.mark.parametrize("yaml_text,line,key,words", [
+    ("name: x\ninput: {paths: [in.csv]}\noutput: {path: out, comprssion: zstd}\n", 3, "output.comprssion",
+     "did you mean 'compression'"),
+    ("name: x\ninput:\n  paths: [in.csv]\nrun:\n  workers: many\noutput: {path: out}\n", 5, "run.workers",
+     "positive integer"),
+    ("name: x\ninput: {paths: [in.csv]}\nstages:\n  - filtr: \"price > 1\"\noutput: {path: out}\n", 4,
+     "stages[0]", "did you mean 'filter'"),
+    ("name: x\ninput: {paths: [in.csv]}\nstages:\n  - filter: \"price >\"\noutput: {path: out}\n", 4,
+     "stages[0].filter", "price >"),
+    ("name: x\ninput: {paths: [in.csv]}\noutput: {path: \"${NOPE_NOT_SET}\"}\n", 3, "output.path", "NOPE_NOT_SET"),
+    ("name: x\nname: y\ninput: {paths: [in.csv]}\noutput: {path: out}\n", 2, "name", "duplicate"),
+])
+def test_config_errors_name_file_line_key_and_exit_78(job_dir, capsys, yaml_text, line, key, words):
+    path = job_dir / "job.yaml"
+    path.write_text(yaml_text)
+    for command in ("run", "validate", "plan"):
+        code, out, err = run_cli(command, path, capsys=capsys)
+        assert code == 78, (command, err)
+        assert str(path) in err and f"line {line}" in err and key in err and words in err, err
+
+
+def test_validate_checks_columns_against_the_data_with_suggestions(job_dir, capsys):
+    job = basic_job("in.csv", stages=[{"derive": {"total": "price * qty"}}, {"filter": "totl > 1"}])
+    code, out, err = run_cli("validate", write_job(job_dir, job), capsys=capsys)
+    assert code == 78
+    assert "stages[1].filter" in err and "unknown column 'totl'" in err and "did you mean 'total'" in err
+    assert "line 8" in err  # the line of that stage in the written YAML
+
+
+def test_validate_unmatched_glob_and_ok(job_dir, capsys):
+    code, out, err = run_cli("validate", write_job(job_dir, basic_job("nothing-*.csv")), capsys=capsys)
+    assert code == 78 and "no file matches" in err and "input.paths[0]" in err
+    code, out, err = run_cli("validate", write_job(job_dir, basic_job("in.csv")), capsys=capsys)
+    assert code == 0 and "OK" in out
+
+
+def test_plan_shows_files_chunks_and_schema_without_writing(job_dir, capsys):
+    code, out, err = run_cli("plan", write_job(job_dir, basic_job("in.csv")), "--workers", "2", capsys=capsys)
+    assert code == 0, err
+    assert "1 files" in out and "1 chunks" in out and "price" in out and "double" in out
+    assert not (job_dir / "out").exists() and not list(job_dir.glob(".out*"))
+
+
+def test_set_and_workers_override(job_dir, capsys):
+    path = write_job(job_dir, basic_job("in.csv"))
+    code, out, err = run_cli("run", path, "--set", "output.path=elsewhere", "--workers", "2", "--no-progress",
+                             capsys=capsys)
+    assert code == 0, err
+    assert read_output(job_dir / "elsewhere").num_rows == 3
+
+
+def test_bad_command_line_exits_2(capsys):
+    assert run_cli("frobnicate", capsys=capsys)[0] == 2
+    assert run_cli("run", capsys=capsys)[0] == 2
+    assert run_cli("run", "x.yaml", "--workers", "0", capsys=capsys)[0] == 2
+
+
+def test_inspect_shows_the_manifest(job_dir, capsys):
+    run_cli("run", write_job(job_dir, basic_job("in.csv")), "--no-progress", capsys=capsys)
+    code, out, err = run_cli("inspect", job_dir / "out", capsys=capsys)
+    assert code == 0, err
+    assert "3 in 1 files" in out and "test-job" in out and "price" in out
+    code, out, err = run_cli("inspect", job_dir / "out", "--json", capsys=capsys)
+    assert json.loads(out)["counts"]["rows_written"] == 3
+    assert run_cli("inspect", job_dir / "missing", capsys=capsys)[0] == 2
+
+
+def test_no_terminal_means_no_progress_bar_and_json_logs_carry_the_run_id(job_dir):
+    path = write_job(job_dir, basic_job("in.csv"))
+    done = run_subprocess("run", path, "--log-format", "json", "--log-file", job_dir / "run.log")
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    run_id = manifest_of(job_dir / "out")["run_id"]
+    assert lines and all(line["run_id"] == run_id for line in lines)
+    logged = [json.loads(line) for line in (job_dir / "run.log").read_text().splitlines()]
+    assert logged == lines
+
+
+def test_progress_bar_when_asked(job_dir):
+    done = run_subprocess("run", write_job(job_dir, basic_job("in.csv")), "--progress")
+    assert done.returncode == 0
+    assert "\r" in done.stderr or "pipeline" in done.stderr
+
+
+def test_python_m_pipeline_is_the_same_program():
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and "pipeline" in done.stdout

@@ -1,0 +1,34 @@
+import pyarrow as pa
+import pytest
+
+from pipeline.infer import infer_column, unify
+
+
+@pytest.mark.parametrize("values,expected", [
+    (["1", "2", None], pa.int64()),
+    (["1", "2.5"], pa.float64()),
+    (["true", "FALSE"], pa.bool_()),
+    (["2026-11-01", "2026-11-02"], pa.date32()),
+    (["2026-11-01 10:00:00", "2026-11-02"], pa.timestamp("s")),
+    (["2026-11-01T10:00:00.25"], pa.timestamp("us")),
+    (["2026-11-01T10:00:00Z", "2026-11-01 10:00:00+02:00"], pa.timestamp("us", tz="UTC")),
+    (["1", "x"], pa.string()),
+    ([None, None], pa.string()),
+    (["+1"], pa.float64()),
+])
+def test_infer_column(values, expected):
+    assert infer_column(pa.array(values, pa.string())) == expected
+
+
+def test_one_stray_value_in_a_hundred_does_not_make_text():
+    assert infer_column(pa.array(["1"] * 99 + ["abc"])) == pa.int64()
+    assert infer_column(pa.array(["1"] * 98 + ["abc", "def"])) == pa.string()
+    assert infer_column(pa.array(["1"] * 20 + ["abc"])) == pa.string()
+
+
+def test_unify():
+    assert unify(pa.int64(), pa.float64()) == pa.float64()
+    assert unify(pa.date32(), pa.timestamp("s")) == pa.timestamp("s")
+    assert unify(pa.timestamp("s"), pa.timestamp("us")) == pa.timestamp("us")
+    assert unify(pa.int64(), pa.string()) == pa.string()
+    assert unify(pa.null(), pa.bool_()) == pa.bool_()
