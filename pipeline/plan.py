@@ -137,27 +137,34 @@ def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start
         return {}
     if not sample.strip():
         return {n: pa.null() for n in names}
-    table = pacsv.read_csv(
-        pa.py_buffer(sample),
-        read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False, encoding=opts.encoding),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=opts.quote or False,
-                                         newlines_in_values=bool(opts.quote),
-                                         invalid_row_handler=lambda row: "skip"),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                             null_values=list(opts.null_values), strings_can_be_null=True,
-                                             check_utf8=False),
-    )
+    from pipeline.read import parse_block  # read imports this module
+
+    read_options = pacsv.ReadOptions(column_names=list(names), use_threads=False, encoding=opts.encoding)
+    parse_options = pacsv.ParseOptions(delimiter=delimiter, quote_char=opts.quote or False,
+                                       newlines_in_values=bool(opts.quote))
+    convert = pacsv.ConvertOptions(column_types={n: pa.binary() for n in names},
+                                   null_values=list(opts.null_values), strings_can_be_null=True)
+
+    def parse(data: bytes) -> pa.Table:
+        if not data.strip(b"\r\n"):
+            return pa.table({n: pa.array([], pa.binary()) for n in names})
+        return pacsv.read_csv(pa.py_buffer(data), read_options=read_options, parse_options=parse_options,
+                              convert_options=convert)
+
+    # ragged rows in the sample are left out here; they are bad rows when the chunk is read
+    table = parse_block(sample, parse, file=f.path, base_offset=0, first_line=1, quote=quote,
+                        max_record=job.input.max_record_bytes, names=list(names), check_lengths=False,
+                        to_schema=lambda t: t).table
     return {n: infer.infer_column(_valid_utf8(table.column(n))) for n in names}
 
 
 def _valid_utf8(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column as text, leaving out values that are not valid UTF-8 (those are bad rows later)."""
     try:
-        col.validate(full=True)
-        return col
+        return col.cast(pa.string())
     except pa.ArrowInvalid:
-        return pa.chunked_array([pa.array([v for v in c.cast(pa.binary()).to_pylist()
-                                           if v is None or _is_utf8(v)], pa.binary()).cast(pa.string())
-                                 for c in col.chunks], pa.string())
+        return pa.chunked_array([pa.array([v for v in c.to_pylist() if v is None or _is_utf8(v)],
+                                          pa.binary()).cast(pa.string()) for c in col.chunks], pa.string())
 
 
 def _is_utf8(v: bytes) -> bool:
