@@ -56,17 +56,17 @@ def set_parent_death_signal() -> None:
         return
 
 
-def _worker_init(queue, events, spec: WorkerSpec, title: str, parent: int) -> None:
+def _worker_init(queue, events, spec: WorkerSpec, title: str, parent: int | None) -> None:
     set_parent_death_signal()
-    if os.getppid() != parent:
-        os._exit(1)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the run died before this process got going
     lock_mod.close_inherited()
     init(queue, events, spec, title)
 
 
-def _writer_entry(queue, events, spec: WriterSpec, parent: int) -> None:
+def _writer_entry(queue, events, spec: WriterSpec, parent: int | None) -> None:
     set_parent_death_signal()
-    if os.getppid() != parent:
+    if parent is not None and os.getppid() != parent:
         os._exit(1)
     lock_mod.close_inherited()
     writer_main(queue, events, spec)
@@ -91,7 +91,8 @@ class LocalExecutor:
         data_q = ctx.Queue(maxsize=max(4, 4 * self.workers))
         events = ctx.Queue()
         ex = Execution()
-        me = os.getpid()
+        # under forkserver the parent of our processes is the fork server, which dies with us
+        me = None if self.start_method == "forkserver" else os.getpid()
         state = _State(chunks)
         writer = ctx.Process(target=_writer_entry, args=(data_q, events, writer_spec, me),
                              name=f"pipeline: {writer_spec.job_name} writer", daemon=True)

@@ -193,3 +193,57 @@ def test_full_disk_exits_74_and_keeps_the_previous_output(tmp_path):
     assert manifest_of(tmp_path / "out") == before
     assert sort_rows(read_output(tmp_path / "out").to_pylist()) == _expected_rows(tmp_path)
     assert [n for n in os.listdir(tmp_path) if n.startswith(".out.staging")] == []
+
+
+RAISING_STAGE = '''
+import pandas as pd
+
+def boom(df):
+    if (df["id"] == 123).any():
+        raise ValueError("no good at 123")
+    return df
+
+def unpicklable(df):
+    df = df.copy()
+    df["f"] = [lambda: 1] * len(df)
+    return df
+'''
+
+
+@pytest.mark.parametrize("function,words", [("boom", "ValueError: no good at 123"), ("unpicklable", "f")])
+def test_stage_that_raises_or_returns_junk_is_reported_not_hung(tmp_path, function, words):
+    lines = "".join(f"{i},name {i}\n" for i in range(400))
+    (tmp_path / "in.csv").write_text("id,name\n" + lines)
+    (tmp_path / "bad.py").write_text(RAISING_STAGE)
+    job = basic_job("in.csv", name="faulty", input={"chunk_bytes": 600},
+                    stages=[{"python": {"function": f"bad:{function}"}}], run={"workers": 2})
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(write_job(tmp_path, job)), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "stages[0].python" in done.stderr and "in.csv" in done.stderr and words in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_writer_killed_mid_run_fails_74_and_publishes_nothing(tmp_path):
+    config = _job_dir(tmp_path, seconds=0.2)
+    proc = _start(config)
+    writer = _wait_for(lambda: _pids_titled("pipeline: faulty writer"))[0]
+    time.sleep(0.3)
+    os.kill(writer, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 74, err
+    assert "writer process died" in err
+    assert not (tmp_path / "out").exists()
+    time.sleep(0.5)
+    assert _pids_titled("pipeline: faulty") == []
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_start_methods_give_identical_output(tmp_path, method):
+    config = _job_dir(tmp_path, seconds=0.0)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress",
+                           "--set", f"run.start_method={method}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sort_rows(read_output(tmp_path / "out").to_pylist()) == _expected_rows(tmp_path)
+    assert manifest_of(tmp_path / "out")["counts"]["rows_written"] == 400
