@@ -13,13 +13,15 @@ def main() -> None:
     import dask.dataframe as dd
     from dask.distributed import Client, LocalCluster
 
-    from bench.udf import enrich
+    import pandas as pd
+
+    from bench.udf import NEW_COLUMNS, enrich
 
     workers = os.cpu_count() or 1
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster):
         df = dd.read_csv(args.input, parse_dates=["ts"], blocksize="64MiB")
-        meta = enrich(df._meta, salt=args.salt)
+        meta = df._meta.assign(**{name: pd.Series([], dtype=pd.StringDtype()) for name in NEW_COLUMNS})
         out = df.map_partitions(enrich, salt=args.salt, meta=meta)
         out.to_parquet(args.output, compression="zstd", write_index=False)
 

@@ -27,7 +27,7 @@ def w2(con, src: str, out: str, salt: str) -> None:
 
     from bench.udf import enrich
 
-    reader = con.sql(f"SELECT * FROM read_csv({_q(src)})").fetch_record_batch(W2_BATCH_ROWS)
+    reader = con.sql(f"SELECT * FROM read_csv({_q(src)})").to_arrow_reader(W2_BATCH_ROWS)
     writer = None
     try:
         for batch in reader:

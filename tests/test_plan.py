@@ -1,0 +1,60 @@
+"""Planning is pure: files -> chunks and a schema, with stable chunk ids."""
+
+from __future__ import annotations
+
+import gzip
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import load_config
+from pipeline.plan import build_plan
+from tests.conftest import basic_job, write_job
+
+
+def _plan(tmp_path, job):
+    return build_plan(load_config(write_job(tmp_path, job)))
+
+
+def test_text_chunks_cover_the_file_and_ids_are_stable(tmp_path):
+    body = "".join(f'{i},"note\n{i}"\n' for i in range(3000))
+    (tmp_path / "a.csv").write_text("id,note\n" + body)
+    job = basic_job("a.csv", input={"chunk_bytes": 4096})
+    first = _plan(tmp_path, job)
+    again = _plan(tmp_path, job)
+    assert [c.id for c in first.chunks] == [c.id for c in again.chunks]
+    assert len(first.chunks) > 5 and len({c.id for c in first.chunks}) == len(first.chunks)
+    size = (tmp_path / "a.csv").stat().st_size
+    assert first.chunks[0].start == len("id,note\n") and first.chunks[-1].end == size
+    for a, b in zip(first.chunks, first.chunks[1:]):
+        assert a.end == b.start
+    data = (tmp_path / "a.csv").read_bytes()
+    for c in first.chunks:
+        assert c.first_line == data.count(b"\n", 0, c.start) + 1
+        assert data[c.start:c.end].count(b'"') % 2 == 0
+
+
+def test_compressed_files_are_one_chunk_and_parquet_splits_by_row_groups(tmp_path):
+    (tmp_path / "a.csv.gz").write_bytes(gzip.compress(b"id\n" + b"1\n" * 10000))
+    pq.write_table(pa.table({"id": list(range(1000))}), tmp_path / "b.parquet", row_group_size=100)
+    plan = _plan(tmp_path, basic_job(["a.csv.gz", "b.parquet"], input={"chunk_bytes": 1000}))
+    by_format = {}
+    for c in plan.chunks:
+        by_format.setdefault(c.file.format, []).append(c)
+    assert len(by_format["csv"]) == 1 and by_format["csv"][0].end == -1
+    groups = [g for c in by_format["parquet"] for g in c.row_groups]
+    assert groups == list(range(10)) and len(by_format["parquet"]) > 1
+
+
+def test_schema_is_decided_once_and_user_types_win(tmp_path):
+    (tmp_path / "a.csv").write_text("id,price,day\n1,2.5,2026-11-01\n")
+    (tmp_path / "b.csv").write_text("id,price,day\n2,3,2026-11-02 10:00:00\n")
+    plan = _plan(tmp_path, basic_job(["a.csv", "b.csv"], input={"schema": {"id": "string"}}))
+    types = {f.name: f.type for f in plan.read.schema}
+    assert types == {"id": pa.string(), "price": pa.float64(), "day": pa.timestamp("s")}
+    assert plan.inferred["id"] == "input.schema" and plan.inferred["price"] == "inferred"
+
+
+def test_workers_never_exceed_chunks(tmp_path):
+    (tmp_path / "a.csv").write_text("id\n1\n")
+    assert _plan(tmp_path, basic_job("a.csv", run={"workers": 8})).workers == 1
