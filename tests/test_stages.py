@@ -538,7 +538,7 @@ def test_python_module_outside_base_dir_is_refused(tmp_path, people, monkeypatch
     job_dir.mkdir()
     ctx = StageContext(base_dir=job_dir)
     for reference in ["outside_mod:f", "os:getcwd"]:
-        with pytest.raises(ExprError, match="allowed python modules") as info:
+        with pytest.raises(ExprError, match="run.python_modules") as info:
             check_python_spec({"function": reference}, job_dir, ())
         assert "not found" in str(info.value)
         with pytest.raises(ExprError):
