@@ -50,7 +50,7 @@ bench: $(BENCH_STAMP) ## Benchmark against DuckDB, Polars, pandas, Dask (BENCH_S
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_REPEAT=$(BENCH_REPEAT) $(PY) -m bench
 
 bench-smoke: $(BENCH_STAMP) ## A tiny, quick run of the benchmark (checks it end to end)
-	BENCH_SCALE=0.002 BENCH_REPEAT=1 $(PY) -m bench
+	BENCH_SCALE=0.002 BENCH_REPEAT=1 BENCH_RESULTS=bench/work/smoke $(PY) -m bench
 
 clean: ## Remove the virtual environment, generated data and outputs
 	rm -rf $(VENV) data build *.egg-info .pytest_cache .hypothesis

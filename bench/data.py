@@ -157,6 +157,10 @@ class DataSpec:
     def rows(self) -> int:
         return self.files * self.rows_per_file
 
+    @property
+    def folder_name(self) -> str:
+        return f"{self.name}-{self.files}x{self.rows_per_file}"
+
     def file_names(self) -> list[str]:
         if self.files == 1:
             return [f"{self.name}.csv"]
@@ -191,7 +195,7 @@ class DataSet:
 
 def ensure(spec: DataSpec, root: Path, log=print) -> DataSet:
     """The data set under ``root/spec.name``, generated unless it is there with the same parameters."""
-    folder = root / spec.name
+    folder = root / spec.folder_name
     params = asdict(spec)
     meta_path = folder / "meta.json"
     if meta_path.is_file():
@@ -202,7 +206,7 @@ def ensure(spec: DataSpec, root: Path, log=print) -> DataSet:
         paths = [folder / n for n in spec.file_names()]
         if meta.get("params") == params and all(p.is_file() for p in paths):
             return DataSet(spec, folder, paths, int(meta["bytes"]), meta)
-    tmp = root / f".{spec.name}.tmp"
+    tmp = root / f".{spec.folder_name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     started = time.perf_counter()

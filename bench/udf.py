@@ -36,5 +36,6 @@ def enrich(df: pd.DataFrame, salt: str = "") -> pd.DataFrame:
     products = df["product"].tolist()
     digests = [user_product_hash(u, p, key) for u, p in zip(users, products)]
     norms = [normalise(p) for p in products]
-    return df.assign(user_product_hash=pd.Series(digests, index=df.index, dtype=object),
-                     product_norm=pd.Series(norms, index=df.index, dtype=object))
+    # dtype "str" keeps the columns text even for an empty frame (an empty list would be float64)
+    return df.assign(user_product_hash=pd.Series(digests, index=df.index, dtype="str"),
+                     product_norm=pd.Series(norms, index=df.index, dtype="str"))

@@ -10,7 +10,7 @@ import sys
 import traceback
 
 from pipeline import __version__
-from pipeline.errors import EX_FAILURE, EX_SIGINT, EX_USAGE, Interrupted, PipelineError
+from pipeline.errors import EX_FAILURE, EX_SIGINT, EX_USAGE, ConfigError, Interrupted, PipelineError
 
 log = logging.getLogger("pipeline")
 
@@ -26,12 +26,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config key by its dotted path (repeatable)")
         sp.add_argument("--log-format", choices=["text", "json"], default="text")
         sp.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
+        sp.add_argument("--param", dest="params", action="append", default=[], type=_param, metavar="NAME=VALUE",
+                        help="set a job parameter (repeatable); see params: in the job file")
         if run_options:
             sp.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: run.workers)")
 
     r = sub.add_parser("run", help="run a job")
     common(r, run_options=True)
     r.add_argument("--dry-run", action="store_true", help="plan and validate, write nothing")
+    r.add_argument("--full-refresh", action="store_true",
+                   help="rebuild the output from every input file (incremental jobs), replacing it")
     r.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
@@ -39,10 +43,20 @@ def _parser() -> argparse.ArgumentParser:
     common(v)
     pl = sub.add_parser("plan", help="show the files, chunks and schema a run would use; writes nothing")
     common(pl, run_options=True)
+    h = sub.add_parser("history", help="list the past runs of a job from its state store")
+    common(h)
+    h.add_argument("--limit", type=_positive, default=20, help="how many runs (newest first)")
     i = sub.add_parser("inspect", help="show an output: schema, rows, files, counts")
     i.add_argument("path", metavar="PATH")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     return p
+
+
+def _param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
 
 
 def _positive(text: str) -> int:
@@ -64,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import log as logmod
 
     logmod.setup(getattr(args, "log_format", "text"), getattr(args, "log_file", None))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_signal), signal.signal(signal.SIGINT, _on_signal)
     try:
         return _dispatch(args)
     except PipelineError as exc:
+        if isinstance(exc, ConfigError) and not exc.context.get("file") and getattr(args, "config", None):
+            exc.context["file"] = args.config
         _print_report(exc)
         print(f"pipeline: error: {exc}", file=sys.stderr)
+        logmod.to_file_only(logging.ERROR, f"error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         print("pipeline: interrupted by SIGINT; nothing was published", file=sys.stderr)
@@ -82,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EX_FAILURE
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
-def _on_sigterm(signum, frame):
-    raise Interrupted("interrupted by SIGTERM; nothing was published", signum=signum)
+def _on_signal(signum, frame):
+    name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+    raise Interrupted(f"interrupted by {name}; nothing was published", signum=signum)
 
 
 def _print_report(exc: BaseException) -> None:
@@ -102,13 +121,18 @@ def _dispatch(args) -> int:
         return inspect_output(args.path, as_json=args.json)
     from pipeline.config import load_config
 
-    job = load_config(args.config, args.overrides)
+    job = load_config(args.config, args.overrides, params=dict(args.params))
     if args.command == "run":
         from pipeline.run import run_job
 
-        report = run_job(job, workers=args.workers, dry_run=args.dry_run, progress=args.progress)
+        report = run_job(job, workers=args.workers, dry_run=args.dry_run, progress=args.progress,
+                         full_refresh=args.full_refresh)
         print(report.summary(), flush=True)
         return 0
+    if args.command == "history":
+        from pipeline.commands import history
+
+        return history(job, limit=args.limit)
     if args.command == "validate":
         from pipeline.commands import validate
 

@@ -74,3 +74,31 @@ def _short(path: str) -> str:
     except ValueError:
         rel = path
     return rel if len(rel) < len(path) else path
+
+
+def history(job: Job, limit: int = 20) -> int:
+    """Past runs of the job, newest first, from its state store."""
+    import time
+
+    from pipeline.run import state_dir
+    from pipeline.state import StateStore
+
+    directory = state_dir(job)
+    if not os.path.exists(os.path.join(directory, "state.db")):
+        print(f"{job.name}: no runs recorded yet (state store {directory})")
+        return 0
+    with StateStore(directory) as store:
+        runs = store.history(job.name, limit)
+    print(f"{'started':<20} {'status':<11} {'exit':>4} {'seconds':>8} {'read':>11} {'written':>11} "
+          f"{'rejected':>9}  run")
+    for r in runs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
+        secs = f"{r['finished'] - r['started']:.1f}" if r["finished"] else "-"
+        code = "-" if r["exit_code"] is None else str(r["exit_code"])
+
+        def n(v):
+            return "-" if v is None else f"{v:,}"
+
+        print(f"{when:<20} {r['status']:<11} {code:>4} {secs:>8} {n(r['rows_read']):>11} "
+              f"{n(r['rows_written']):>11} {n(r['rows_rejected']):>9}  {r['run_id']}")
+    return 0

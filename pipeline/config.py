@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import json
 import os
+import datetime as _dt
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -316,6 +317,7 @@ class InputConfig(_Model):
     max_decompressed_bytes: ByteSize | None = None
     follow_symlinks: bool = False
     allow_missing_columns: bool = False
+    incremental: bool = False    # process only files that are new or changed since the last successful run
 
     @model_validator(mode="before")
     @classmethod
@@ -393,6 +395,7 @@ class RunConfig(_Model):
     executor: Literal["local", "dask"] = "local"
     dask: Annotated[DaskConfig, _EmptyIsDefault] = Field(default_factory=DaskConfig)
     progress_interval: Duration = 10.0
+    checkpoint_interval: Duration = 60.0   # how often finished chunks are made durable for resume
     state_dir: str | None = None
     metrics_file: str | None = None
     python_modules: Annotated[tuple[str, ...], BeforeValidator(_str_tuple)] = ()  # installed modules python stages may import
@@ -680,6 +683,79 @@ def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
 
 
 # --------------------------------------------------------------------------------------------
+# ${params.NAME} and ${params.NAME:%Y/%m/%d}
+# --------------------------------------------------------------------------------------------
+
+_PARAM_RE = re.compile(r"\$\{params\.([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+_DAY_WORD = re.compile(r"^(today|yesterday|tomorrow)(?:\s*([+-])\s*(\d+))?$", re.IGNORECASE)
+
+
+def resolve_param_value(value: str, today: _dt.date | None = None) -> str:
+    """``today``, ``yesterday``, ``today-7`` ... -> an ISO date (local time); anything else unchanged."""
+    m = _DAY_WORD.match(value.strip())
+    if not m:
+        return value
+    base = today or _dt.date.today()
+    word, sign, days = m.group(1).lower(), m.group(2), int(m.group(3) or 0)
+    base += _dt.timedelta(days={"today": 0, "yesterday": -1, "tomorrow": 1}[word])
+    base += _dt.timedelta(days=days if sign == "+" else -days)
+    return base.isoformat()
+
+
+def _format_param(name: str, value: str, fmt: str, key: str) -> str:
+    try:
+        when = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise _Issue(key, f"parameter {name}={value!r} is not a date (YYYY-MM-DD), so it cannot be "
+                          f"formatted as {fmt!r}") from None
+    return when.strftime(fmt)
+
+
+def _substitute_params(data: Any, values: Mapping[str, str], path: str = "") -> Any:
+    if isinstance(data, str):
+        if "${params." not in data:
+            return data
+
+        def replace(m: re.Match) -> str:
+            name, fmt = m.group(1), m.group(2)
+            if name not in values:
+                known = ", ".join(sorted(values)) or "none"
+                raise _Issue(path, f"unknown parameter {name!r}{_close(name, list(values))}; "
+                                   f"the job declares: {known}")
+            return _format_param(name, values[name], fmt, path) if fmt else values[name]
+
+        return _PARAM_RE.sub(replace, data)
+    if isinstance(data, dict):
+        return {k: (v if path == "" and k == "params" else _substitute_params(v, values, _join(path, k)))
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [_substitute_params(v, values, _join(path, i)) for i, v in enumerate(data)]
+    return data
+
+
+def _apply_params(doc: dict, given: Mapping[str, str]) -> dict:
+    declared = doc.get("params")
+    if declared is None:
+        declared = {}
+    if not isinstance(declared, dict):
+        return doc  # the model reports the wrong shape
+    values = {str(k): v for k, v in _params(declared).items()}
+    if any(not isinstance(v, str) for v in values.values()):
+        return doc  # the model reports values that are not scalars
+    for name, value in given.items():
+        if name not in values:
+            known = ", ".join(sorted(values)) or "none"
+            raise _Issue("--param", f"unknown parameter {name!r}{_close(name, list(values))}; "
+                                    f"the job declares: {known}")
+        values[name] = value
+    values = {k: resolve_param_value(v) for k, v in values.items()}
+    doc = _substitute_params(doc, values)
+    if values:
+        doc["params"] = values
+    return doc
+
+
+# --------------------------------------------------------------------------------------------
 # ${VAR} interpolation
 # --------------------------------------------------------------------------------------------
 
@@ -799,6 +875,11 @@ def _apply_override(doc: dict, parts: list[str | int], value: Any, text: str) ->
 def _registry() -> tuple[Mapping[str, Any], Any]:
     stages = importlib.import_module("pipeline.stages")
     return stages.STAGES, stages.validate_spec
+
+
+def _close(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -937,8 +1018,12 @@ def load_config(
     path: str | os.PathLike[str],
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> Job:
     """Load, override, interpolate and validate a YAML job file.
+
+    ``params`` (from ``--param name=value``) replace the defaults the job declares under
+    ``params:``; ``${params.name}`` and ``${params.name:%Y/%m/%d}`` are then substituted.
 
     Raises ConfigError (exit code 78) naming the file, line and key path of the first problem.
     """
@@ -1017,9 +1102,10 @@ def load_config(
         for k in [k for k in lines if _under(k, canonical)]:
             del lines[k]
 
-    # ${VAR} interpolation, on the parsed values
+    # ${VAR} interpolation, on the parsed values; then ${params.x}
     try:
         doc = _interpolate(doc, env)
+        doc = _apply_params(doc, params or {})
     except _Issue as e:
         raise error([e], set_keys) from None
 

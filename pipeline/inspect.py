@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from pipeline.errors import EX_USAGE, InputError
 from pipeline.publish import MANIFEST, SUCCESS, read_manifest
@@ -11,7 +12,7 @@ from pipeline.publish import MANIFEST, SUCCESS, read_manifest
 
 def inspect_output(path: str, *, as_json: bool = False) -> int:
     if not os.path.isdir(path):
-        print(f"pipeline: error: {path}: no such output directory")
+        print(f"pipeline: error: {path}: no such output directory", file=sys.stderr)
         return EX_USAGE
     manifest = read_manifest(path)
     if manifest is None:

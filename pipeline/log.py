@@ -51,13 +51,27 @@ def setup(fmt: str = "text", log_file: str | None = None, level: int = logging.I
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(job)s %(run_id)s: %(message)s",
                                       datefmt="%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    _file_handlers.clear()
     if log_file:
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        _file_handlers.append(handlers[-1])
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(_context)
         logger.addHandler(handler)
     return logger
+
+
+_file_handlers: list[logging.Handler] = []
+
+
+def to_file_only(level: int, message: str) -> None:
+    """A record for --log-file alone (stderr already got the same words from the CLI)."""
+    logger = logging.getLogger(LOGGER)
+    record = logger.makeRecord(LOGGER, level, __file__, 0, message, None, None)
+    for handler in _file_handlers:
+        _context.filter(record)
+        handler.handle(record)
 
 
 def set_context(job: str | None = None, run_id: str | None = None) -> None:

@@ -21,6 +21,7 @@ from pipeline import infer
 from pipeline.discover import InputFile, discover
 from pipeline.errors import ConfigError, InputError
 from pipeline.split import record_spans, split_ranges
+from pipeline.storage import open_input, parquet_file
 from pipeline.streams import open_decompressed
 
 BOM = b"\xef\xbb\xbf"
@@ -73,6 +74,7 @@ class Plan:
     read: ReadSpec
     workers: int
     inferred: dict[str, str] = field(default_factory=dict)   # column -> how its type was decided
+    discovered: list[InputFile] = field(default_factory=list)  # every file the globs matched
 
     @property
     def total_bytes(self) -> int:
@@ -207,7 +209,7 @@ def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, firs
         return [Chunk(cid, f, 0, data_start, -1, first_line, -1, tuple(names), delimiter=delimiter)]
     quote = job.input.csv.quote.encode() if job.input.csv.quote and f.format != "jsonl" else None
     chunks = []
-    with open(f.path, "rb") as fh:
+    with open_input(f.path) as fh:
         for i, (a, b, line, quotes) in enumerate(
                 split_ranges(fh, data_start, f.size, job.input.chunk_bytes, quote, first_line)):
             chunks.append(Chunk(chunk_id(f, a, b), f, i, a, b, line, quotes if quote else 0,
@@ -217,7 +219,7 @@ def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, firs
 
 def _parquet_chunks(f: InputFile, job) -> tuple[list[Chunk], pa.Schema]:
     try:
-        meta = pq.ParquetFile(f.path).metadata
+        meta = parquet_file(f.path).metadata
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{f.path}: not a readable Parquet file: {exc}", file=f.path) from exc
     schema = meta.schema.to_arrow_schema()
@@ -236,10 +238,17 @@ def _parquet_chunks(f: InputFile, job) -> tuple[list[Chunk], pa.Schema]:
     return chunks, schema
 
 
-def build_plan(job, *, workers: int | None = None) -> Plan:
-    """Discover the inputs, decide the schema, cut the chunks."""
+def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str, pa.DataType] | None = None) -> Plan:
+    """Discover the inputs, decide the schema, cut the chunks.
+
+    ``select`` narrows the discovered files (incremental runs); ``pinned`` fixes column types
+    decided by an earlier run, so that new parts match the output they join.
+    """
     files = discover(job.input.paths, job.input.format, follow_symlinks=job.input.follow_symlinks,
                      line_of=job.line_of)
+    discovered = files
+    if select is not None:
+        files = select(files)
     per_file: dict[str, dict[str, pa.DataType]] = {}
     file_order: dict[str, tuple[str, ...]] = {}
     chunks: list[Chunk] = []
@@ -267,7 +276,7 @@ def build_plan(job, *, workers: int | None = None) -> Plan:
         file_order[f.path] = tuple(per_file[f.path])
         chunks.extend(fchunks)
 
-    schema, inferred = _unify(files, per_file, file_order, job)
+    schema, inferred = _unify(files, per_file, file_order, job, pinned or {})
     spec = ReadSpec(
         schema=schema,
         delimiter=job.input.csv.delimiter,
@@ -279,10 +288,10 @@ def build_plan(job, *, workers: int | None = None) -> Plan:
         block_bytes=job.input.chunk_bytes,
     )
     n = workers or job.run.workers
-    return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred)
+    return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered)
 
 
-def _unify(files, per_file, file_order, job) -> tuple[pa.Schema, dict[str, str]]:
+def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[str, str]]:
     order: list[str] = []
     types: dict[str, pa.DataType] = {}
     for f in files:
@@ -312,8 +321,13 @@ def _unify(files, per_file, file_order, job) -> tuple[pa.Schema, dict[str, str]]
                     file=f.path)
     inferred = {}
     user = job.input.types
+    json_only = bool(files) and all(f.format == "jsonl" for f in files)
     for name, dtype in user.items():
-        if name not in types:
+        if name not in types and json_only:
+            # a JSON key the sample did not meet: the schema names it, so read it
+            order.append(name)
+            types[name] = dtype
+        elif name not in types:
             hint = ""
             import difflib
             close = difflib.get_close_matches(name, order, n=1)
@@ -326,6 +340,9 @@ def _unify(files, per_file, file_order, job) -> tuple[pa.Schema, dict[str, str]]
         if name in user:
             dtype = user[name]
             inferred[name] = "input.schema"
+        elif name in pinned:
+            dtype = pinned[name]
+            inferred[name] = "earlier run"
         else:
             dtype = infer.nullable_to_string(types[name])
             inferred[name] = "inferred"

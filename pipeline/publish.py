@@ -81,8 +81,11 @@ def check_target(paths: OutputPaths, mode: str) -> dict | None:
     return manifest
 
 
-def recover(paths: OutputPaths, current_run: str | None = None) -> list[str]:
-    """Undo what dead runs left behind (call with the job's lock held). Returns what was done."""
+def recover(paths: OutputPaths, keep: str | None = None) -> list[str]:
+    """Undo what dead runs left behind (call with the job's lock held). Returns what was done.
+
+    ``keep`` is a staging directory this run resumes from; every other staging is removed.
+    """
     done = []
     parent = paths.parent
     if not os.path.isdir(parent):
@@ -98,7 +101,7 @@ def recover(paths: OutputPaths, current_run: str | None = None) -> list[str]:
             else:
                 shutil.rmtree(full, ignore_errors=True)
                 done.append(f"removed {entry}")
-        elif entry.startswith(prefix_staging) and entry != f"{prefix_staging}{current_run}":
+        elif entry.startswith(prefix_staging) and full != keep:
             shutil.rmtree(full, ignore_errors=True)
             done.append(f"removed stale staging {entry}")
     return done

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import InputError
 from pipeline.plan import Chunk, ReadSpec
 from pipeline.split import line_numbers, record_spans
+from pipeline.storage import open_input, parquet_file
 from pipeline.streams import open_decompressed
 
 STREAM_READ = 8 << 20
@@ -101,7 +102,8 @@ def _reason(exc: Exception, names: list[str]) -> str:
     if m:
         return m.group(1).replace("Expected", "expected")
     if msg.startswith("JSON parse error: "):
-        return "invalid JSON: " + msg[len("JSON parse error: "):].split("\n")[0]
+        text = msg[len("JSON parse error: "):].split("\n")[0]
+        return "invalid JSON: " + re.sub(r"\.? in row \d+$", "", text)
     return msg.split("\n")[0]
 
 
@@ -256,7 +258,7 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
 
     if chunk.end >= 0 and not f.compression:
         try:
-            with open(f.path, "rb") as fh:
+            with open_input(f.path) as fh:
                 fh.seek(chunk.start)
                 data = fh.read(chunk.end - chunk.start)
         except OSError as exc:
@@ -327,7 +329,7 @@ def stream_blocks(chunk: Chunk, spec: ReadSpec, quote: bytes | None) -> Iterator
 def _read_parquet(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     f = chunk.file
     try:
-        pf = pq.ParquetFile(f.path)
+        pf = parquet_file(f.path)
         first_row = sum(pf.metadata.row_group(i).num_rows for i in range(chunk.row_groups[0]))
         present = [n for n in spec.schema.names if n in pf.schema_arrow.names]
         table = pf.read_row_groups(list(chunk.row_groups), columns=present, use_threads=False)
@@ -383,7 +385,7 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
     """
     f = chunk.file
     if f.format == "parquet":
-        pf = pq.ParquetFile(f.path)
+        pf = parquet_file(f.path)
         first = sum(pf.metadata.row_group(i).num_rows for i in range(chunk.row_groups[0]))
         n = sum(pf.metadata.row_group(i).num_rows for i in chunk.row_groups)
         for i in range(n):
@@ -391,7 +393,7 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
         return
     quote = spec.quote.encode() if spec.quote and f.format != "jsonl" else None
     if chunk.end >= 0 and not f.compression:
-        with open(f.path, "rb") as fh:
+        with open_input(f.path) as fh:
             fh.seek(chunk.start)
             blocks = [(fh.read(chunk.end - chunk.start), chunk.start, chunk.first_line)]
     else:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -13,11 +16,16 @@ import pyarrow as pa
 from pipeline import __version__
 from pipeline.config import Job, dump_config
 from pipeline.dtypes import type_name
-from pipeline.errors import ConfigError, ExprError, InputError, PipelineError
+from pipeline.dtypes import parse_type
+from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, OutputError, PipelineError
+from pipeline.metrics import write_metrics
+from pipeline.resume import JOURNAL, find_resumable, start_journal
+from pipeline.state import Seen, StateStore, fingerprint
 from pipeline.execute import LocalExecutor
 from pipeline.lock import JobLock
 from pipeline.plan import Plan, build_plan
-from pipeline.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish, recover
+from pipeline.publish import (REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish,
+                              read_manifest, recover)
 from pipeline.progress import Progress
 from pipeline.stages import StageContext, output_schema
 from pipeline.plan import Chunk
@@ -65,6 +73,8 @@ class Report:
     seconds: float = 0.0
     bad_samples: list = field(default_factory=list)
     error: str | None = None
+    exit_code: int | None = None
+    note: str = ""
 
     def summary(self) -> str:
         c = self.counts
@@ -72,15 +82,18 @@ class Report:
         mib = self.input_bytes / (1 << 20)
         lines = [
             f"{self.job}: run {self.run_id} {self.status} in {self.seconds:.2f} s",
-            f"  input     {self.input_files} files, {mib:.1f} MiB, {self.chunks} chunks, {self.workers} workers",
+            f"  input     {self.input_files} file{'s' if self.input_files != 1 else ''}, {mib:.1f} MiB, "
+            f"{self.chunks} chunk{'s' if self.chunks != 1 else ''}, {self.workers} worker{'s' if self.workers != 1 else ''}",
             f"  rows      {c.rows_read:,} read, {c.rows_written:,} written, {c.rows_filtered:,} filtered, "
             f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else ""),
         ]
         if c.rows_read:
             lines.append(f"  speed     {rate:,.0f} rows/s, {mib / self.seconds if self.seconds > 0 else 0:.1f} MiB/s")
+        if self.note:
+            lines.append(f"  note      {self.note}")
         if self.status == "succeeded":
             where = self.output
-            lines.append(f"  output    {where} ({self.output_files} part files, "
+            lines.append(f"  output    {where} ({self.output_files} part file{'s' if self.output_files != 1 else ''}, "
                          f"{self.output_bytes / (1 << 20):.1f} MiB)")
             if self.reject_files:
                 lines.append(f"  rejects   {os.path.join(where, REJECTS)} ({c.rows_rejected:,} rows)")
@@ -162,50 +175,143 @@ def schema_dict(schema: pa.Schema | None) -> list[dict]:
     return [{"name": f.name, "type": type_name(f.type), "nullable": f.nullable} for f in schema]
 
 
+def transform_hash(job: Job) -> str:
+    """What decides the rows a job produces from a given file: its stages and how it reads values.
+
+    Unlike the config hash it leaves out paths and params, so a dated daily job keeps its hash.
+    """
+    config = dump_config(job)
+    data = {"schema": config["input"].get("schema"), "csv": config["input"].get("csv"),
+            "format": config["input"].get("format"), "stages": config["stages"],
+            "partition_by": config["output"].get("partition_by")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def state_dir(job: Job) -> str:
+    return job.run.state_dir or os.path.join(str(job.base_dir), ".pipeline-state")
+
+
 def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
-            progress: bool | None = None) -> Report:
-    """Run a job; on failure the raised exception carries the partial Report as ``.report``."""
+            progress: bool | None = None, full_refresh: bool = False) -> Report:
+    """Run a job; on failure the raised exception carries the partial Report as ``.report``.
+
+    Every run that gets as far as the state store is recorded there, and ``run.metrics_file``
+    is rewritten after it, success or failure.
+    """
     started = time.monotonic()
     run_id = new_run_id()
     from pipeline.log import set_context
 
     set_context(job=job.name, run_id=run_id)
     report = Report(job.name, run_id, "failed", job.output.path)
+    store = None
+    thash = transform_hash(job)
     try:
-        return _run(job, report, started, workers=workers, dry_run=dry_run, progress=progress)
+        if not dry_run:
+            store = StateStore(state_dir(job))
+            store.run_started(run_id, job.name, job.config_hash, thash, dict(job.params), job.output.path)
+        result = _run(job, report, started, store, thash, workers=workers, dry_run=dry_run,
+                      progress=progress, full_refresh=full_refresh)
+        if store is not None and result.status == "up to date":
+            store.run_finished(run_id, "up to date", 0, result.counts.__dict__)
+        return result
     except BaseException as exc:
         report.status = "failed"
         report.error = str(exc)
         report.seconds = time.monotonic() - started
+        code = getattr(exc, "exit_code", 130 if isinstance(exc, KeyboardInterrupt) else 1)
+        report.exit_code = code
+        if store is not None:
+            try:
+                store.run_finished(run_id, "failed", code, report.counts.__dict__, error=str(exc)[:2000])
+            except sqlite3.Error as db_exc:
+                log.error("could not record the failed run in the state store: %s", db_exc)
         try:
             exc.report = report  # type: ignore[attr-defined]
         except AttributeError:
             pass
         raise
+    finally:
+        if not dry_run and job.run.metrics_file:
+            write_metrics(job.run.metrics_file, job.name, report, store)
+        if store is not None:
+            store.close()
 
 
-def _run(job: Job, report: Report, started: float, *, workers, dry_run, progress) -> Report:
+def _previous_output(paths: OutputPaths) -> dict | None:
+    try:
+        return read_manifest(paths.path) if os.path.isdir(paths.path) else None
+    except PipelineError:
+        return None
+
+
+def _run(job: Job, report: Report, started: float, store, thash: str, *, workers, dry_run, progress,
+         full_refresh) -> Report:
     run_id = report.run_id
-    plan = build_plan(job, workers=workers)
+    paths = OutputPaths(job.output.path)
+    previous = _previous_output(paths)
+    mode = job.output.mode
+    select = None
+    pinned = None
+    if store is not None and previous is not None:
+        for past in previous.get("runs", []):
+            if not store.knows_run(past["run_id"]):
+                store.record_published(past, job.name, previous.get("transform_hash"))
+                log.info("recorded run %s from the output's manifest (its state update was lost)", past["run_id"])
+    if full_refresh:
+        mode = "overwrite"
+    elif job.input.incremental and previous is not None:
+        if previous.get("transform_hash") != thash:
+            raise ConfigError(
+                f"the output at {paths.path} was made by another version of this job (its stages or the way "
+                f"it reads values changed); run with --full-refresh to rebuild it from all inputs",
+                file=str(job.config_path), key="stages")
+        seen = store.seen_files(job.name) if store is not None else {}
+        select = lambda files: _new_or_changed(files, seen)  # noqa: E731
+        pinned = {c["name"]: parse_type(c["type"]) for c in previous.get("input_schema", [])}
+        mode = "append"
+    plan = build_plan(job, workers=workers, select=select, pinned=pinned)
     out_schema = check_stages(job, plan)
+    if mode == "append" and previous is not None and previous.get("schema") and out_schema is not None:
+        out_schema = _append_schema(out_schema, previous["schema"])
     report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
     report.chunks, report.workers = len(plan.chunks), plan.workers
     if dry_run:
         report.status = "dry-run"
         report.seconds = time.monotonic() - started
         return report
+    if select is not None and not plan.files:
+        report.status = "up to date"
+        report.note = f"nothing new: all {len(plan.discovered)} input files were processed by earlier runs"
+        report.seconds = time.monotonic() - started
+        log.info("%s", report.note)
+        return report
 
-    paths = OutputPaths(job.output.path)
     os.makedirs(paths.parent, exist_ok=True)
     with JobLock(paths.lock, job.name, run_id):
-        for what in recover(paths, run_id):
+        chunk_ids = [c.id for c in plan.chunks]
+        resumed = find_resumable(paths, job.config_hash, chunk_ids) if job.run.checkpoint_interval else None
+        for what in recover(paths, keep=resumed.staging if resumed else None):
             log.info("recovered: %s", what)
-        previous_manifest = check_target(paths, job.output.mode)
-        staging = paths.staging(run_id)
-        os.makedirs(staging, mode=0o755)
-        log.info("run %s: %d files, %d chunks, %d workers", run_id, len(plan.files), len(plan.chunks), plan.workers)
+        previous_manifest = check_target(paths, mode)
         counts = report.counts
-        bar = Progress(plan.total_bytes, len(plan.chunks), enabled=progress, interval=job.run.progress_interval)
+        if resumed is not None:
+            staging = resumed.staging
+            done = {r.chunk_id for r in resumed.results}
+            todo = [c for c in plan.chunks if c.id not in done]
+            for r in resumed.results:
+                counts.add(r)
+            log.info("resuming run %s: %d of %d chunks were finished and are kept", resumed.run_id,
+                     len(done), len(plan.chunks))
+            journal = os.path.join(staging, JOURNAL)
+        else:
+            staging = paths.staging(run_id)
+            os.makedirs(staging, mode=0o755)
+            todo = list(plan.chunks)
+            journal = start_journal(staging, run_id, job.config_hash, chunk_ids)
+        log.info("run %s: %d files, %d chunks, %d workers", run_id, len(plan.files), len(todo), plan.workers)
+        bar = Progress(sum(_chunk_bytes(c) for c in todo), len(todo), enabled=progress,
+                       interval=job.run.progress_interval)
         cap = job.run.max_bad_rows if job.run.on_bad_rows != "fail" else None
 
         def on_result(result: ChunkResult) -> None:
@@ -219,7 +325,7 @@ def _run(job: Job, report: Report, started: float, *, workers, dry_run, progress
                                  f"nothing was published", rows_rejected=counts.rows_rejected)
 
         spool = os.path.join(staging, SPOOL)
-        os.makedirs(spool)
+        os.makedirs(spool, exist_ok=True)
         wspec = worker_spec(job, plan, spool)
 
         def on_poison(chunk, why: str, attempts: int):
@@ -229,48 +335,109 @@ def _run(job: Job, report: Report, started: float, *, workers, dry_run, progress
                                     attempts)
 
         try:
+            if cap is not None and counts.rows_rejected > cap:
+                raise InputError(f"{counts.rows_rejected} bad rows, more than run.max_bad_rows ({cap})")
             executor = LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
                                      chunk_timeout=job.run.chunk_timeout, on_result=on_result,
                                      on_poison=on_poison)
             spec = WriterSpec(job.name, run_id, staging, out_schema, tuple(job.output.partition_by),
                               job.output.compression, job.output.compression_level,
-                              job.output.row_group_rows, job.output.file_bytes)
-            execution = executor.run(plan.chunks, wspec, spec)
+                              job.output.row_group_rows, job.output.file_bytes,
+                              journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0)
+            execution = executor.run(todo, wspec, spec)
             bar.close()
             shutil.rmtree(spool)
-            written = sum(execution.acked_rows.values())
+            written = sum(execution.acked_rows.values()) + sum(r.rows_written for r in resumed.results) \
+                if resumed else sum(execution.acked_rows.values())
             if written != counts.rows_written or not counts.balanced():
                 raise RuntimeError(f"row counts do not add up ({counts}; the writer received {written} rows); "
                                    f"nothing was published")
             info = execution.writer
-            files = info["files"]
-            if previous_manifest is not None and job.output.mode == "append":
+            files = (resumed.files if resumed else []) + info["files"]
+            os.unlink(journal)
+            if previous_manifest is not None and mode == "append":
                 link_previous(paths.path, staging)
             manifest = build_manifest(job, plan, run_id, counts, files, info.get("schema") or out_schema,
-                                      previous_manifest if job.output.mode == "append" else None)
+                                      previous_manifest if mode == "append" else None, thash)
             publish(paths, staging, manifest, run_id)
-        except BaseException:
+        except BaseException as exc:
             bar.close()
-            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, (Interrupted, KeyboardInterrupt)) and _has_checkpoint(journal):
+                log.info("kept the finished chunks in %s; the next run resumes from them", staging)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
             raise
+        if store is not None:
+            seen = [Seen(f.path, f.size, f.mtime_ns, fingerprint(f.path, f.size), run_id) for f in plan.files]
+            try:
+                store.run_finished(run_id, "succeeded", 0, counts.__dict__, seen, job=job.name,
+                                   replace_files=full_refresh)
+            except sqlite3.Error as exc:
+                raise OutputError(f"the output was published, but the state store could not record it ({exc}); "
+                                  f"the next run records it from the output's manifest") from exc
     data_files = [f for f in files if not f["path"].startswith(REJECTS + "/")]
     report.status = "succeeded"
+    report.exit_code = 0
     report.output_files = len(data_files)
     report.output_bytes = sum(f["bytes"] for f in data_files)
     report.reject_files = len(files) - len(data_files)
     report.seconds = time.monotonic() - started
+    if resumed is not None:
+        report.note = f"resumed: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks came from run {resumed.run_id}"
     log.info("run %s succeeded: %s rows written", run_id, f"{counts.rows_written:,}")
     return report
 
 
+def _chunk_bytes(chunk: Chunk) -> int:
+    return (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
+
+
+def _has_checkpoint(journal: str) -> bool:
+    try:
+        with open(journal, encoding="utf-8") as fh:
+            return sum(1 for _ in fh) > 1
+    except FileNotFoundError:
+        return False
+
+
+def _new_or_changed(files, seen) -> list:
+    chosen = []
+    for f in files:
+        old = seen.get(f.path)
+        if old is None:
+            chosen.append(f)
+        elif (old.size, old.mtime_ns) != (f.size, f.mtime_ns):
+            if fingerprint(f.path, f.size) != old.fingerprint:
+                log.warning("%s changed since run %s: its rows are appended again (the earlier ones stay; "
+                            "use --full-refresh to rebuild)", f.path, old.run_id)
+                chosen.append(f)
+    return chosen
+
+
+def _append_schema(schema: pa.Schema, previous: list[dict]) -> pa.Schema:
+    """Appended parts take the column types of the output they join."""
+    types = {c["name"]: c["type"] for c in previous}
+    fields = []
+    for f in schema:
+        if f.name in types:
+            try:
+                fields.append(pa.field(f.name, parse_type(types[f.name])))
+                continue
+            except ValueError:
+                pass
+        fields.append(f)
+    return pa.schema(fields)
+
+
 def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: list[dict],
-                   schema: pa.Schema | None, previous: dict | None) -> dict:
+                   schema: pa.Schema | None, previous: dict | None, thash: str = "") -> dict:
     data = [dict(f) for f in files if not f["path"].startswith(REJECTS + "/")]
     rejects = [dict(f) for f in files if f["path"].startswith(REJECTS + "/")]
     this_run = {
         "run_id": run_id,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config_hash": job.config_hash,
+        "params": dict(job.params),
         "counts": counts.__dict__.copy(),
         "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in plan.files],
     }
@@ -285,10 +452,12 @@ def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: lis
         "run_id": run_id,
         "job": job.name,
         "config_hash": job.config_hash,
+        "transform_hash": thash,
         "config": dump_config(job),
         "mode": job.output.mode,
         "partition_by": list(job.output.partition_by),
         "schema": schema_dict(schema),
+        "input_schema": schema_dict(plan.read.schema),
         "inputs": this_run["inputs"],
         "files": data,
         "rejects": {"files": rejects, "rows": sum(f["rows"] for f in rejects)},

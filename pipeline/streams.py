@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline.errors import InputError
+from pipeline.storage import is_url, open_input
 
 
 class CappedStream:
@@ -44,7 +45,11 @@ class CappedStream:
 
 def open_decompressed(path: str, compression: str | None, limit: int | None = None) -> CappedStream:
     try:
-        stream = pa.input_stream(path, compression=compression) if compression else open(path, "rb")
+        if is_url(path):
+            raw = open_input(path)
+            stream = pa.input_stream(raw, compression=compression) if compression else raw
+        else:
+            stream = pa.input_stream(path, compression=compression) if compression else open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot open: {exc}", file=path) from exc
     return CappedStream(path, stream, limit if compression else None)

@@ -11,11 +11,12 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError, PipelineError, StageError
+from pipeline.errors import InputError, OutputError, PipelineError, StageError
 from pipeline.plan import Chunk, ReadSpec
 from pipeline.read import BadRow, read_chunk
 from pipeline.stages import StageContext, apply_stages
@@ -134,29 +135,15 @@ def _stage_rejects(block, rejects: pa.Table, file: str) -> list[BadRow]:
     return [BadRow(file, loc[0], loc[1], st, reason, loc[2]) for loc, st, reason in zip(located, stages, reasons)]
 
 
-def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
-    """Read one chunk, run the stages, stream the result to the writer, report the counts.
+def chunk_tables(chunk: Chunk, spec: WorkerSpec, result: ChunkResult) -> Iterator[tuple[str, pa.Table]]:
+    """Read one chunk and run the stages: yields ``("data", rows)`` and ``("rejects", rows)``.
 
-    The writer commits a chunk only when it has the ``end`` message, so a worker that dies half way
-    leaves nothing behind, and a retried chunk is never written twice.
+    The one path from a chunk to its output rows, whichever executor runs it; the counts and
+    bad-row samples go into ``result``. Bad rows beyond the job's policy raise InputError.
     """
-    chunk, attempt = task
-    spec: WorkerSpec = _STATE["spec"]
-    queue = _STATE["queue"]
-    _STATE["events"].put(("start", chunk.id, attempt, os.getpid(), time.time()))
-    started = time.monotonic()
-    result = ChunkResult(chunk.id, attempt, os.getpid())
     ctx = StageContext(base_dir=Path(spec.base_dir), chunk=chunk.describe(),
                        allowed_modules=spec.allowed_modules)
     stage_list = [(name, s) for name, s in spec.stages]
-    messages = 0
-
-    def send(kind: str, table: pa.Table) -> None:
-        nonlocal messages
-        path = os.path.join(spec.spool, f"{chunk.id}.{attempt}.{messages}.arrow")
-        queue.put((kind, chunk.id, attempt, spool(table, path), table.num_rows))
-        messages += 1
-
     try:
         for block in read_chunk(chunk, spec.read):
             result.rows_read += block.rows_read
@@ -169,6 +156,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
                 table = out.table
             else:
                 table = block.table
+            rejects = None
             if bad:
                 if spec.on_bad_rows == "fail":
                     first = min(bad, key=lambda b: (b.line is None, b.line or 0))
@@ -180,15 +168,48 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
                 room = BAD_ROW_SAMPLES - len(result.bad_samples)
                 result.bad_samples.extend(bad[:max(room, 0)])
                 if spec.on_bad_rows == "quarantine":
-                    send("rejects", rejects_table(bad, chunk))
-            for piece in _pieces(table):
-                send("data", piece)
+                    rejects = rejects_table(bad, chunk)
             result.rows_written += table.num_rows
+            if rejects is not None:
+                yield "rejects", rejects
+            yield "data", table
     except PipelineError:
         raise
     except (pa.ArrowException, OSError, ValueError, TypeError, KeyError) as exc:
         raise StageError(f"{chunk.describe()}: {type(exc).__name__}: {exc}", chunk=chunk.id,
                          file=chunk.file.path) from exc
+
+
+def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
+    """Read one chunk, run the stages, stream the result to the writer, report the counts.
+
+    The writer commits a chunk only when it has the ``end`` message, so a worker that dies half way
+    leaves nothing behind, and a retried chunk is never written twice.
+    """
+    chunk, attempt = task
+    spec: WorkerSpec = _STATE["spec"]
+    queue = _STATE["queue"]
+    _STATE["events"].put(("start", chunk.id, attempt, os.getpid(), time.time()))
+    started = time.monotonic()
+    result = ChunkResult(chunk.id, attempt, os.getpid())
+    messages = 0
+
+    def send(kind: str, table: pa.Table) -> None:
+        nonlocal messages
+        path = os.path.join(spec.spool, f"{chunk.id}.{attempt}.{messages}.arrow")
+        try:
+            spool(table, path)
+        except OSError as exc:
+            raise OutputError(f"cannot write to the output's staging area: {exc}", path=path) from exc
+        queue.put((kind, chunk.id, attempt, path, table.num_rows))
+        messages += 1
+
+    for kind, table in chunk_tables(chunk, spec, result):
+        if kind == "rejects":
+            send("rejects", table)
+        else:
+            for piece in _pieces(table):
+                send("data", piece)
     result.messages = messages
     result.bytes_read = (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
     result.seconds = time.monotonic() - started

@@ -16,9 +16,11 @@ once it has committed that many chunks; it reports to the parent on the ``events
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue as queue_mod
 import signal
+import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
@@ -47,6 +49,8 @@ class WriterSpec:
     compression_level: int | None = None
     row_group_rows: int = 1_000_000
     file_bytes: int = 512 << 20
+    journal: str | None = None                # append checkpoints here, so a killed run can resume
+    checkpoint_seconds: float = 60.0
 
 
 @dataclass
@@ -227,6 +231,18 @@ class DatasetWriter:
         self.rejected += table.num_rows
         self._write_rows(self.rejects, table, REJECT_SCHEMA)
 
+    def checkpoint(self) -> list[WrittenFile]:
+        """Write out every buffered row and close every open file; return the files closed since last time."""
+        before = len(self.files)
+        for part in self.partitions.values():
+            self._flush(part, final=True)
+            self._close(part)
+        if self.rejects is not None:
+            self._close(self.rejects)
+        for d in {os.path.dirname(os.path.join(self.root, f.path)) for f in self.files[before:]}:
+            _fsync(d)
+        return self.files[before:]
+
     def close(self) -> list[WrittenFile]:
         for part in self.partitions.values():
             self._flush(part, final=True)
@@ -275,6 +291,12 @@ def _split_partitions(table: pa.Table, keys: tuple[str, ...]):
         yield tuple(row[k] for k in keys), data.filter(mask)
 
 
+def _result_dict(result) -> dict:
+    data = dict(result.__dict__)
+    data["bad_samples"] = [b.__dict__ for b in result.bad_samples]
+    return data
+
+
 def _discard(pieces) -> None:
     for _, path in pieces:
         try:
@@ -306,6 +328,21 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
     pending: dict[tuple[str, int], list] = {}
     committed: set[str] = set()
     expected: int | None = None
+    since_checkpoint: list = []
+    last_checkpoint = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal last_checkpoint, since_checkpoint
+        closed = out.checkpoint()
+        line = {"kind": "checkpoint", "files": [f.__dict__ for f in closed],
+                "chunks": [_result_dict(r) for r in since_checkpoint]}
+        with open(spec.journal, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        since_checkpoint = []
+        last_checkpoint = time.monotonic()
+
     while expected is None or len(committed) < expected:
         try:
             msg = queue.get(timeout=DONE_GRACE_SECONDS) if expected is not None else queue.get()
@@ -334,6 +371,10 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
             committed.add(chunk_id)
             if written != result.rows_written:
                 raise RuntimeError(f"chunk {chunk_id}: {written} rows arrived, the worker sent {result.rows_written}")
+            if spec.journal:
+                since_checkpoint.append(result)
+                if time.monotonic() - last_checkpoint >= spec.checkpoint_seconds:
+                    checkpoint()
             events.put(("ack", chunk_id, attempt, written, result))
         elif kind == "done":
             expected = msg[1]

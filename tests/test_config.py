@@ -752,9 +752,37 @@ def test_substituted_text_is_not_interpolated_again(tmp_path):
     assert job.params == {"a": "${B}"}
 
 
-def test_params_references_are_left_alone(tmp_path):
-    job = load(tmp_path, MINIMAL + "stages:\n  - filter: \"country == '${params.country}'\"\n")
-    assert job.stages[0].spec == "country == '${params.country}'"
+def test_params_are_substituted_in_values_and_paths(tmp_path):
+    text = MINIMAL + "params: {country: DE, day: '2026-11-23'}\nstages:\n  - filter: \"country == '${params.country}'\"\n"
+    job = load(tmp_path, text.replace("paths: data/*.csv", "paths: 'logs/${params.day:%Y/%m/%d}/*.gz'"))
+    assert job.stages[0].spec == "country == 'DE'"
+    assert job.input.paths[0].endswith("logs/2026/11/23/*.gz")
+    job = load_config(tmp_path / "job.yaml", params={"country": "FR", "day": "2025-01-02"})
+    assert job.stages[0].spec == "country == 'FR'" and job.input.paths[0].endswith("logs/2025/01/02/*.gz")
+    assert job.params == {"country": "FR", "day": "2025-01-02"}
+
+
+def test_unknown_and_undated_params_are_config_errors(tmp_path):
+    load(tmp_path, MINIMAL + "params: {day: today}\n")
+    with pytest.raises(ConfigError, match="unknown parameter 'dya' \\(did you mean 'day'\\?\\)") as info:
+        load_config(tmp_path / "job.yaml", params={"dya": "x"})
+    assert info.value.exit_code == 78
+    with pytest.raises(ConfigError, match="unknown parameter 'nope'"):
+        load(tmp_path, MINIMAL + "stages:\n  - filter: \"x == '${params.nope}'\"\n")
+    with pytest.raises(ConfigError, match="is not a date"):
+        load(tmp_path, MINIMAL.replace("paths: data/*.csv", "paths: 'x/${params.day:%Y}'") + "params: {day: soon}\n")
+
+
+def test_date_words_resolve_to_iso_dates():
+    import datetime
+
+    from pipeline.config import resolve_param_value
+
+    day = datetime.date(2026, 3, 1)
+    assert resolve_param_value("yesterday", day) == "2026-02-28"
+    assert resolve_param_value("today-7", day) == "2026-02-22"
+    assert resolve_param_value("TODAY + 1", day) == "2026-03-02"
+    assert resolve_param_value("2026-01-05", day) == "2026-01-05"
 
 
 def test_newline_in_a_variable_cannot_add_a_key(tmp_path):

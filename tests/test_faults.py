@@ -73,7 +73,8 @@ def test_process_titles_name_job_and_role(tmp_path):
     config = _job_dir(tmp_path, seconds=0.3)
     proc = _start(config)
     try:
-        workers = _wait_for(lambda: _pids_titled("pipeline: faulty worker"))
+        workers = _wait_for(lambda: len(_pids_titled("pipeline: faulty worker")) == 2
+                            and _pids_titled("pipeline: faulty worker"))
         writers = _wait_for(lambda: _pids_titled("pipeline: faulty writer"))
         assert len(workers) == 2 and len(writers) == 1
     finally:
@@ -179,17 +180,18 @@ def test_second_run_of_the_same_job_exits_75_naming_the_holder(tmp_path):
 
 
 def test_full_disk_exits_74_and_keeps_the_previous_output(tmp_path):
-    config = _job_dir(tmp_path, seconds=0.0)
+    config = _job_dir(tmp_path, rows=20000, chunk_bytes=100_000, seconds=0.0)
     assert subprocess.run([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
                           capture_output=True, timeout=120).returncode == 0
     before = manifest_of(tmp_path / "out")
-    # RLIMIT_FSIZE makes every write past 4 KiB fail with EFBIG in the run and all its children
+    # RLIMIT_FSIZE makes every write past 128 KiB fail with EFBIG in the run and all its children
     script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (131072, 131072)); "
               "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
     done = subprocess.run([sys.executable, "-c", script, "run", str(config), "--no-progress",
                            "--set", "output.compression=none"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 74, done.stderr
+    assert "File too large" in done.stderr and "state store" not in done.stderr
     assert manifest_of(tmp_path / "out") == before
     assert sort_rows(read_output(tmp_path / "out").to_pylist()) == _expected_rows(tmp_path)
     assert [n for n in os.listdir(tmp_path) if n.startswith(".out.staging")] == []
