@@ -215,7 +215,9 @@ def _is_url(path: str) -> bool:
 
 def _resolve(path: str, info: ValidationInfo) -> str:
     """Relative paths are relative to the config file's folder; URLs are kept as they are."""
-    if _is_url(path):
+    if path.startswith("file://"):
+        path = path[len("file://"):]  # a local path
+    elif _is_url(path):
         return path
     base = (info.context or {}).get("base_dir")
     path = os.path.expanduser(path)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.storage import glob as glob_url
+from pipeline.storage import is_url
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -61,9 +63,12 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
     seen: set[str] = set()
     files: list[InputFile] = []
     for i, pattern in enumerate(patterns):
-        matches = sorted(glob.glob(pattern, recursive=True))
         key = f"input.paths[{i}]"
         line = line_of(key) if line_of else None
+        if is_url(pattern):
+            files.extend(_discover_url(pattern, configured_format, seen, key, line))
+            continue
+        matches = sorted(glob.glob(pattern, recursive=True))
         matches = [m for m in matches if not os.path.isdir(m)]
         if not matches:
             raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
@@ -86,4 +91,25 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
                 continue
             fmt, compression = detect(real, configured_format)
             files.append(InputFile(real, fmt, compression, st.st_size, st.st_mtime_ns))
+    return files
+
+
+def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str, line) -> list[InputFile]:
+    """The files an fsspec URL glob (s3://bucket/raw/*.csv) matches, sorted."""
+    try:
+        matches = glob_url(pattern)
+    except ConfigError as exc:
+        exc.context.setdefault("key", key)
+        if line:
+            exc.context.setdefault("line", line)
+        raise
+    if not matches:
+        raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
+    files = []
+    for url, size, mtime_ns in matches:
+        if url in seen:
+            continue
+        seen.add(url)
+        fmt, compression = detect(url, configured_format)
+        files.append(InputFile(url, fmt, compression, size, mtime_ns))
     return files

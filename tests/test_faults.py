@@ -17,7 +17,9 @@ from tests.conftest import ROOT, basic_job, manifest_of, read_output, sort_rows,
 SLOW_STAGE = '''
 import os, time, pathlib
 
-def slow(df, seconds, die_on=None, mode="kill"):
+def slow(df, seconds, die_on=None, mode="kill", marker_dir=None):
+    if marker_dir:
+        pathlib.Path(marker_dir, f"busy-{os.getpid()}").touch()
     if die_on is not None and (df["id"] == die_on).any():
         if mode == "kill":
             os.kill(os.getpid(), 9)
@@ -83,11 +85,11 @@ def test_process_titles_name_job_and_role(tmp_path):
 
 
 def test_worker_killed_mid_run_gives_the_same_output_as_a_clean_run(tmp_path):
-    config = _job_dir(tmp_path, seconds=0.15)
+    config = _job_dir(tmp_path, seconds=0.3, marker_dir=str(tmp_path))
     proc = _start(config)
-    victim = _wait_for(lambda: _pids_titled("pipeline: faulty worker"))[0]
-    time.sleep(0.3)
-    os.kill(victim, signal.SIGKILL)
+    # the stage also runs once in the parent (on an empty table, to learn its schema)
+    busy = _wait_for(lambda: [p for p in tmp_path.glob("busy-*") if p.name != f"busy-{proc.pid}"])
+    os.kill(int(busy[0].name.split("-")[1]), signal.SIGKILL)  # a worker in the middle of a chunk
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "retrying" in err and "SIGKILL" in err
