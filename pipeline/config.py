@@ -384,7 +384,23 @@ class OutputConfig(_Model):
 
 
 class DaskConfig(_Model):
-    address: str | None = None
+    address: str | None = None          # tcp://host:8786; else DASK_SCHEDULER_ADDRESS; else a LocalCluster
+    connect_timeout: Duration = 30.0    # give up on an unreachable scheduler after this long (exit 1)
+
+
+def dask_missing() -> str | None:
+    """Why the dask executor cannot be used here, or None when dask.distributed is installed."""
+    import importlib.util
+
+    for name in ("dask", "distributed"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return ("the dask executor needs dask.distributed, which is not installed: "
+                    "pip install 'pipeline[dask]'")
+    return None
 
 
 class RunConfig(_Model):
@@ -406,6 +422,14 @@ class RunConfig(_Model):
     @classmethod
     def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else _resolve(value, info)
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, value: str) -> str:
+        missing = dask_missing() if value == "dask" else None
+        if missing:
+            raise ValueError(missing)
+        return value
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pipeline.plan import Plan, build_plan
 from pipeline.publish import (REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish,
                               read_manifest, recover)
 from pipeline.progress import Progress
+from pipeline.storage import is_url, read_remote_manifest
 from pipeline.stages import StageContext, output_schema
 from pipeline.plan import Chunk
 from pipeline.read import BadRow, raw_records
@@ -240,6 +241,8 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
 
 def _previous_output(paths: OutputPaths) -> dict | None:
     try:
+        if is_url(paths.path):
+            return read_remote_manifest(paths.path)
         return read_manifest(paths.path) if os.path.isdir(paths.path) else None
     except PipelineError:
         return None
@@ -286,6 +289,11 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         report.seconds = time.monotonic() - started
         log.info("%s", report.note)
         return report
+    if job.run.executor == "dask" or is_url(job.output.path):
+        from pipeline.cluster import run_distributed
+
+        return run_distributed(job, plan, report, started, store, thash, out_schema=out_schema, mode=mode,
+                               progress=progress, full_refresh=full_refresh)
 
     os.makedirs(paths.parent, exist_ok=True)
     with JobLock(paths.lock, job.name, run_id):

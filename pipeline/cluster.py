@@ -1,0 +1,317 @@
+"""The run's driver when the chunks run on Dask, or when the output is on an object store.
+
+``run.executor: dask``: tasks write their part files straight into the staging area (see
+``dask_executor``); the driver takes each chunk's record once, checks every count, and publishes.
+
+``output.path`` a URL (``s3://bucket/sales``) with ``run.executor: local``: the local executor's
+writer process writes into a private local directory, and the driver uploads its parts under the
+output prefix before publishing (its names already carry the run id).
+
+Publishing:
+- a local (or shared) ``output.path``: the parts are in ``.<name>.staging-<run id>/`` beside it and
+  ``publish.publish`` swaps that directory in atomically, as for the local executor;
+- an object store: there is no rename. The parts go under the final prefix with names that carry
+  the run id (nothing lists them yet), then ``_manifest.json`` replaces the old one in one upload,
+  then ``_SUCCESS`` (holding the run id) is written; only then are the previous run's parts
+  removed. Readers go by the manifest: the files it lists are complete and are all the output.
+  A failed run removes its own parts; a run that dies leaves parts no manifest lists, which the
+  next successful run removes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import Job
+from pipeline.errors import InputError, OutputError, StageError
+from pipeline.lock import JobLock
+from pipeline.plan import Chunk, Plan
+from pipeline.progress import Progress
+from pipeline.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
+from pipeline.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
+                              remove_unlisted)
+from pipeline.worker import ChunkResult
+
+log = logging.getLogger("pipeline")
+
+BAD_SAMPLES = 5
+
+
+def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: str, *,
+                    out_schema: pa.Schema | None, mode: str, progress: bool | None,
+                    full_refresh: bool):
+    """Run the planned chunks and publish; fills and returns ``report`` (see ``run._run``)."""
+    from pipeline.run import build_manifest, state_dir
+    from pipeline.state import Seen, fingerprint
+
+    run_id = report.run_id
+    counts = report.counts
+    remote = is_url(job.output.path)
+    url = job.output.path.rstrip("/") if remote else None
+    paths = None if remote else OutputPaths(job.output.path)
+    if remote:
+        # an object store has no lock of its own: runs of this job on this machine take turns
+        lock_path = os.path.join(state_dir(job), f"{job.name}.output.lock")
+    else:
+        os.makedirs(paths.parent, exist_ok=True)
+        lock_path = paths.lock
+    with JobLock(lock_path, job.name, run_id):
+        if remote:
+            previous = check_remote_target(url, mode)
+            staging = None
+        else:
+            for what in recover(paths):
+                log.info("recovered: %s", what)
+            previous = check_target(paths, mode)
+            staging = paths.staging(run_id)
+            os.makedirs(staging, mode=0o755)
+        log.info("run %s: %d files, %d chunks, %s", run_id, len(plan.files), len(plan.chunks),
+                 "the Dask executor" if job.run.executor == "dask" else f"{plan.workers} workers")
+        bar = Progress(sum(_chunk_bytes(c) for c in plan.chunks), len(plan.chunks), enabled=progress,
+                       interval=job.run.progress_interval)
+        cap = job.run.max_bad_rows if job.run.on_bad_rows != "fail" else None
+
+        def on_result(result: ChunkResult) -> None:
+            counts.add(result)
+            room = BAD_SAMPLES - len(report.bad_samples)
+            if room > 0:
+                report.bad_samples.extend(result.bad_samples[:room])
+            bar.update(result)
+            if cap is not None and counts.rows_rejected > cap:
+                raise InputError(f"{counts.rows_rejected} bad rows so far, more than run.max_bad_rows ({cap}); "
+                                 f"nothing was published", rows_rejected=counts.rows_rejected)
+
+        try:
+            if job.run.executor == "dask":
+                files, schema = _run_dask(job, plan, run_id, staging or url, out_schema, on_result)
+            else:
+                files, schema = _run_local_then_upload(job, plan, run_id, url, out_schema, on_result)
+            bar.close()
+            _check_counts(counts, files)
+            if not files:
+                files = _empty_part(job, run_id, staging or url, schema)
+            keep_previous = previous if mode == "append" else None
+            if not remote:
+                _sweep(staging, {f["path"] for f in files})
+                if previous is not None and mode == "append":
+                    link_previous(paths.path, staging)
+                manifest = build_manifest(job, plan, run_id, counts, files, schema, keep_previous, thash)
+                publish(paths, staging, manifest, run_id)
+            else:
+                manifest = build_manifest(job, plan, run_id, counts, files, schema, keep_previous, thash)
+                listed = {f["path"] for f in manifest["files"]} | {f["path"] for f in manifest["rejects"]["files"]}
+                removed = publish_remote(url, manifest, run_id, listed)
+                if removed:
+                    log.info("removed %d part files no longer listed in the manifest", len(removed))
+        except BaseException:
+            bar.close()
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                _remove_run_parts(url, run_id)
+            raise
+        if store is not None:
+            seen = [Seen(f.path, f.size, f.mtime_ns, fingerprint(f.path, f.size), run_id) for f in plan.files]
+            store.run_finished(run_id, "succeeded", 0, counts.__dict__, seen, job=job.name,
+                               replace_files=full_refresh)
+    data_files = [f for f in files if not f["path"].startswith(REJECTS + "/")]
+    report.status = "succeeded"
+    report.exit_code = 0
+    report.output_files = len(data_files)
+    report.output_bytes = sum(f["bytes"] for f in data_files)
+    report.reject_files = len(files) - len(data_files)
+    report.seconds = time.monotonic() - started
+    log.info("run %s succeeded: %s rows written", run_id, f"{counts.rows_written:,}")
+    return report
+
+
+def _chunk_bytes(chunk: Chunk) -> int:
+    return (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
+
+
+def _check_counts(counts, files: list[dict]) -> None:
+    written = sum(f["rows"] for f in files if not f["path"].startswith(REJECTS + "/"))
+    if written != counts.rows_written or not counts.balanced():
+        raise RuntimeError(f"row counts do not add up ({counts}; the part files hold {written} rows); "
+                           f"nothing was published")
+
+
+# ------------------------------------------------------------------------------------ Dask
+
+
+def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result):
+    from pipeline.dask_executor import DaskExecutor, PartSpec, TaskSpec, quarantine_write, scheduler_address
+    from pipeline.run import worker_spec
+
+    parts = PartSpec(run_id, root, out_schema, tuple(job.output.partition_by), job.output.compression,
+                     job.output.compression_level, job.output.row_group_rows, job.output.file_bytes)
+    spec = TaskSpec(worker_spec(job, plan), parts)
+
+    def on_poison(chunk: Chunk, why: str, attempts: int):
+        if job.run.on_bad_rows != "quarantine":
+            return None
+        return quarantine_write(chunk, spec, f"the task {why}")
+
+    address = scheduler_address(job.run.dask.address)
+    with DaskExecutor(address, plan.workers, retries=job.run.retries,
+                      connect_timeout=job.run.dask.connect_timeout, on_result=on_result,
+                      on_poison=on_poison) as executor:
+        if executor.dashboard:
+            print(f"pipeline: Dask dashboard {executor.dashboard}", file=_stderr(), flush=True)
+        taken = executor.run(plan.chunks, spec)
+    files = []
+    for chunk in plan.chunks:  # in plan order: the manifest lists parts in input order
+        files.extend(taken[chunk.id].files)
+    seen = set()
+    for f in files:
+        if f["path"] in seen:
+            raise RuntimeError(f"two chunks wrote {f['path']}; nothing was published")
+        seen.add(f["path"])
+    schema = _unify_parts(root, [taken[c.id] for c in plan.chunks], out_schema, tuple(job.output.partition_by))
+    return files, schema
+
+
+def _stderr():
+    import sys
+
+    return sys.stderr
+
+
+def _unify_parts(root: str, writes, out_schema: pa.Schema | None, partition_by: tuple[str, ...]) -> pa.Schema | None:
+    """One schema for the whole output; part files of a chunk whose column stayed untyped are rewritten.
+
+    A column the plan could not type (a python stage's column that is null in every row of a
+    chunk) is written as type null by that chunk; it takes the type other chunks found.
+    """
+    schemas = [w.schema for w in writes if w.schema is not None and any(
+        not f["path"].startswith(REJECTS + "/") for f in w.files)]
+    if not schemas:
+        return out_schema
+    first = schemas[0]
+    fields = []
+    for i, fld in enumerate(first):
+        types = {s.field(i).type for s in schemas if not pa.types.is_null(s.field(i).type)}
+        if len(types) > 1:
+            raise StageError(f"column {fld.name!r} has different types in different chunks "
+                             f"({', '.join(sorted(map(str, types)))}); add a `cast` stage to fix its type")
+        fields.append(pa.field(fld.name, types.pop() if types else fld.type))
+    for s in schemas:
+        if s.names != first.names:
+            raise StageError(f"the chunks produced different columns ({first.names} and {s.names}); "
+                             f"every chunk must give the same columns")
+    schema = pa.schema(fields)
+    in_files = pa.schema([f for f in schema if f.name not in partition_by])
+    for w in writes:
+        if w.schema is None or w.schema.equals(schema):
+            continue
+        for f in w.files:
+            if not f["path"].startswith(REJECTS + "/"):
+                f["bytes"] = _rewrite_cast(root, f["path"], in_files)
+        w.schema = schema
+    return schema
+
+
+def _rewrite_cast(root: str, rel: str, schema: pa.Schema) -> int:
+    if is_url(root):
+        fs, base = filesystem(root)
+        path = base.rstrip("/") + "/" + rel
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh)
+        table = table.cast(schema)
+        with fs.open(path, "wb") as fh:
+            pq.write_table(table, fh)
+            return fh.tell()
+    path = os.path.join(root, rel)
+    table = pq.read_table(path).cast(schema)
+    tmp = path + ".cast.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return os.path.getsize(path)
+
+
+def _empty_part(job: Job, run_id: str, root: str, schema: pa.Schema | None) -> list[dict]:
+    """An output with no rows is still a readable dataset with its schema (as with the local executor)."""
+    if schema is None or job.output.partition_by:
+        return []
+    from pipeline.dask_executor import PartSpec, _Sink
+
+    spec = PartSpec(run_id, root, schema, (), job.output.compression, job.output.compression_level)
+    fs = filesystem(root)[0] if is_url(root) else None
+    info = _Sink(spec, fs, f"part-empty-0-{run_id}.parquet", schema).close()
+    info["run_id"] = run_id
+    return [info]
+
+
+def _sweep(staging: str, keep: set[str]) -> None:
+    """Remove every file in staging that no taken record lists: leftovers of attempts that died."""
+    for directory, _, names in os.walk(staging):
+        for name in names:
+            full = os.path.join(directory, name)
+            rel = os.path.relpath(full, staging).replace(os.sep, "/")
+            if rel not in keep:
+                log.info("removing %s: left by a task attempt that did not finish", rel)
+                os.unlink(full)
+
+
+def _remove_run_parts(url: str, run_id: str) -> None:
+    """After a failed run: remove the parts this run put under the prefix (nothing lists them)."""
+    try:
+        mine = {rel for rel in list_remote(url) if rel.endswith(f"-{run_id}.parquet")}
+        keep = set(list_remote(url)) - mine
+        remove_unlisted(url, keep)
+    except Exception as exc:  # noqa: BLE001 - the run has failed already; its parts are only clutter
+        log.warning("could not remove this run's parts under %s: %s", url, exc)
+
+
+# ------------------------------------------------------------------------------------ local + upload
+
+
+def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
+    """The local executor into a private directory, then its parts uploaded under the prefix."""
+    from pipeline.execute import LocalExecutor
+    from pipeline.run import quarantine_chunk, worker_spec
+    from pipeline.write import WriterSpec
+
+    local = tempfile.mkdtemp(prefix=f"pipeline-{job.name}-{run_id}-")
+    try:
+        spool = os.path.join(local, SPOOL)
+        os.makedirs(spool)
+        wspec = worker_spec(job, plan, spool)
+
+        def on_poison(chunk, why: str, attempts: int):
+            if job.run.on_bad_rows != "quarantine":
+                return None
+            return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts",
+                                    attempts)
+
+        executor = LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
+                                 chunk_timeout=job.run.chunk_timeout, on_result=on_result, on_poison=on_poison)
+        spec = WriterSpec(job.name, run_id, local, out_schema, tuple(job.output.partition_by),
+                          job.output.compression, job.output.compression_level,
+                          job.output.row_group_rows, job.output.file_bytes)
+        execution = executor.run(plan.chunks, wspec, spec)
+        shutil.rmtree(spool)
+        files = [dict(f) for f in execution.writer["files"]]
+        written = sum(execution.acked_rows.values())
+        if written != sum(f["rows"] for f in files if not f["path"].startswith(REJECTS + "/")):
+            raise RuntimeError("the writer's files do not hold the rows it acknowledged; nothing was published")
+        fs, root = filesystem(url)
+        sources = [os.path.join(local, f["path"]) for f in files]
+        targets = [root.rstrip("/") + "/" + f["path"].replace(os.sep, "/") for f in files]
+        try:
+            if sources:
+                fs.put(sources, targets)
+        except OSError as exc:
+            raise OutputError(f"cannot upload the output to {url}: {exc}") from exc
+        for f in files:
+            f["path"] = f["path"].replace(os.sep, "/")
+        return files, execution.writer.get("schema") or out_schema
+    finally:
+        shutil.rmtree(local, ignore_errors=True)

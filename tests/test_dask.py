@@ -1,0 +1,308 @@
+"""The Dask executor and storage URLs: same rows and counts as the local executor, worker loss,
+an S3-compatible store on loopback, an unreachable scheduler, dask not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.demo import generate
+from tests.conftest import ROOT, basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
+
+distributed = pytest.importorskip("distributed")
+
+COUNTS = ("rows_read", "rows_written", "rows_filtered", "rows_rejected", "rows_added")
+
+
+def _sorted_rows(table: pa.Table) -> list[str]:
+    return sorted(json.dumps(r, sort_keys=True, default=str) for r in table.to_pylist())
+
+
+def _rejects(path: Path) -> list[str]:
+    m = manifest_of(path)
+    files = [str(path / f["path"]) for f in m["rejects"]["files"]]
+    if not files:
+        return []
+    table = pa.concat_tables(pq.read_table(f) for f in files).drop_columns(["chunk"])
+    return _sorted_rows(table)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One LocalCluster of 2 worker processes for the tests that pass its address."""
+    cl = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=40)
+    client = distributed.Client(cl, set_as_default=False)
+    try:
+        yield cl, client
+    finally:
+        client.close()
+        cl.close()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    base = tmp_path_factory.mktemp("demo")
+    shutil.copytree(ROOT / "configs", base / "configs")
+    generate(base / "data", rows=3000, seed=7)
+    return base
+
+
+@pytest.mark.parametrize("config", ["example", "by_country", "events"])
+def test_configs_give_the_same_rows_and_counts_on_dask(demo, cluster, config, tmp_path):
+    cl, _ = cluster
+    job = demo / "configs" / f"{config}.yaml"
+    outs = {}
+    for executor in ("local", "dask"):
+        out = tmp_path / executor
+        args = ["run", job, "--no-progress", "--set", f"output.path={out}", "--set", f"run.executor={executor}",
+                "--set", "run.workers=2", "--set", f"run.dask.address={cl.scheduler_address}",
+                "--set", f"run.state_dir={tmp_path / 'state'}"]
+        if config != "by_country":
+            args += ["--set", "input.chunk_bytes=8KiB"]  # several chunks per file
+        code, _, err = run_cli(*args)
+        assert code == 0, (executor, err)
+        outs[executor] = out
+    local, dask = (manifest_of(outs[k]) for k in ("local", "dask"))
+    assert {k: dask["counts"][k] for k in COUNTS} == {k: local["counts"][k] for k in COUNTS}
+    assert dask["chunks"] == local["chunks"] > 1
+    assert dask["schema"] == local["schema"]
+    assert sum(f["rows"] for f in dask["files"]) == dask["counts"]["rows_written"]
+    partitioning = "hive" if local["partition_by"] else None
+    assert _sorted_rows(read_output(outs["dask"], partitioning)) == _sorted_rows(read_output(outs["local"], partitioning))
+    assert _rejects(outs["dask"]) == _rejects(outs["local"])
+    # every file in the published output is listed in its manifest, and the other way round
+    listed = {f["path"] for f in dask["files"]} | {f["path"] for f in dask["rejects"]["files"]}
+    on_disk = {str(p.relative_to(outs["dask"])) for p in outs["dask"].rglob("*") if p.is_file()}
+    assert on_disk == listed | {"_manifest.json", "_SUCCESS"}
+
+
+def test_a_local_cluster_is_started_for_the_run_without_an_address(tmp_path, monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    rows = "".join(f"{i},{i % 7},x{i}\n" for i in range(3000))
+    (tmp_path / "in.csv").write_text("id,k,s\n" + rows)
+    job = basic_job("in.csv", stages=[{"filter": "k != 3"}], output={"partition_by": ["k"], "row_group_rows": 100},
+                    input={"chunk_bytes": "8KiB"}, run={"workers": 2, "executor": "dask"})
+    done = run_subprocess("run", write_job(tmp_path, job), "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Dask dashboard http" in done.stderr and "local Dask cluster of 2 worker processes" in done.stderr
+    table = read_output(tmp_path / "out", "hive")
+    assert sorted(table.column("id").to_pylist()) == [i for i in range(3000) if i % 7 != 3]
+    m = manifest_of(tmp_path / "out")
+    assert m["counts"]["rows_filtered"] == sum(1 for i in range(3000) if i % 7 == 3)
+    some = tmp_path / "out" / m["files"][0]["path"]
+    assert max(pq.ParquetFile(some).metadata.row_group(i).num_rows
+               for i in range(pq.ParquetFile(some).metadata.num_row_groups)) <= 100
+
+
+def test_a_retried_task_replaces_its_own_files(tmp_path):
+    """Two attempts at one chunk leave one copy; a dead attempt's temporary file is swept away."""
+    from pipeline.cluster import _sweep
+    from pipeline.config import load_config
+    from pipeline.dask_executor import PartSpec, TaskSpec, write_chunk
+    from pipeline.plan import build_plan
+    from pipeline.run import check_stages, worker_spec
+
+    (tmp_path / "in.csv").write_text("id,c\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(500)))
+    path = write_job(tmp_path, basic_job("in.csv", output={"partition_by": ["c"]}))
+    job = load_config(path)
+    plan = build_plan(job)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    spec = TaskSpec(worker_spec(job, plan), PartSpec("20260101T000000Z-abcdef", str(staging), check_stages(job, plan),
+                                                     ("c",)))
+    first = write_chunk(plan.chunks[0], spec)
+    (staging / "c=a" / ".part-x.parquet.123.tmp").write_bytes(b"half a file")
+    second = write_chunk(plan.chunks[0], spec)
+    assert [f["path"] for f in first.files] == [f["path"] for f in second.files]
+    _sweep(str(staging), {f["path"] for f in second.files})
+    files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    assert files == sorted(f["path"] for f in second.files)
+    assert sum(pq.read_metadata(staging / f).num_rows for f in files) == 500
+
+
+SLOW_STAGE = '''
+import time
+
+def pause(df):
+    time.sleep(0.25)
+    return df
+'''
+
+
+def test_a_worker_killed_mid_run_is_survived_exactly(tmp_path, cluster):
+    cl, client = cluster
+    n = 6000
+    (tmp_path / "in.csv").write_text("id,v\n" + "".join(f"{i},{i * 3}\n" for i in range(n)))
+    (tmp_path / "slow.py").write_text(SLOW_STAGE)
+    job = basic_job("in.csv", input={"chunk_bytes": "4KiB"},
+                    stages=[{"python": {"function": "slow:pause", "api": "pandas"}}],
+                    run={"workers": 2, "executor": "dask", "dask": {"address": cl.scheduler_address}})
+    before = client.run(os.getpid)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(write_job(tmp_path, job)), "--no-progress"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # mid-run: some chunks are written, many are not
+            if len(list(tmp_path.glob(".out.staging-*/part-*.parquet"))) >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        victim = sorted(before.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    after = client.run(os.getpid)
+    assert victim not in after.values()          # the worker really died (its nanny started another)
+    table = read_output(tmp_path / "out")
+    ids = table.column("id").to_pylist()
+    assert len(ids) == n and sorted(ids) == list(range(n))       # none lost, none doubled
+    m = manifest_of(tmp_path / "out")
+    assert m["counts"]["rows_read"] == m["counts"]["rows_written"] == n
+    assert m["chunks"] > 10
+    on_disk = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert on_disk == {f["path"] for f in m["files"]} | {"_manifest.json", "_SUCCESS"}
+
+
+def test_an_unreachable_scheduler_is_exit_1_naming_it(tmp_path):
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    job = basic_job("in.csv", run={"executor": "dask", "dask": {"address": "tcp://127.0.0.1:1",
+                                                                "connect_timeout": "2s"}})
+    started = time.monotonic()
+    done = run_subprocess("run", write_job(tmp_path, job), "--no-progress", cwd=tmp_path, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 30
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in done.stderr
+    assert "unexpected" not in done.stderr
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_the_address_may_come_from_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    job = basic_job("in.csv", run={"executor": "dask", "dask": {"connect_timeout": "1s"}})
+    done = run_subprocess("run", write_job(tmp_path, job), "--no-progress", cwd=tmp_path, timeout=60,
+                          env={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:1"})
+    assert done.returncode == 1 and "tcp://127.0.0.1:1" in done.stderr, done.stderr
+
+
+def test_without_dask_installed_the_dask_executor_is_a_config_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    path = write_job(tmp_path, basic_job("in.csv", run={"executor": "dask"}))
+    monkeypatch.setitem(sys.modules, "distributed", None)   # `import distributed` now fails
+    for command in ("run", "validate", "plan"):
+        code, _, err = run_cli(command, path, capsys=capsys)
+        assert code == 78, err
+        assert "pip install 'pipeline[dask]'" in err and "run.executor" in err and "line" in err
+
+
+# ------------------------------------------------------------------------------------ object store
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3-compatible server (moto) on a free loopback port; credentials and endpoint in the environment."""
+    server_mod = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("lake")
+    try:
+        yield fs
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
+def _read_remote(fs, prefix: str) -> tuple[dict, pa.Table]:
+    manifest = json.loads(fs.cat(f"{prefix}/_manifest.json"))
+    tables = []
+    for f in manifest["files"]:
+        with fs.open(f"{prefix}/{f['path']}", "rb") as fh:
+            tables.append(pq.read_table(fh))
+    return manifest, pa.concat_tables(tables)
+
+
+def test_object_store_round_trip(demo, s3, tmp_path):
+    """Input read from and output published to an S3-compatible store, on both executors."""
+    for f in sorted((demo / "data" / "raw").iterdir()):
+        s3.put(str(f), f"lake/raw/{f.name}")
+    job = demo / "configs" / "example.yaml"
+    common = ["--no-progress", "--set", "run.workers=2", "--set", f"run.state_dir={tmp_path / 'state'}",
+              "--set", "input.chunk_bytes=64KiB"]
+    ref = tmp_path / "ref"
+    code, _, err = run_cli("run", job, *common, "--set", f"output.path={ref}")
+    assert code == 0, err
+    expected = _sorted_rows(read_output(ref))
+    counts = {k: manifest_of(ref)["counts"][k] for k in COUNTS}
+
+    remote_in = ["--set", 'input.paths=["s3://lake/raw/sales-*.csv*"]']
+    # the dask executor: tasks write their parts straight to the store
+    done = run_subprocess("run", job, *common, *remote_in, "--set", "output.path=s3://lake/out/sales",
+                          "--set", "run.executor=dask", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    manifest, table = _read_remote(s3, "lake/out/sales")
+    assert _sorted_rows(table) == expected
+    assert {k: manifest["counts"][k] for k in COUNTS} == counts
+    assert all(i["path"].startswith("s3://lake/raw/") for i in manifest["inputs"])
+    assert s3.cat("lake/out/sales/_SUCCESS").decode().strip() == manifest["run_id"]
+    first_parts = set(s3.find("lake/out/sales"))
+
+    # the local executor over the same output (overwrite): the old parts go once the new manifest is in
+    done = run_subprocess("run", job, *common, *remote_in, "--set", "output.path=s3://lake/out/sales",
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    manifest2, table2 = _read_remote(s3, "lake/out/sales")
+    assert _sorted_rows(table2) == expected and manifest2["run_id"] != manifest["run_id"]
+    now = {p.split("lake/out/sales/", 1)[1] for p in s3.find("lake/out/sales")}
+    listed = {f["path"] for f in manifest2["files"]} | {f["path"] for f in manifest2["rejects"]["files"]}
+    assert now == listed | {"_manifest.json", "_SUCCESS"}
+    assert not (first_parts & {f"lake/out/sales/{p}" for p in listed})
+
+    # pyarrow reads the published parts through s3fs as one dataset
+    import pyarrow.dataset as ds
+
+    data = ds.dataset([f"lake/out/sales/{f['path']}" for f in manifest2["files"]], filesystem=s3, format="parquet")
+    assert data.count_rows() == counts["rows_written"]
+
+
+def test_a_failed_run_leaves_the_published_object_store_output_as_it_was(demo, s3, tmp_path):
+    (tmp_path / "in.csv").write_text("id,v\n1,2\n2,3\n")
+    s3.put(str(tmp_path / "in.csv"), "lake/in/a.csv")
+    job = basic_job("s3://lake/in/*.csv", out="s3://lake/out/t", input={"schema": {"v": "int64"}},
+                    run={"executor": "dask", "workers": 1, "state_dir": str(tmp_path / "state")})
+    path = write_job(tmp_path, job)
+    assert run_subprocess("run", path, "--no-progress", cwd=tmp_path).returncode == 0
+    before = {p: s3.cat(p) for p in s3.find("lake/out/t")}
+    s3.pipe("lake/in/b.csv", b"id,v\n3,oops\n")        # v cannot be int64: a bad row, and on_bad_rows: fail
+    s3.pipe("lake/in/a.csv", b"id,v\n1,2\n2,3\n4,5\n")
+    done = run_subprocess("run", path, "--no-progress", cwd=tmp_path)
+    assert done.returncode == 65, done.stderr
+    assert {p: s3.cat(p) for p in s3.find("lake/out/t")} == before
