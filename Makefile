@@ -8,7 +8,7 @@ CONFIG ?= configs/example.yaml
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run demo-data test test-slow clean
+.PHONY: help install run run-date demo-data test test-slow clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ demo-data: data/.demo-data ## Generate the deterministic demo input files into d
 
 run: install demo-data ## Run CONFIG (default configs/example.yaml) on the demo data and print the summary
 	$(BIN)/pipeline run $(CONFIG)
+
+DATE ?= yesterday
+run-date: install demo-data ## Run configs/daily.yaml for one day: make run-date DATE=2026-11-02
+	$(BIN)/pipeline run configs/daily.yaml --param date=$(DATE)
 
 test: install ## Run the test suite (a few minutes; slow tests excluded)
 	$(BIN)/pytest -q -m "not slow"

@@ -135,6 +135,7 @@ def glob(pattern: str) -> list[tuple[str, int, int]]:
 def read_remote_manifest(url: str) -> dict | None:
     fs, root = filesystem(url)
     path = posixpath.join(root, MANIFEST)
+    _fresh(fs, root)
     try:
         with fs.open(path, "rb") as fh:
             return json.loads(fh.read())
@@ -148,6 +149,7 @@ def list_remote(url: str) -> list[str]:
     """Every file under an output prefix, relative to it."""
     fs, root = filesystem(url)
     root = root.rstrip("/")
+    _fresh(fs, root)
     try:
         found = fs.find(root, withdirs=False)
     except FileNotFoundError:
@@ -155,6 +157,14 @@ def list_remote(url: str) -> list[str]:
     except OSError as exc:
         raise OutputError(f"{url}: cannot list the output: {exc}") from exc
     return sorted(p[len(root) + 1:] for p in found if p.startswith(root + "/"))
+
+
+def _fresh(fs, root: str) -> None:
+    """Forget fsspec's cached listings under ``root``: other processes write there."""
+    try:
+        fs.invalidate_cache(root)
+    except Exception:  # noqa: BLE001 - a filesystem without a listings cache
+        pass
 
 
 def check_remote_target(url: str, mode: str) -> dict | None:

@@ -242,6 +242,7 @@ def s3(monkeypatch):
 
 
 def _read_remote(fs, prefix: str) -> tuple[dict, pa.Table]:
+    fs.invalidate_cache()
     manifest = json.loads(fs.cat(f"{prefix}/_manifest.json"))
     tables = []
     for f in manifest["files"]:
@@ -281,6 +282,7 @@ def test_object_store_round_trip(demo, s3, tmp_path):
     assert done.returncode == 0, done.stderr
     manifest2, table2 = _read_remote(s3, "lake/out/sales")
     assert _sorted_rows(table2) == expected and manifest2["run_id"] != manifest["run_id"]
+    s3.invalidate_cache()
     now = {p.split("lake/out/sales/", 1)[1] for p in s3.find("lake/out/sales")}
     listed = {f["path"] for f in manifest2["files"]} | {f["path"] for f in manifest2["rejects"]["files"]}
     assert now == listed | {"_manifest.json", "_SUCCESS"}
@@ -305,4 +307,5 @@ def test_a_failed_run_leaves_the_published_object_store_output_as_it_was(demo, s
     s3.pipe("lake/in/a.csv", b"id,v\n1,2\n2,3\n4,5\n")
     done = run_subprocess("run", path, "--no-progress", cwd=tmp_path)
     assert done.returncode == 65, done.stderr
+    s3.invalidate_cache()
     assert {p: s3.cat(p) for p in s3.find("lake/out/t")} == before
