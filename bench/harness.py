@@ -314,8 +314,11 @@ def main() -> int:
     targets = report.evaluate(rows)
     info["load_end"] = _load()
     info["seconds"] = round(time.time() - started, 1)
-    inputs = {w.wid: {"rows": w.dataset.rows, "bytes": w.dataset.bytes, "files": len(w.dataset.paths)}
-              for w in workloads}
+    inputs = {}
+    for w in workloads:
+        loads = [r["load1"] for runs in w.runs.values() for r in runs]
+        inputs[w.wid] = {"rows": w.dataset.rows, "bytes": w.dataset.bytes, "files": len(w.dataset.paths),
+                         "load1": [min(loads), max(loads)] if loads else None}
     table = report.text_table(rows, targets)
     print()
     print(table)

@@ -166,7 +166,9 @@ def markdown(rows: list[dict], targets: dict, info: dict, inputs: dict) -> str:
         out.append(f"- {wid}: {t['target']}: **{_met(t['met'])}** ({t['detail']})")
     out += ["", "Inputs:", ""]
     for wid, i in inputs.items():
-        out.append(f"- {wid}: {i['rows']:,} rows, {i['bytes'] / 1e6:,.1f} MB in {i['files']:,} file(s)")
+        load = i.get("load1")
+        during = f"; 1-minute load average {load[0]:g} to {load[1]:g} after its runs" if load else ""
+        out.append(f"- {wid}: {i['rows']:,} rows, {i['bytes'] / 1e6:,.1f} MB in {i['files']:,} file(s){during}")
     out += ["", *(line.strip() for line in _notes()), ""]
     v = info["versions"]
     out.append("Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -36,7 +37,7 @@ from pipeline.plan import Chunk, Plan
 from pipeline.progress import Progress
 from pipeline.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
 from pipeline.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
-                              remove_unlisted)
+                              read_remote_manifest, remove_unlisted)
 from pipeline.worker import ChunkResult
 
 log = logging.getLogger("pipeline")
@@ -90,11 +91,11 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
 
         try:
             if job.run.executor == "dask":
-                files, schema = _run_dask(job, plan, run_id, staging or url, out_schema, on_result)
+                files, schema = _run_dask(job, plan, run_id, staging or url, out_schema, on_result, report)
             else:
                 files, schema = _run_local_then_upload(job, plan, run_id, url, out_schema, on_result)
             bar.close()
-            _check_counts(counts, files)
+            _check_counts(counts, files, job.run.on_bad_rows == "quarantine")
             if not files:
                 files = _empty_part(job, run_id, staging or url, schema)
             keep_previous = previous if mode == "append" else None
@@ -136,17 +137,18 @@ def _chunk_bytes(chunk: Chunk) -> int:
     return (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
 
 
-def _check_counts(counts, files: list[dict]) -> None:
+def _check_counts(counts, files: list[dict], quarantine: bool) -> None:
     written = sum(f["rows"] for f in files if not f["path"].startswith(REJECTS + "/"))
-    if written != counts.rows_written or not counts.balanced():
-        raise RuntimeError(f"row counts do not add up ({counts}; the part files hold {written} rows); "
-                           f"nothing was published")
+    rejected = sum(f["rows"] for f in files if f["path"].startswith(REJECTS + "/"))
+    if written != counts.rows_written or not counts.balanced() or (quarantine and rejected != counts.rows_rejected):
+        raise RuntimeError(f"row counts do not add up ({counts}; the part files hold {written} rows and "
+                           f"{rejected} rejects); nothing was published")
 
 
 # ------------------------------------------------------------------------------------ Dask
 
 
-def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result):
+def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result, report):
     from pipeline.dask_executor import DaskExecutor, PartSpec, TaskSpec, quarantine_write, scheduler_address
     from pipeline.run import worker_spec
 
@@ -164,7 +166,9 @@ def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_resul
                       connect_timeout=job.run.dask.connect_timeout, on_result=on_result,
                       on_poison=on_poison) as executor:
         if executor.dashboard:
-            print(f"pipeline: Dask dashboard {executor.dashboard}", file=_stderr(), flush=True)
+            print(f"pipeline: Dask dashboard {executor.dashboard}", file=sys.stderr, flush=True)
+        if executor.cluster_workers:
+            report.workers = executor.cluster_workers
         taken = executor.run(plan.chunks, spec)
     files = []
     for chunk in plan.chunks:  # in plan order: the manifest lists parts in input order
@@ -176,12 +180,6 @@ def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_resul
         seen.add(f["path"])
     schema = _unify_parts(root, [taken[c.id] for c in plan.chunks], out_schema, tuple(job.output.partition_by))
     return files, schema
-
-
-def _stderr():
-    import sys
-
-    return sys.stderr
 
 
 def _unify_parts(root: str, writes, out_schema: pa.Schema | None, partition_by: tuple[str, ...]) -> pa.Schema | None:
@@ -261,8 +259,15 @@ def _sweep(staging: str, keep: set[str]) -> None:
 
 
 def _remove_run_parts(url: str, run_id: str) -> None:
-    """After a failed run: remove the parts this run put under the prefix (nothing lists them)."""
+    """After a failed run: remove the parts this run put under the prefix (nothing lists them).
+
+    Unless the failure came after this run's manifest was put in place: then the parts are the output.
+    """
     try:
+        current = read_remote_manifest(url)
+        if current is not None and current.get("run_id") == run_id:
+            log.warning("this run's manifest is in place at %s; its parts are kept", url)
+            return
         mine = {rel for rel in list_remote(url) if rel.endswith(f"-{run_id}.parquet")}
         keep = set(list_remote(url)) - mine
         remove_unlisted(url, keep)

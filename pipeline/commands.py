@@ -69,6 +69,8 @@ def show_plan(job: Job, workers: int | None = None) -> int:
 
 
 def _short(path: str) -> str:
+    if "://" in path:
+        return path
     try:
         rel = os.path.relpath(path)
     except ValueError:

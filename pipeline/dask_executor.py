@@ -71,6 +71,12 @@ class ChunkWrite:
     schema: pa.Schema | None = None                      # of its data files
 
 
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
 def part_name(chunk_id: str, n: int, run_id: str) -> str:
     return f"part-{chunk_id}-{n}-{run_id}.parquet"
 
@@ -90,7 +96,10 @@ class _Sink:
             self.final = os.path.join(spec.root, rel)
             directory = os.path.dirname(self.final)
             if not os.path.isdir(spec.root):
-                raise OutputError(f"the staging directory {spec.root} is gone (the run was stopped?)")
+                raise OutputError(
+                    f"the run's staging directory {spec.root} is not there on worker host {_host()}: with a "
+                    f"cluster of several machines, output.path must be on a filesystem every worker mounts at "
+                    f"the same path, or an object-store URL (or the run was stopped)", path=spec.root)
             os.makedirs(directory, exist_ok=True)
             base = os.path.basename(self.final)
             self.tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
@@ -346,6 +355,7 @@ class DaskExecutor:
         self.client = None
         self.cluster = None
         self.dashboard: str | None = None
+        self.cluster_workers = 0
 
     # -- cluster
     def start(self) -> None:
@@ -363,14 +373,21 @@ class DaskExecutor:
         else:
             with dask.config.set({"distributed.scheduler.allowed-failures": self.retries}):
                 self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                            dashboard_address=":0", silence_logs=logging.ERROR)
+                                            dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
             self.client = Client(self.cluster, set_as_default=False)
             what = f"a local Dask cluster of {self.workers} worker processes ({self.cluster.scheduler_address})"
         try:
+            import bokeh  # noqa: F401 - the dashboard needs it
+
             self.dashboard = self.client.dashboard_link
-        except Exception:  # noqa: BLE001 - no dashboard (bokeh missing): the run goes on without it
+        except Exception:  # noqa: BLE001 - no dashboard: the run goes on without it
             self.dashboard = None
-        log.info("running on %s; dashboard: %s", what, self.dashboard or "not available")
+        try:
+            self.cluster_workers = len(self.client.scheduler_info().get("workers", {}))
+        except Exception:  # noqa: BLE001
+            self.cluster_workers = 0
+        log.info("running on %s (%d workers now); dashboard: %s", what, self.cluster_workers,
+                 self.dashboard or "not available (pip install bokeh)")
 
     def close(self) -> None:
         client, cluster = self.client, self.cluster
@@ -387,7 +404,11 @@ class DaskExecutor:
                 log.debug("closing the local Dask cluster: %s", exc)
 
     def __enter__(self) -> "DaskExecutor":
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # a LocalCluster started before the failure is stopped
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

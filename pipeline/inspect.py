@@ -11,10 +11,13 @@ from pipeline.publish import MANIFEST, SUCCESS, read_manifest
 
 
 def inspect_output(path: str, *, as_json: bool = False) -> int:
-    if not os.path.isdir(path):
+    from pipeline.storage import is_url, read_remote_manifest, remote_exists
+
+    remote = is_url(path)
+    if not remote and not os.path.isdir(path):
         print(f"pipeline: error: {path}: no such output directory", file=sys.stderr)
         return EX_USAGE
-    manifest = read_manifest(path)
+    manifest = read_remote_manifest(path) if remote else read_manifest(path)
     if manifest is None:
         raise InputError(f"{path}: no {MANIFEST}; not an output of this program (or not published)")
     if as_json:
@@ -23,7 +26,7 @@ def inspect_output(path: str, *, as_json: bool = False) -> int:
     c = manifest["counts"]
     print(f"{path}")
     print(f"  job        {manifest['job']}  (config {manifest['config_hash'][:12]})")
-    print(f"  run        {manifest['run_id']}  ({'complete' if os.path.exists(os.path.join(path, SUCCESS)) else 'NO _SUCCESS'})")
+    print(f"  run        {manifest['run_id']}  ({'complete' if (remote_exists(path, SUCCESS) if remote else os.path.exists(os.path.join(path, SUCCESS))) else 'NO _SUCCESS'})")
     rows = sum(f["rows"] for f in manifest["files"])
     size = sum(f["bytes"] for f in manifest["files"])
     print(f"  rows       {rows:,} in {len(manifest['files'])} files, {size / (1 << 20):.1f} MiB")

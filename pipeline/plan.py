@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
 from pipeline import infer
 from pipeline.discover import InputFile, discover

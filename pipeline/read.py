@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.plan import Chunk, ReadSpec

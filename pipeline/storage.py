@@ -145,6 +145,12 @@ def read_remote_manifest(url: str) -> dict | None:
         raise OutputError(f"{url}/{MANIFEST}: unreadable manifest: {exc}") from exc
 
 
+def remote_exists(url: str, name: str) -> bool:
+    fs, root = filesystem(url)
+    _fresh(fs, root)
+    return fs.exists(posixpath.join(root.rstrip("/"), name))
+
+
 def list_remote(url: str) -> list[str]:
     """Every file under an output prefix, relative to it."""
     fs, root = filesystem(url)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,7 +42,7 @@ def _rejects(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def cluster():
     """One LocalCluster of 2 worker processes for the tests that pass its address."""
-    cl = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+    cl = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=40)
     client = distributed.Client(cl, set_as_default=False)
     try:
@@ -224,6 +225,9 @@ def s3(monkeypatch):
     sock.close()
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # moto keeps its buckets per process, across servers: start from none
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"),
+                           timeout=10).read()
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -251,7 +255,7 @@ def _read_remote(fs, prefix: str) -> tuple[dict, pa.Table]:
     return manifest, pa.concat_tables(tables)
 
 
-def test_object_store_round_trip(demo, s3, tmp_path):
+def test_object_store_round_trip(demo, s3, tmp_path, capsys):
     """Input read from and output published to an S3-compatible store, on both executors."""
     for f in sorted((demo / "data" / "raw").iterdir()):
         s3.put(str(f), f"lake/raw/{f.name}")
@@ -288,6 +292,10 @@ def test_object_store_round_trip(demo, s3, tmp_path):
     assert now == listed | {"_manifest.json", "_SUCCESS"}
     assert not (first_parts & {f"lake/out/sales/{p}" for p in listed})
 
+    capsys.readouterr()
+    code, out, _ = run_cli("inspect", "s3://lake/out/sales", capsys=capsys)
+    assert code == 0 and "complete" in out and f"{counts['rows_written']:,} written" in out
+
     # pyarrow reads the published parts through s3fs as one dataset
     import pyarrow.dataset as ds
 
@@ -301,7 +309,8 @@ def test_a_failed_run_leaves_the_published_object_store_output_as_it_was(demo, s
     job = basic_job("s3://lake/in/*.csv", out="s3://lake/out/t", input={"schema": {"v": "int64"}},
                     run={"executor": "dask", "workers": 1, "state_dir": str(tmp_path / "state")})
     path = write_job(tmp_path, job)
-    assert run_subprocess("run", path, "--no-progress", cwd=tmp_path).returncode == 0
+    first = run_subprocess("run", path, "--no-progress", "--set", "run.executor=local", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
     before = {p: s3.cat(p) for p in s3.find("lake/out/t")}
     s3.pipe("lake/in/b.csv", b"id,v\n3,oops\n")        # v cannot be int64: a bad row, and on_bad_rows: fail
     s3.pipe("lake/in/a.csv", b"id,v\n1,2\n2,3\n4,5\n")
@@ -309,3 +318,34 @@ def test_a_failed_run_leaves_the_published_object_store_output_as_it_was(demo, s
     assert done.returncode == 65, done.stderr
     s3.invalidate_cache()
     assert {p: s3.cat(p) for p in s3.find("lake/out/t")} == before
+
+
+DEADLY_STAGE = '''
+import os
+import signal
+
+def die_on_7(df):
+    if (df["id"] == 7).any():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return df
+'''
+
+
+def test_a_chunk_that_kills_every_worker_is_quarantined(tmp_path, monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    n = 400
+    (tmp_path / "in.csv").write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(n)))
+    (tmp_path / "deadly.py").write_text(DEADLY_STAGE)
+    job = basic_job("in.csv", input={"chunk_bytes": "1KiB"},
+                    stages=[{"python": {"function": "deadly:die_on_7", "api": "pandas"}}],
+                    run={"workers": 2, "executor": "dask", "retries": 0, "on_bad_rows": "quarantine",
+                         "max_bad_rows": 1000})
+    done = run_subprocess("run", write_job(tmp_path, job), "--no-progress", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    m = manifest_of(tmp_path / "out")
+    rejects = pa.concat_tables(pq.read_table(tmp_path / "out" / f["path"]) for f in m["rejects"]["files"])
+    lost = sorted(int(r.split(",")[0]) for r in rejects.column("raw").to_pylist())
+    assert 7 in lost and set(rejects.column("stage").to_pylist()) == {"worker"}
+    written = read_output(tmp_path / "out").column("id").to_pylist()
+    assert sorted(written + lost) == list(range(n))
+    assert m["counts"]["rows_rejected"] == len(lost) and m["counts"]["rows_written"] == n - len(lost)
