@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0) if exc.code in (0, None) else EX_USAGE
     from pipeline import log as logmod
 
-    logmod.setup(getattr(args, "log_format", "text"), getattr(args, "log_file", None))
+    try:
+        logmod.setup(getattr(args, "log_format", "text"), getattr(args, "log_file", None))
+    except OSError as exc:
+        print(f"pipeline: error: --log-file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_USAGE
     previous = signal.signal(signal.SIGTERM, _on_signal), signal.signal(signal.SIGINT, _on_signal)
     try:
         return _dispatch(args)

@@ -1,7 +1,8 @@
-"""`pipeline validate` and `pipeline plan`: what a run would do, checked against the data."""
+"""`pipeline validate`, `plan` and `history`: what a run would do, and what runs did."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from pipeline.config import Job, format_bytes
@@ -91,8 +92,11 @@ def history(job: Job, limit: int = 20) -> int:
         return 0
     with StateStore(directory) as store:
         runs = store.history(job.name, limit)
+    if not runs:
+        print(f"{job.name}: no runs recorded yet (state store {directory})")
+        return 0
     print(f"{'started':<20} {'status':<11} {'exit':>4} {'seconds':>8} {'read':>11} {'written':>11} "
-          f"{'rejected':>9}  run")
+          f"{'rejected':>9}  {'run':<24} params")
     for r in runs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
         secs = f"{r['finished'] - r['started']:.1f}" if r["finished"] else "-"
@@ -101,6 +105,7 @@ def history(job: Job, limit: int = 20) -> int:
         def n(v):
             return "-" if v is None else f"{v:,}"
 
+        params = " ".join(f"{k}={v}" for k, v in json.loads(r["params"] or "{}").items())
         print(f"{when:<20} {r['status']:<11} {code:>4} {secs:>8} {n(r['rows_read']):>11} "
-              f"{n(r['rows_written']):>11} {n(r['rows_rejected']):>9}  {r['run_id']}")
+              f"{n(r['rows_written']):>11} {n(r['rows_rejected']):>9}  {r['run_id']:<24} {params}".rstrip())
     return 0

@@ -764,21 +764,31 @@ def _apply_params(doc: dict, given: Mapping[str, str]) -> dict:
     if declared is None:
         declared = {}
     if not isinstance(declared, dict):
-        return doc  # the model reports the wrong shape
+        return _unescape(doc)  # the model reports the wrong shape
     values = {str(k): v for k, v in _params(declared).items()}
     if any(not isinstance(v, str) for v in values.values()):
-        return doc  # the model reports values that are not scalars
+        return _unescape(doc)  # the model reports values that are not scalars
     for name, value in given.items():
         if name not in values:
             known = ", ".join(sorted(values)) or "none"
             raise _Issue("--param", f"unknown parameter {name!r}{_close(name, list(values))}; "
                                     f"the job declares: {known}")
         values[name] = value
-    values = {k: resolve_param_value(v) for k, v in values.items()}
-    doc = _substitute_params(doc, values)
+    values = {k: resolve_param_value(_unescape(v)) for k, v in values.items()}
+    doc = _unescape(_substitute_params(doc, values))
     if values:
         doc["params"] = values
     return doc
+
+
+def _unescape(data: Any) -> Any:
+    if isinstance(data, str):
+        return data.replace(_LITERAL, "${") if _LITERAL in data else data
+    if isinstance(data, dict):
+        return {k: _unescape(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_unescape(v) for v in data]
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -789,10 +799,13 @@ _VAR_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
 
 
+_LITERAL = "\ue000{"   # stands for a literal "${" until ${params.x} are replaced, then becomes "${"
+
+
 def _interpolate_str(text: str, env: Mapping[str, str], key: str) -> str:
     def replace(m: re.Match) -> str:
         if m.group(0) == "$${":
-            return "${"
+            return _LITERAL
         ref = _VAR_NAME.match(m.group(1))
         if ref is None:  # ${params.x} and other non-variable references stay as written
             return m.group(0)

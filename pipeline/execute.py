@@ -90,6 +90,7 @@ class LocalExecutor:
         ctx = mp.get_context(self.start_method)
         data_q = ctx.Queue(maxsize=max(4, 4 * self.workers))
         events = ctx.Queue()
+        starts = ctx.SimpleQueue()   # workers' "start" messages: synchronous, see worker.process_chunk
         ex = Execution()
         # under forkserver the parent of our processes is the fork server, which dies with us
         me = None if self.start_method == "forkserver" else os.getpid()
@@ -100,7 +101,7 @@ class LocalExecutor:
 
         def new_pool(todo: list[Chunk]):
             pool = ctx.Pool(min(self.workers, max(len(todo), 1)), initializer=_worker_init,
-                            initargs=(data_q, events, worker_spec, title, me))
+                            initargs=(data_q, starts, worker_spec, title, me))
             # Pool replaces and forgets dead workers on its own thread; remember every one it starts,
             # so that a worker born and killed between two polls is still seen with its exit code.
             pool._pool = _Recorded(pool._pool, state.procs)
@@ -125,6 +126,8 @@ class LocalExecutor:
                 else:
                     time.sleep(POLL_SECONDS)
                 self._drain_events(events, state, ex)
+                while not starts.empty():
+                    self._event(starts.get(), state, ex)
                 if not writer.is_alive():
                     self._drain_events(events, state, ex)
                     if not state.finished():
@@ -167,6 +170,7 @@ class LocalExecutor:
         finally:
             data_q.close()
             events.close()
+            starts.close()
 
     # -- results and events
 

@@ -248,6 +248,8 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
     discovered = files
     if select is not None:
         files = select(files)
+        if not files:  # nothing new: no schema to decide, no chunk to cut
+            return Plan([], [], ReadSpec(schema=pa.schema([])), 1, {}, discovered)
     per_file: dict[str, dict[str, pa.DataType]] = {}
     file_order: dict[str, tuple[str, ...]] = {}
     chunks: list[Chunk] = []

@@ -17,7 +17,7 @@ from pipeline import __version__
 from pipeline.config import Job, dump_config
 from pipeline.dtypes import type_name
 from pipeline.dtypes import parse_type
-from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, OutputError, PipelineError
+from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, LockedError, OutputError, PipelineError
 from pipeline.metrics import write_metrics
 from pipeline.resume import JOURNAL, find_resumable, start_journal
 from pipeline.state import Seen, StateStore, fingerprint
@@ -76,6 +76,7 @@ class Report:
     error: str | None = None
     exit_code: int | None = None
     note: str = ""
+    skip_metrics: bool = False
 
     def summary(self) -> str:
         c = self.counts
@@ -222,6 +223,13 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
         report.seconds = time.monotonic() - started
         code = getattr(exc, "exit_code", 130 if isinstance(exc, KeyboardInterrupt) else 1)
         report.exit_code = code
+        if isinstance(exc, LockedError):
+            # another run of the job is going: this attempt is not a run of the job at all
+            if store is not None:
+                store.forget_run(run_id)
+                store.close()
+                store = None
+            report.skip_metrics = True
         if store is not None:
             try:
                 store.run_finished(run_id, "failed", code, report.counts.__dict__, error=str(exc)[:2000])
@@ -233,7 +241,7 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
             pass
         raise
     finally:
-        if not dry_run and job.run.metrics_file:
+        if not dry_run and job.run.metrics_file and not report.skip_metrics:
             write_metrics(job.run.metrics_file, job.name, report, store)
         if store is not None:
             store.close()
@@ -251,6 +259,7 @@ def _previous_output(paths: OutputPaths) -> dict | None:
 def _run(job: Job, report: Report, started: float, store, thash: str, *, workers, dry_run, progress,
          full_refresh) -> Report:
     run_id = report.run_id
+    wall_started = time.time()
     paths = OutputPaths(job.output.path)
     previous = _previous_output(paths)
     mode = job.output.mode
@@ -274,6 +283,12 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         pinned = {c["name"]: parse_type(c["type"]) for c in previous.get("input_schema", [])}
         mode = "append"
     plan = build_plan(job, workers=workers, select=select, pinned=pinned)
+    if select is not None and not plan.files:
+        report.status = "up to date"
+        report.note = f"nothing new: all {len(plan.discovered)} input files were processed by earlier runs"
+        report.seconds = time.monotonic() - started
+        log.info("%s", report.note)
+        return report
     out_schema = check_stages(job, plan)
     if mode == "append" and previous is not None and previous.get("schema") and out_schema is not None:
         out_schema = _append_schema(out_schema, previous["schema"])
@@ -283,12 +298,6 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         report.status = "dry-run"
         report.seconds = time.monotonic() - started
         return report
-    if select is not None and not plan.files:
-        report.status = "up to date"
-        report.note = f"nothing new: all {len(plan.discovered)} input files were processed by earlier runs"
-        report.seconds = time.monotonic() - started
-        log.info("%s", report.note)
-        return report
     if job.run.executor == "dask" or is_url(job.output.path):
         from pipeline.cluster import run_distributed
 
@@ -297,6 +306,8 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
 
     os.makedirs(paths.parent, exist_ok=True)
     with JobLock(paths.lock, job.name, run_id):
+        if store is not None and store.mark_dead(job.name, run_id):
+            log.info("marked earlier runs that were killed as 'died' in the state store")
         chunk_ids = [c.id for c in plan.chunks]
         resumed = find_resumable(paths, job.config_hash, chunk_ids) if job.run.checkpoint_interval else None
         for what in recover(paths, keep=resumed.staging if resumed else None):
@@ -361,12 +372,15 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
                 raise RuntimeError(f"row counts do not add up ({counts}; the writer received {written} rows); "
                                    f"nothing was published")
             info = execution.writer
-            files = (resumed.files if resumed else []) + info["files"]
+            # files kept from the killed run are this run's output now
+            files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + info["files"]
             os.unlink(journal)
             if previous_manifest is not None and mode == "append":
                 link_previous(paths.path, staging)
+            prints = {f.path: fingerprint(f.path, f.size) for f in plan.files}
             manifest = build_manifest(job, plan, run_id, counts, files, info.get("schema") or out_schema,
-                                      previous_manifest if mode == "append" else None, thash)
+                                      previous_manifest if mode == "append" else None, thash,
+                                      fingerprints=prints, mode=mode, started=wall_started)
             publish(paths, staging, manifest, run_id)
         except BaseException as exc:
             bar.close()
@@ -376,7 +390,7 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
                 shutil.rmtree(staging, ignore_errors=True)
             raise
         if store is not None:
-            seen = [Seen(f.path, f.size, f.mtime_ns, fingerprint(f.path, f.size), run_id) for f in plan.files]
+            seen = [Seen(f.path, f.size, f.mtime_ns, prints[f.path], run_id) for f in plan.files]
             try:
                 store.run_finished(run_id, "succeeded", 0, counts.__dict__, seen, job=job.name,
                                    replace_files=full_refresh)
@@ -438,16 +452,24 @@ def _append_schema(schema: pa.Schema, previous: list[dict]) -> pa.Schema:
 
 
 def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: list[dict],
-                   schema: pa.Schema | None, previous: dict | None, thash: str = "") -> dict:
+                   schema: pa.Schema | None, previous: dict | None, thash: str = "",
+                   fingerprints: dict[str, str] | None = None, mode: str | None = None,
+                   started: float | None = None) -> dict:
     data = [dict(f) for f in files if not f["path"].startswith(REJECTS + "/")]
     rejects = [dict(f) for f in files if f["path"].startswith(REJECTS + "/")]
+    prints = fingerprints or {}
+    now = time.time()
     this_run = {
         "run_id": run_id,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "started_ts": started if started is not None else now,
+        "finished_ts": now,
         "config_hash": job.config_hash,
+        "transform_hash": thash,
         "params": dict(job.params),
         "counts": counts.__dict__.copy(),
-        "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in plan.files],
+        "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": prints.get(f.path, "")}
+                   for f in plan.files],
     }
     runs = []
     if previous is not None:
@@ -462,7 +484,7 @@ def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: lis
         "config_hash": job.config_hash,
         "transform_hash": thash,
         "config": dump_config(job),
-        "mode": job.output.mode,
+        "mode": mode or job.output.mode,
         "partition_by": list(job.output.partition_by),
         "schema": schema_dict(schema),
         "input_schema": schema_dict(plan.read.schema),

@@ -133,6 +133,15 @@ class StateStore:
                 self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
                                 (job, f.path, f.size, f.mtime_ns, f.fingerprint, f.run_id))
 
+    def mark_dead(self, job: str, current_run: str) -> int:
+        """Runs left 'running' by a process that died (call with the job's lock held)."""
+        cur = self.db.execute("UPDATE runs SET status='died' WHERE job=? AND status='running' AND run_id!=?",
+                              (job, current_run))
+        return cur.rowcount
+
+    def forget_run(self, run_id: str) -> None:
+        self.db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
+
     def forget_files(self, job: str) -> None:
         self.db.execute("DELETE FROM files WHERE job=?", (job,))
 
@@ -150,8 +159,10 @@ class StateStore:
                 "INSERT OR REPLACE INTO runs (run_id, job, config_hash, transform_hash, params, started, finished,"
                 " status, exit_code, rows_read, rows_written, rows_filtered, rows_rejected, rows_added,"
                 " files_processed) VALUES (?, ?, ?, ?, '{}', ?, ?, 'succeeded', 0, ?, ?, ?, ?, ?, ?)",
-                (manifest_run["run_id"], job, manifest_run.get("config_hash", ""), transform_hash,
-                 manifest_run.get("started", 0), manifest_run.get("finished_ts", 0),
+                (manifest_run["run_id"], job, manifest_run.get("config_hash", ""),
+                 manifest_run.get("transform_hash") or transform_hash,
+                 manifest_run.get("started_ts") or manifest_run.get("finished_ts") or 0.0,
+                 manifest_run.get("finished_ts"),
                  *(manifest_run["counts"].get(k) for k in ("rows_read", "rows_written", "rows_filtered",
                                                             "rows_rejected", "rows_added")), len(files)))
             for f in files:

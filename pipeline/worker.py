@@ -189,6 +189,8 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     chunk, attempt = task
     spec: WorkerSpec = _STATE["spec"]
     queue = _STATE["queue"]
+    # written straight into the pipe (not by a feeder thread), so the parent knows which chunk this
+    # process holds even if the chunk kills it a moment later
     _STATE["events"].put(("start", chunk.id, attempt, os.getpid(), time.time()))
     started = time.monotonic()
     result = ChunkResult(chunk.id, attempt, os.getpid())

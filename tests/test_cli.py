@@ -32,8 +32,10 @@ def test_every_config_in_configs_runs(tmp_path):
         done = run_subprocess("run", config, "--no-progress", cwd=tmp_path)
         assert done.returncode == 0, (config.name, done.stderr)
         assert "succeeded" in done.stdout and "rows/s" in done.stdout
-    for out_dir in (p for p in (tmp_path / "data" / "out").iterdir() if p.is_dir()):
-        m = manifest_of(out_dir)
+    manifests = sorted((tmp_path / "data" / "out").rglob("_manifest.json"))
+    assert len(manifests) == len(configs)
+    for manifest in manifests:
+        m = manifest_of(manifest.parent)
         c = m["counts"]
         assert c["rows_read"] + c["rows_added"] == c["rows_written"] + c["rows_filtered"] + c["rows_rejected"]
         assert sum(f["rows"] for f in m["files"]) == c["rows_written"]
