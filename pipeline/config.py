@@ -313,7 +313,7 @@ class InputConfig(_Model):
     format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = "auto"
     csv: Annotated[CsvOptions, _EmptyIsDefault] = Field(default_factory=CsvOptions)
     schema_: Annotated[dict[str, TypeName], _EmptyIsDefault] = Field(default_factory=dict, alias="schema")
-    chunk_bytes: ByteSize = 64 * 1024**2
+    chunk_bytes: ByteSize | None = None   # None: about total/(workers*4), between 4 MiB and 64 MiB
     sample_bytes: ByteSize = 1024**2
     max_record_bytes: ByteSize = 16 * 1024**2
     max_decompressed_bytes: ByteSize | None = None

@@ -25,6 +25,9 @@ from pipeline.streams import open_decompressed
 
 BOM = b"\xef\xbb\xbf"
 HEAD_LIMIT = 1 << 20
+MIN_AUTO_CHUNK = 4 << 20
+SAMPLE_FILES = 8
+MAX_AUTO_CHUNK = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,19 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
     return {name: table.schema.field(name).type for name in table.column_names}
 
 
-def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, first_line: int) -> list[Chunk]:
+def chunk_size(job, files: list[InputFile], workers: int) -> int:
+    """``input.chunk_bytes``, or by default about four chunks per worker, between 4 and 64 MiB.
+
+    Fewer, larger chunks cost less per chunk; more chunks keep every worker busy to the end.
+    """
+    if job.input.chunk_bytes:
+        return job.input.chunk_bytes
+    total = sum(f.size for f in files)
+    return int(min(MAX_AUTO_CHUNK, max(MIN_AUTO_CHUNK, total / (4 * max(workers, 1)))))
+
+
+def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, first_line: int,
+                 chunk_bytes: int) -> list[Chunk]:
     if f.compression:
         cid = chunk_id(f, data_start, -1)
         return [Chunk(cid, f, 0, data_start, -1, first_line, -1, tuple(names), delimiter=delimiter)]
@@ -210,13 +225,13 @@ def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, firs
     chunks = []
     with open_input(f.path) as fh:
         for i, (a, b, line, quotes) in enumerate(
-                split_ranges(fh, data_start, f.size, job.input.chunk_bytes, quote, first_line)):
+                split_ranges(fh, data_start, f.size, chunk_bytes, quote, first_line)):
             chunks.append(Chunk(chunk_id(f, a, b), f, i, a, b, line, quotes if quote else 0,
                                 tuple(names), delimiter=delimiter))
     return chunks
 
 
-def _parquet_chunks(f: InputFile, job) -> tuple[list[Chunk], pa.Schema]:
+def _parquet_chunks(f: InputFile, job, chunk_bytes: int) -> tuple[list[Chunk], pa.Schema]:
     try:
         meta = parquet_file(f.path).metadata
     except (pa.ArrowInvalid, OSError) as exc:
@@ -228,7 +243,7 @@ def _parquet_chunks(f: InputFile, job) -> tuple[list[Chunk], pa.Schema]:
     for rg in range(meta.num_row_groups):
         group.append(rg)
         size += meta.row_group(rg).total_byte_size
-        if size >= job.input.chunk_bytes:
+        if size >= chunk_bytes:
             chunks.append(Chunk(chunk_id(f, group[0], group[-1]), f, len(chunks), 0, f.size,
                                 row_groups=tuple(group)))
             group, size = [], 0
@@ -253,23 +268,35 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
     per_file: dict[str, dict[str, pa.DataType]] = {}
     file_order: dict[str, tuple[str, ...]] = {}
     chunks: list[Chunk] = []
+    chunk_bytes = chunk_size(job, files, workers or job.run.workers)
+    sampled: dict[str, int] = {}      # format -> files whose values were sampled for types
+    known: set[str] = set()           # columns met so far
     for f in files:
         try:
             if f.format == "parquet":
-                fchunks, schema = _parquet_chunks(f, job)
+                fchunks, schema = _parquet_chunks(f, job, chunk_bytes)
                 per_file[f.path] = {fld.name: fld.type for fld in schema}
             else:
-                head, whole = _read_head(f, max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT),
-                                         job.input.max_decompressed_bytes)
+                # Types come from the first SAMPLE_FILES files of a format (and from any file that
+                # brings new columns): with thousands of small files, sampling each would dominate.
+                sample = sampled.get(f.format, 0) < SAMPLE_FILES
+                limit = max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT) if sample or f.format == "jsonl" else HEAD_LIMIT
+                head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
                 if f.format == "jsonl":
                     start = len(BOM) if head.startswith(BOM) else 0
-                    per_file[f.path] = _sample_json_types(f, head[start:], whole, job)
-                    fchunks = _text_chunks(f, job, "\n", (), start, 1)
+                    per_file[f.path] = _sample_json_types(f, head[start:], whole, job) if sample else {}
+                    fchunks = _text_chunks(f, job, "\n", (), start, 1, chunk_bytes)
                 else:
                     delimiter = _delimiter(job, f.format)
                     names, start, first_line = _header(f, head, job, delimiter)
-                    per_file[f.path] = _sample_text_types(f, head, whole, names, start, job, delimiter)
-                    fchunks = _text_chunks(f, job, delimiter, names, start, first_line)
+                    if sample or not set(names) <= known:
+                        per_file[f.path] = _sample_text_types(f, head, whole, names, start, job, delimiter)
+                    else:
+                        per_file[f.path] = {n: pa.null() for n in names}
+                    fchunks = _text_chunks(f, job, delimiter, names, start, first_line, chunk_bytes)
+                if sample:
+                    sampled[f.format] = sampled.get(f.format, 0) + 1
+                known.update(per_file[f.path])
         except InputError:
             raise
         except (OSError, EOFError) as exc:
@@ -286,7 +313,7 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
         encoding=job.input.csv.encoding,
         max_record_bytes=job.input.max_record_bytes,
         max_decompressed_bytes=job.input.max_decompressed_bytes,
-        block_bytes=job.input.chunk_bytes,
+        block_bytes=chunk_bytes,
     )
     n = workers or job.run.workers
     return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered)

@@ -8,6 +8,7 @@ loaded by path. An installed module is used only when the job allows it by name
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -18,7 +19,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Literal
 
-import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -119,16 +119,20 @@ def check_python_spec(spec: PythonSpec | dict, base_dir: Path, allowed_modules: 
     load_function(spec.function, Path(base_dir), tuple(allowed_modules))
 
 
-_NULLABLE = {
-    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
-    pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
-    pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype(),
-}
+@functools.lru_cache(maxsize=1)
+def _nullable() -> dict:
+    import pandas as pd  # only jobs with a pandas stage pay for importing pandas
+
+    return {
+        pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+        pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype(),
+    }
 
 
-def _to_pandas(table: pa.Table) -> pd.DataFrame:
+def _to_pandas(table: pa.Table):
     # Integers and booleans become pandas' nullable types, so a null does not turn them into floats.
-    return table.to_pandas(types_mapper=_NULLABLE.get)
+    return table.to_pandas(types_mapper=_nullable().get)
 
 
 def _restore_types(result: pa.Table, source: pa.Schema) -> pa.Table:
@@ -172,6 +176,8 @@ def python(table: pa.Table, spec: PythonSpec, ctx: StageContext) -> pa.Table:
     except Exception as e:
         raise StageError(f"{where}: {spec.function} raised {type(e).__name__}: {e}{on}", **context) from e
     if spec.api == "pandas":
+        import pandas as pd
+
         if not isinstance(result, pd.DataFrame):
             raise StageError(f"{where}: {spec.function} returned {type(result).__name__}, "
                              f"expected a pandas DataFrame (api: pandas){on}", **context)
