@@ -27,7 +27,7 @@ BOM = b"\xef\xbb\xbf"
 HEAD_LIMIT = 1 << 20
 MIN_AUTO_CHUNK = 4 << 20
 SAMPLE_FILES = 8
-MAX_AUTO_CHUNK = 64 << 20
+MAX_AUTO_CHUNK = 32 << 20
 
 
 @dataclass(frozen=True)
