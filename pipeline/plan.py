@@ -53,7 +53,7 @@ class Chunk:
     index: int
     start: int
     end: int                       # -1: to the end of a decompressed stream
-    first_line: int = 1
+    first_line: int = 1            # 0: not counted at plan time (see split.line_at)
     quotes: int = -1               # quote characters in the range; -1 unknown
     columns: tuple[str, ...] = ()  # the file's own column names in its order (text formats)
     row_groups: tuple[int, ...] = ()
@@ -225,7 +225,7 @@ def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, firs
     chunks = []
     with open_input(f.path) as fh:
         for i, (a, b, line, quotes) in enumerate(
-                split_ranges(fh, data_start, f.size, chunk_bytes, quote, first_line)):
+                split_ranges(fh, data_start, f.size, chunk_bytes, quote, first_line, count_lines=False)):
             chunks.append(Chunk(chunk_id(f, a, b), f, i, a, b, line, quotes if quote else 0,
                                 tuple(names), delimiter=delimiter))
     return chunks

@@ -20,7 +20,7 @@ import pyarrow.json as pajson
 
 from pipeline.errors import InputError
 from pipeline.plan import Chunk, ReadSpec
-from pipeline.split import line_numbers, record_spans
+from pipeline.split import line_at, line_numbers, record_spans
 from pipeline.storage import open_input, parquet_file
 from pipeline.streams import open_decompressed
 
@@ -107,10 +107,25 @@ def _reason(exc: Exception, names: list[str]) -> str:
 
 
 def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, base_offset: int,
-                first_line: int, quote: bytes | None, max_record: int, names: list[str],
+                first_line, quote: bytes | None, max_record: int, names: list[str],
                 check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table]) -> Block:
-    """Parse ``data`` (whole records) into a Block; see the module docstring for the two paths."""
+    """Parse ``data`` (whole records) into a Block; see the module docstring for the two paths.
+
+    ``first_line`` is the line number of the first byte, or a function that counts it: it is
+    needed only to name the lines of bad rows.
+    """
     spans: list[tuple[np.ndarray, np.ndarray]] = []
+    if callable(first_line):
+        counted: list[int] = []
+        count = first_line
+
+        def line_base() -> int:
+            if not counted:
+                counted.append(count())
+            return counted[0]
+    else:
+        def line_base(value=first_line) -> int:
+            return value
 
     def all_spans() -> tuple[np.ndarray, np.ndarray]:
         if not spans:
@@ -135,7 +150,7 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
             st, en = starts_cache
             if len(st) != table.num_rows:
                 return [(None, None, None)] * len(rows)
-            lines = line_numbers(data, st[rows], first_line)
+            lines = line_numbers(data, st[rows], line_base())
             return [(int(ln), base_offset + int(st[r]), raw_of(int(st[r]), int(en[r]))) for ln, r in zip(lines, rows)]
 
         return Block(table, [], table.num_rows, locate)
@@ -143,7 +158,7 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
         pass
 
     starts, ends = all_spans()
-    lines = line_numbers(data, starts, first_line)
+    lines = line_numbers(data, starts, line_base())
     bad: list[BadRow] = []
     good_pieces: list[tuple[int, pa.Table]] = []
     good_index: list[np.ndarray] = []
@@ -265,7 +280,8 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         if len(data) != chunk.end - chunk.start:
             raise InputError(f"{f.path}: file changed while reading (expected {chunk.end - chunk.start} bytes "
                              f"at offset {chunk.start}, got {len(data)})", file=f.path)
-        yield block(data, chunk.start, chunk.first_line, chunk.quotes, chunk.end == f.size)
+        first = chunk.first_line or (lambda: line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path)))
+        yield block(data, chunk.start, first, chunk.quotes, chunk.end == f.size)
         return
 
     previous = None
@@ -394,7 +410,8 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
     if chunk.end >= 0 and not f.compression:
         with open_input(f.path) as fh:
             fh.seek(chunk.start)
-            blocks = [(fh.read(chunk.end - chunk.start), chunk.start, chunk.first_line)]
+            blocks = [(fh.read(chunk.end - chunk.start), chunk.start,
+                       chunk.first_line or line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path)))]
     else:
         blocks = stream_blocks(chunk, spec, quote)
     for data, offset, line in blocks:

@@ -18,13 +18,15 @@ READ_BLOCK = 8 << 20
 
 
 def split_ranges(f: BinaryIO, start: int, end: int, chunk_bytes: int, quote: bytes | None,
-                 first_line: int = 1) -> Iterator[tuple[int, int, int, int]]:
+                 first_line: int = 1, count_lines: bool = True) -> Iterator[tuple[int, int, int, int]]:
     """Cut ``[start, end)`` of an open binary file into pieces of about ``chunk_bytes``.
 
     ``start`` must be a record boundary. Yields ``(piece_start, piece_end, first_line, quotes)``:
     each piece ends just after a newline that ends a record (or at ``end``), ``first_line`` is the
-    1-based physical line number of its first byte, and ``quotes`` the number of quote characters
-    in it (0 lets the reader take a faster path). The pieces cover the range exactly once.
+    1-based physical line number of its first byte (0, unknown, after the first piece when
+    ``count_lines`` is off: counting newlines is half the cost of the scan, and line numbers are
+    only needed for bad rows, see ``line_at``), and ``quotes`` the number of quote characters in it
+    (0 lets the reader take a faster path). The pieces cover the range exactly once.
     """
     q = quote or b""
     pos = start
@@ -43,7 +45,8 @@ def split_ranges(f: BinaryIO, start: int, end: int, chunk_bytes: int, quote: byt
 
         def advance(to: int) -> None:
             nonlocal c, lines, parity, piece_quotes
-            lines += buf.count(b"\n", c, to)
+            if count_lines:
+                lines += buf.count(b"\n", c, to)
             if q:
                 k = buf.count(q, c, to)
                 piece_quotes += k
@@ -66,7 +69,7 @@ def split_ranges(f: BinaryIO, start: int, end: int, chunk_bytes: int, quote: byt
                 boundary = pos + c
                 if boundary < end:
                     yield piece_start, boundary, piece_line, piece_quotes
-                    piece_start, piece_line, piece_quotes = boundary, lines, 0
+                    piece_start, piece_line, piece_quotes = boundary, lines if count_lines else 0, 0
                 target = boundary + chunk_bytes
                 searching = False
         pos += n
@@ -103,3 +106,16 @@ def line_numbers(data: bytes, offsets: np.ndarray, first_line: int) -> np.ndarra
     """1-based physical line number of each byte offset in ``data``."""
     newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == NL)
     return np.searchsorted(newlines, offsets) + first_line
+
+
+def line_at(path: str, offset: int, opener=open) -> int:
+    """The 1-based line number of a byte offset, by counting the newlines before it."""
+    lines, done = 1, 0
+    with opener(path, "rb") as fh:
+        while done < offset:
+            buf = fh.read(min(READ_BLOCK, offset - done))
+            if not buf:
+                break
+            lines += buf.count(b"\n")
+            done += len(buf)
+    return lines
