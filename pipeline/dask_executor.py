@@ -35,7 +35,7 @@ from pipeline.plan import Chunk
 from pipeline.read import BadRow, raw_records
 from pipeline.storage import filesystem, is_url
 from pipeline.worker import REJECT_SCHEMA, ChunkResult, WorkerSpec, chunk_tables, rejects_table
-from pipeline.write import BUFFER_BYTES, _split_partitions, partition_dir
+from pipeline.write import BUFFER_BYTES, _split_partitions, dictionary_columns, partition_dir
 
 log = logging.getLogger("pipeline")
 
@@ -110,7 +110,8 @@ class _Sink:
             self.tmp = None
             self.handle = fs.open(self.final, "wb")
         self.writer = pq.ParquetWriter(self.handle, schema, compression=compression,
-                                       compression_level=spec.compression_level)
+                                       compression_level=spec.compression_level,
+                                       use_dictionary=dictionary_columns(schema))
 
     def write(self, table: pa.Table, row_group_rows: int) -> None:
         self.writer.write_table(table, row_group_size=row_group_rows)

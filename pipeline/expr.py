@@ -1020,7 +1020,7 @@ class Expr:
             if name not in schema.names:
                 raise ExprError(f"expression {self.text!r}: {unknown_column(name, schema.names)}")
         try:
-            result = self._run(schema.empty_table())
+            result = self._run(pa.Table.from_batches([], schema=schema))
         except _Fail as e:
             raise ExprError(f"expression {self.text!r}: {e}") from None
         except (pa.ArrowException, ArithmeticError, TypeError, ValueError) as e:

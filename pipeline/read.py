@@ -79,7 +79,7 @@ def _json_parser(spec: ReadSpec) -> Callable[[bytes], pa.Table]:
 
     def parse(data: bytes) -> pa.Table:
         if not data.strip():
-            return spec.schema.empty_table()
+            return pa.Table.from_batches([], schema=spec.schema)
         opts = pajson.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16))
         return pajson.read_json(pa.py_buffer(data), read_options=opts, parse_options=parse_options)
 

@@ -122,7 +122,7 @@ def test_minimal_job_has_defaults(tmp_path):
     assert job.stages == ()
     assert job.params == {}
     assert job.input.format == "auto"
-    assert job.input.chunk_bytes == 64 * 1024**2
+    assert job.input.chunk_bytes is None  # decided by the plan: about four chunks per worker
     assert job.input.sample_bytes == 1024**2
     assert job.input.max_record_bytes == 16 * 1024**2
     assert job.input.max_decompressed_bytes is None

@@ -63,3 +63,15 @@ def test_schema_is_decided_once_and_user_types_win(tmp_path):
 def test_workers_never_exceed_chunks(tmp_path):
     (tmp_path / "a.csv").write_text("id\n1\n")
     assert _plan(tmp_path, basic_job("a.csv", run={"workers": 8})).workers == 1
+
+
+def test_default_chunk_size_gives_every_worker_several_chunks(tmp_path):
+    from pipeline.plan import MAX_AUTO_CHUNK, MIN_AUTO_CHUNK, chunk_size
+
+    (tmp_path / "a.csv").write_text("id\n" + "1234567\n" * 3_000_000)   # 24 MB
+    job = load_config(write_job(tmp_path, basic_job("a.csv", run={"workers": 2})))
+    size = chunk_size(job, build_plan(job).files, 2)
+    assert MIN_AUTO_CHUNK <= size <= MAX_AUTO_CHUNK
+    assert len(build_plan(job).chunks) >= 4
+    pinned = load_config(write_job(tmp_path, basic_job("a.csv", input={"chunk_bytes": "1MiB"})))
+    assert chunk_size(pinned, [], 2) == 1 << 20

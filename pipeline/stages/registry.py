@@ -286,7 +286,7 @@ def apply_stages(
     if rejects:
         all_rejects = pa.concat_tables(rejects)
     else:
-        all_rejects = REJECTS_SCHEMA.empty_table()
+        all_rejects = empty_table(REJECTS_SCHEMA)
     return StagesResult(table=table, rows_filtered=filtered, rows_rejected=rejected,
                         rows_added=added, rejects=all_rejects)
 
@@ -305,6 +305,11 @@ def _runtime_error(cls: type, e: PipelineError, key: str, ctx: StageContext) -> 
     return cls(f"{e.message}{_on(ctx)}", key=full, **context)
 
 
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A table with no rows (``Schema.empty_table`` would import pandas, a quarter second)."""
+    return pa.Table.from_batches([], schema=schema)
+
+
 def output_schema(
     schema: pa.Schema,
     stages: Sequence[tuple[str, Any]],
@@ -320,7 +325,7 @@ def output_schema(
     """
     from pipeline.stages.python_stage import check_python_spec
 
-    table = schema.empty_table()
+    table = empty_table(schema)
     for i, (name, spec) in enumerate(stages):
         key = _stage_key(i, name, keys)
         sctx = dataclasses.replace(ctx, stage=key, chunk=ctx.chunk or "an empty table (validation)")
