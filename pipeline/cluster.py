@@ -25,7 +25,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -122,15 +121,7 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
             seen = [Seen(f.path, f.size, f.mtime_ns, fingerprint(f.path, f.size), run_id) for f in plan.files]
             store.run_finished(run_id, "succeeded", 0, counts.__dict__, seen, job=job.name,
                                replace_files=full_refresh)
-    data_files = [f for f in files if not f["path"].startswith(REJECTS + "/")]
-    report.status = "succeeded"
-    report.exit_code = 0
-    report.output_files = len(data_files)
-    report.output_bytes = sum(f["bytes"] for f in data_files)
-    report.reject_files = len(files) - len(data_files)
-    report.seconds = time.monotonic() - started
-    log.info("run %s succeeded: %s rows written", run_id, f"{counts.rows_written:,}")
-    return report
+    return report.succeeded(files, started)
 
 
 def _chunk_bytes(chunk: Chunk) -> int:

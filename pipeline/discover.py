@@ -6,7 +6,6 @@ import glob
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.storage import glob as glob_url

@@ -78,6 +78,18 @@ class Report:
     note: str = ""
     skip_metrics: bool = False
 
+    def succeeded(self, files: list[dict], started: float) -> "Report":
+        """Fill in a published run's figures from the files it wrote."""
+        data_files = [f for f in files if not f["path"].startswith(REJECTS + "/")]
+        self.status = "succeeded"
+        self.exit_code = 0
+        self.output_files = len(data_files)
+        self.output_bytes = sum(f["bytes"] for f in data_files)
+        self.reject_files = len(files) - len(data_files)
+        self.seconds = time.monotonic() - started
+        log.info("run %s succeeded: %s rows written", self.run_id, f"{self.counts.rows_written:,}")
+        return self
+
     def summary(self) -> str:
         c = self.counts
         rate = c.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -397,17 +409,9 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             except sqlite3.Error as exc:
                 raise OutputError(f"the output was published, but the state store could not record it ({exc}); "
                                   f"the next run records it from the output's manifest") from exc
-    data_files = [f for f in files if not f["path"].startswith(REJECTS + "/")]
-    report.status = "succeeded"
-    report.exit_code = 0
-    report.output_files = len(data_files)
-    report.output_bytes = sum(f["bytes"] for f in data_files)
-    report.reject_files = len(files) - len(data_files)
-    report.seconds = time.monotonic() - started
     if resumed is not None:
         report.note = f"resumed: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks came from run {resumed.run_id}"
-    log.info("run %s succeeded: %s rows written", run_id, f"{counts.rows_written:,}")
-    return report
+    return report.succeeded(files, started)
 
 
 def _chunk_bytes(chunk: Chunk) -> int:

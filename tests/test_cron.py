@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys

@@ -11,7 +11,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-import pytest
 
 from tests.conftest import basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
 
