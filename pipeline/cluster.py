@@ -271,8 +271,7 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 
 def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
-    from pipeline.execute import LocalExecutor
-    from pipeline.run import quarantine_chunk, worker_spec
+    from pipeline.run import local_executor, worker_spec
     from pipeline.write import WriterSpec
 
     local = tempfile.mkdtemp(prefix=f"pipeline-{job.name}-{run_id}-")
@@ -280,15 +279,7 @@ def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_sche
         spool = os.path.join(local, SPOOL)
         os.makedirs(spool)
         wspec = worker_spec(job, plan, spool)
-
-        def on_poison(chunk, why: str, attempts: int):
-            if job.run.on_bad_rows != "quarantine":
-                return None
-            return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts",
-                                    attempts)
-
-        executor = LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
-                                 chunk_timeout=job.run.chunk_timeout, on_result=on_result, on_poison=on_poison)
+        executor = local_executor(job, plan, wspec, on_result)
         spec = WriterSpec(job.name, run_id, local, out_schema, tuple(job.output.partition_by),
                           job.output.compression, job.output.compression_level,
                           job.output.row_group_rows, job.output.file_bytes)

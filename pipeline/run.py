@@ -171,6 +171,18 @@ def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
     )
 
 
+def local_executor(job: Job, plan: Plan, wspec: WorkerSpec, on_result) -> LocalExecutor:
+    """The Pool executor for a job; a chunk that kills every worker is quarantined whole if allowed."""
+
+    def on_poison(chunk, why: str, attempts: int):
+        if job.run.on_bad_rows != "quarantine":
+            return None
+        return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts", attempts)
+
+    return LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
+                         chunk_timeout=job.run.chunk_timeout, on_result=on_result, on_poison=on_poison)
+
+
 def quarantine_chunk(chunk: Chunk, spec: WorkerSpec, reason: str, attempt: int) -> list[tuple]:
     """The queue messages that record every record of a chunk in _rejects, and end the chunk."""
     records = list(raw_records(chunk, spec.read))
@@ -359,18 +371,10 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         os.makedirs(spool, exist_ok=True)
         wspec = worker_spec(job, plan, spool)
 
-        def on_poison(chunk, why: str, attempts: int):
-            if job.run.on_bad_rows != "quarantine":
-                return None
-            return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts",
-                                    attempts)
-
         try:
             if cap is not None and counts.rows_rejected > cap:
                 raise InputError(f"{counts.rows_rejected} bad rows, more than run.max_bad_rows ({cap})")
-            executor = LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
-                                     chunk_timeout=job.run.chunk_timeout, on_result=on_result,
-                                     on_poison=on_poison)
+            executor = local_executor(job, plan, wspec, on_result)
             spec = WriterSpec(job.name, run_id, staging, out_schema, tuple(job.output.partition_by),
                               job.output.compression, job.output.compression_level,
                               job.output.row_group_rows, job.output.file_bytes,
