@@ -35,7 +35,7 @@ from pipeline.plan import Chunk
 from pipeline.read import BadRow, raw_records
 from pipeline.storage import filesystem, is_url
 from pipeline.worker import REJECT_SCHEMA, ChunkResult, WorkerSpec, chunk_tables, rejects_table
-from pipeline.write import BUFFER_BYTES, _split_partitions, dictionary_columns, partition_dir
+from pipeline.write import Partition, RowGroupWriter, dictionary_columns
 
 log = logging.getLogger("pipeline")
 
@@ -155,56 +155,34 @@ class _Sink:
                 pass
 
 
-@dataclass
-class _Part:
-    directory: str
-    tables: list = field(default_factory=list)
-    rows: int = 0
-    nbytes: int = 0
-    sink: _Sink | None = None
-    seq: int = 0
-
-
-class PartWriter:
-    """The part files of one chunk: row groups of ``row_group_rows``, a new file past ``file_bytes``."""
+class PartWriter(RowGroupWriter):
+    """The part files of one chunk: the local writer's row groups and partitions, on any filesystem."""
 
     def __init__(self, spec: PartSpec, chunk_id: str):
+        super().__init__(spec.partition_by, spec.row_group_rows, spec.file_bytes)
         self.spec = spec
         self.chunk_id = chunk_id
         self.fs = filesystem(spec.root)[0] if is_url(spec.root) else None
         self.schema: pa.Schema | None = None
-        self.parts: dict[str, _Part] = {}
-        self.rejects = _Part(REJECTS)
-        self.buffered = 0
+        self.rejects = Partition(REJECTS)
         self.files: list[dict] = []
 
     def write(self, table: pa.Table, where: str) -> None:
-        table = self._conform(table, where)
-        if table.num_rows == 0:
-            return
-        if not self.spec.partition_by:
-            self._add((), table)
-        else:
-            for values, part in _split_partitions(table, self.spec.partition_by):
-                self._add(values, part)
-        while self.buffered > BUFFER_BYTES:
-            self._flush(max(self.parts.values(), key=lambda p: p.nbytes), final=True)
+        self._buffer(self._conform(table, where))
 
     def write_rejects(self, table: pa.Table) -> None:
         self._write_rows(self.rejects, table, REJECT_SCHEMA)
 
     def close(self) -> list[dict]:
-        for part in self.parts.values():
-            self._flush(part, final=True)
-            self._close(part)
+        self._flush_all()
         self._close(self.rejects)
         return self.files
 
     def abort(self) -> None:
-        for part in list(self.parts.values()) + [self.rejects]:
-            if part.sink is not None:
-                part.sink.abort()
-                part.sink = None
+        for part in list(self.partitions.values()) + [self.rejects]:
+            if part.open is not None:
+                part.open.abort()
+                part.open = None
 
     def _conform(self, table: pa.Table, where: str) -> pa.Table:
         """Every table of the chunk in one schema: the plan's, where it knows a column's type."""
@@ -222,11 +200,11 @@ class PartWriter:
             fields.append(got if pa.types.is_null(want.type) else want)
         schema = pa.schema(fields)
         if self.schema is not None and not schema.equals(self.schema):
-            written = self.files or any(p.sink for p in self.parts.values())
+            written = self.files or any(p.open for p in self.partitions.values())
             if written:
                 schema = self.schema  # the cast below fails if a typed column meets an untyped one
             else:
-                for part in self.parts.values():
+                for part in self.partitions.values():
                     part.tables = [t.cast(schema) for t in part.tables]
         self.schema = schema
         try:
@@ -235,52 +213,18 @@ class PartWriter:
             raise StageError(f"{where}: the stages produced types that differ from the output's: {exc}",
                              chunk=self.chunk_id) from exc
 
-    def _add(self, values: tuple, table: pa.Table) -> None:
-        directory = partition_dir(self.spec.partition_by, values)
-        part = self.parts.get(directory)
-        if part is None:
-            part = self.parts[directory] = _Part(directory)
-        part.tables.append(table)
-        part.rows += table.num_rows
-        part.nbytes += table.nbytes
-        self.buffered += table.nbytes
-        if part.rows >= self.spec.row_group_rows:
-            self._flush(part, final=False)
+    def _open(self, part: Partition, schema: pa.Schema) -> None:
+        name = part_name(self.chunk_id, part.seq, self.spec.run_id)
+        rel = posixpath.join(part.directory.replace(os.sep, "/"), name) if part.directory else name
+        part.seq += 1
+        part.open = _Sink(self.spec, self.fs, rel, schema)
 
-    def _flush(self, part: _Part, final: bool) -> None:
-        if not part.tables:
-            return
-        table = pa.concat_tables(part.tables)
-        self.buffered -= part.nbytes
-        part.tables, part.rows, part.nbytes = [], 0, 0
-        n = self.spec.row_group_rows
-        keep = 0 if final else table.num_rows % n
-        if keep:
-            rest = table.slice(table.num_rows - keep)
-            table = table.slice(0, table.num_rows - keep)
-            part.tables, part.rows, part.nbytes = [rest], rest.num_rows, rest.nbytes
-            self.buffered += rest.nbytes
-        if table.num_rows:
-            self._write_rows(part, table, table.schema)  # partition columns are in the path, not the file
-
-    def _write_rows(self, part: _Part, table: pa.Table, schema: pa.Schema) -> None:
-        n = self.spec.row_group_rows
-        for start in range(0, table.num_rows, n):
-            if part.sink is None:
-                rel = posixpath.join(part.directory, part_name(self.chunk_id, part.seq, self.spec.run_id)) \
-                    if part.directory else part_name(self.chunk_id, part.seq, self.spec.run_id)
-                part.seq += 1
-                part.sink = _Sink(self.spec, self.fs, rel.replace(os.sep, "/"), schema)
-            part.sink.write(table.slice(start, n), n)
-            if part.sink.size() >= self.spec.file_bytes:
-                self._close(part)
-
-    def _close(self, part: _Part) -> None:
-        if part.sink is not None:
-            info = part.sink.close()
+    def _close(self, part: Partition) -> None:
+        if part.open is not None:
+            info = part.open.close()
             info["run_id"] = self.spec.run_id
             self.files.append(info)
-            part.sink = None
+            part.open = None
 
 
 # ------------------------------------------------------------------------------------ the task

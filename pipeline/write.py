@@ -68,14 +68,23 @@ class _Open:
     writer: pq.ParquetWriter
     rows: int = 0
 
+    def write(self, table: pa.Table, row_group_rows: int) -> None:
+        self.writer.write_table(table, row_group_size=row_group_rows)
+        self.rows += table.num_rows
+
+    def size(self) -> int:
+        return self.sink.tell()
+
 
 @dataclass
-class _Partition:
+class Partition:
+    """The rows buffered for one partition directory, and its open part file (``open``)."""
+
     directory: str
     tables: list = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
-    open: _Open | None = None
+    open: object | None = None     # has write(table, row_group_rows) and size()
     seq: int = 0
 
 
@@ -96,34 +105,98 @@ def partition_dir(names: tuple[str, ...], values: tuple) -> str:
     return os.path.join(*parts) if parts else ""
 
 
-class DatasetWriter:
-    """Rows in, Parquet part files out: row groups of ``row_group_rows``, files rolled past ``file_bytes``."""
+class RowGroupWriter:
+    """Rows in, row groups out, per hive partition: the buffering both writers share.
+
+    Rows wait per partition until a full row group of ``row_group_rows`` can be written (or, past
+    BUFFER_BYTES over all partitions, the largest buffer is written out). A part file is closed,
+    and the next one opened, once it passes ``file_bytes``. Subclasses open and close the files.
+    """
+
+    def __init__(self, partition_by: tuple[str, ...], row_group_rows: int, file_bytes: int):
+        self.partition_by = tuple(partition_by)
+        self.row_group_rows = row_group_rows
+        self.file_bytes = file_bytes
+        self.partitions: dict[str, Partition] = {}
+        self.buffered = 0
+
+    def _open(self, part: Partition, schema: pa.Schema) -> None:
+        raise NotImplementedError
+
+    def _close(self, part: Partition) -> None:
+        raise NotImplementedError
+
+    def _buffer(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if not self.partition_by:
+            self._add((), table)
+        else:
+            for values, part in _split_partitions(table, self.partition_by):
+                self._add(values, part)
+        while self.buffered > BUFFER_BYTES:
+            largest = max(self.partitions.values(), key=lambda p: p.nbytes)
+            self._flush(largest, final=True)
+
+    def _add(self, values: tuple, table: pa.Table) -> None:
+        directory = partition_dir(self.partition_by, values)   # null and "" share one directory
+        part = self.partitions.get(directory)
+        if part is None:
+            part = self.partitions[directory] = Partition(directory)
+        part.tables.append(table)
+        part.rows += table.num_rows
+        part.nbytes += table.nbytes
+        self.buffered += table.nbytes
+        if part.rows >= self.row_group_rows:
+            self._flush(part, final=False)
+
+    def _flush(self, part: Partition, final: bool) -> None:
+        if not part.tables:
+            return
+        table = pa.concat_tables(part.tables)
+        self.buffered -= part.nbytes
+        part.tables, part.rows, part.nbytes = [], 0, 0
+        keep = 0 if final else table.num_rows % self.row_group_rows
+        if keep:
+            rest = table.slice(table.num_rows - keep)
+            table = table.slice(0, table.num_rows - keep)
+            part.tables, part.rows, part.nbytes = [rest], rest.num_rows, rest.nbytes
+            self.buffered += rest.nbytes
+        if table.num_rows:
+            self._write_rows(part, table, table.schema)  # partition columns are in the path, not the file
+
+    def _write_rows(self, part: Partition, table: pa.Table, schema: pa.Schema) -> None:
+        """Append row groups to the partition's open file, rolling to a new file past file_bytes."""
+        n = self.row_group_rows
+        for start in range(0, table.num_rows, n):
+            if part.open is None:
+                self._open(part, schema)
+            part.open.write(table.slice(start, n), n)
+            if part.open.size() >= self.file_bytes:
+                self._close(part)
+
+    def _flush_all(self) -> None:
+        for part in self.partitions.values():
+            self._flush(part, final=True)
+            self._close(part)
+
+
+class DatasetWriter(RowGroupWriter):
+    """The writer process's Parquet output in the run's staging directory."""
 
     def __init__(self, spec: WriterSpec):
+        super().__init__(spec.partition_by, spec.row_group_rows, spec.file_bytes)
         self.spec = spec
         self.root = os.path.realpath(spec.staging)
         self.schema = spec.schema
-        self.partitions: dict[str, _Partition] = {}
-        self.buffered = 0
         self.files: list[WrittenFile] = []
-        self.rejects: _Partition | None = None
+        self.rejects: Partition | None = None
         self.rejected = 0
         self._opened = False
 
     # -- rows
     def write(self, table: pa.Table, where: str) -> None:
-        table = self._conform(table, where)
-        if table.num_rows == 0:
-            return
-        keys = self.spec.partition_by
-        if not keys:
-            self._add((), table)
-        else:
-            for values, part in _split_partitions(table, keys):
-                self._add(values, part)
-        while self.buffered > BUFFER_BYTES:
-            largest = max(self.partitions.values(), key=lambda p: p.nbytes)
-            self._flush(largest, final=True)
+        self._buffer(self._conform(table, where))
 
     def _conform(self, table: pa.Table, where: str) -> pa.Table:
         if self.schema is None:
@@ -156,48 +229,7 @@ class DatasetWriter:
             raise StageError(f"{where}: the stages produced types that differ from earlier chunks: {exc}",
                              chunk=where) from exc
 
-    def _add(self, values: tuple, table: pa.Table) -> None:
-        directory = partition_dir(self.spec.partition_by, values)   # null and "" share one directory
-        part = self.partitions.get(directory)
-        if part is None:
-            part = self.partitions[directory] = _Partition(directory)
-        part.tables.append(table)
-        part.rows += table.num_rows
-        part.nbytes += table.nbytes
-        self.buffered += table.nbytes
-        if part.rows >= self.spec.row_group_rows:
-            self._flush(part, final=False)
-
-    def _flush(self, part: _Partition, final: bool, schema: pa.Schema | None = None) -> None:
-        if not part.tables:
-            return
-        table = pa.concat_tables(part.tables)
-        self.buffered -= part.nbytes
-        part.tables, part.rows, part.nbytes = [], 0, 0
-        n = self.spec.row_group_rows
-        keep = 0 if final else table.num_rows - (table.num_rows // n) * n
-        if keep:
-            rest = table.slice(table.num_rows - keep)
-            table = table.slice(0, table.num_rows - keep)
-            part.tables, part.rows, part.nbytes = [rest], rest.num_rows, rest.nbytes
-            self.buffered += rest.nbytes
-        if table.num_rows:
-            self._write_rows(part, table, schema)
-
-    def _write_rows(self, part: _Partition, table: pa.Table, schema: pa.Schema | None) -> None:
-        """Append row groups to the partition's open file, rolling to a new file past file_bytes."""
-        n = self.spec.row_group_rows
-        for start in range(0, table.num_rows, n):
-            if part.open is None:
-                self._open(part, schema or table.schema)
-            opened = part.open
-            group = table.slice(start, n)
-            opened.writer.write_table(group, row_group_size=n)
-            opened.rows += group.num_rows
-            if opened.sink.tell() >= self.spec.file_bytes:
-                self._close(part)
-
-    def _open(self, part: _Partition, schema: pa.Schema) -> None:
+    def _open(self, part: Partition, schema: pa.Schema) -> None:
         directory = os.path.join(self.root, part.directory)
         os.makedirs(directory, exist_ok=True)
         name = f"part-{part.seq:05d}-{self.spec.run_id}.parquet"
@@ -214,7 +246,7 @@ class DatasetWriter:
                                   use_dictionary=dictionary_columns(schema))
         part.open = _Open(path, sink, writer)
 
-    def _close(self, part: _Partition) -> None:
+    def _close(self, part: Partition) -> None:
         opened = part.open
         if opened is None:
             return
@@ -228,16 +260,14 @@ class DatasetWriter:
     # -- rejects
     def write_rejects(self, table: pa.Table) -> None:
         if self.rejects is None:
-            self.rejects = _Partition("_rejects")
+            self.rejects = Partition("_rejects")
         self.rejected += table.num_rows
         self._write_rows(self.rejects, table, REJECT_SCHEMA)
 
     def checkpoint(self) -> list[WrittenFile]:
         """Write out every buffered row and close every open file; return the files closed since last time."""
         before = len(self.files)
-        for part in self.partitions.values():
-            self._flush(part, final=True)
-            self._close(part)
+        self._flush_all()
         if self.rejects is not None:
             self._close(self.rejects)
         for d in {os.path.dirname(os.path.join(self.root, f.path)) for f in self.files[before:]}:
@@ -245,14 +275,12 @@ class DatasetWriter:
         return self.files[before:]
 
     def close(self) -> list[WrittenFile]:
-        for part in self.partitions.values():
-            self._flush(part, final=True)
-            self._close(part)
+        self._flush_all()
         if self.rejects is not None:
             self._close(self.rejects)
         if not self.files and self.schema is not None and not self.spec.partition_by:
             # An empty result is still a readable dataset with the right schema.
-            empty = _Partition("")
+            empty = Partition("")
             self._open(empty, self.schema)
             self._close(empty)
         for d, _, _ in os.walk(self.root):
