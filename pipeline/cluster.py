@@ -30,25 +30,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Job
-from pipeline.errors import InputError, OutputError, StageError
+from pipeline.errors import OutputError, StageError
 from pipeline.lock import JobLock
 from pipeline.plan import Chunk, Plan
 from pipeline.progress import Progress
 from pipeline.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
 from pipeline.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
                               read_remote_manifest, remove_unlisted)
-from pipeline.worker import ChunkResult
 
 log = logging.getLogger("pipeline")
-
-BAD_SAMPLES = 5
 
 
 def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: str, *,
                     out_schema: pa.Schema | None, mode: str, progress: bool | None,
                     full_refresh: bool):
     """Run the planned chunks and publish; fills and returns ``report`` (see ``run._run``)."""
-    from pipeline.run import build_manifest, state_dir
+    from pipeline.run import build_manifest, count_results, state_dir
     from pipeline.state import Seen, fingerprint
 
     run_id = report.run_id
@@ -74,19 +71,9 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
             os.makedirs(staging, mode=0o755)
         log.info("run %s: %d files, %d chunks, %s", run_id, len(plan.files), len(plan.chunks),
                  "the Dask executor" if job.run.executor == "dask" else f"{plan.workers} workers")
-        bar = Progress(sum(_chunk_bytes(c) for c in plan.chunks), len(plan.chunks), enabled=progress,
+        bar = Progress(sum(c.nbytes for c in plan.chunks), len(plan.chunks), enabled=progress,
                        interval=job.run.progress_interval)
-        cap = job.run.max_bad_rows if job.run.on_bad_rows != "fail" else None
-
-        def on_result(result: ChunkResult) -> None:
-            counts.add(result)
-            room = BAD_SAMPLES - len(report.bad_samples)
-            if room > 0:
-                report.bad_samples.extend(result.bad_samples[:room])
-            bar.update(result)
-            if cap is not None and counts.rows_rejected > cap:
-                raise InputError(f"{counts.rows_rejected} bad rows so far, more than run.max_bad_rows ({cap}); "
-                                 f"nothing was published", rows_rejected=counts.rows_rejected)
+        on_result = count_results(job, report, bar)
 
         try:
             if job.run.executor == "dask":
@@ -123,9 +110,6 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
                                replace_files=full_refresh)
     return report.succeeded(files, started)
 
-
-def _chunk_bytes(chunk: Chunk) -> int:
-    return (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
 
 
 def _check_counts(counts, files: list[dict], quarantine: bool) -> None:

@@ -253,7 +253,7 @@ def write_chunk(chunk: Chunk, spec: TaskSpec) -> ChunkWrite:
     except BaseException:
         out.abort()
         raise
-    result.bytes_read = (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
+    result.bytes_read = chunk.nbytes
     result.seconds = time.monotonic() - started
     return ChunkWrite(result, files, out.schema)
 
@@ -268,7 +268,7 @@ def quarantine_write(chunk: Chunk, spec: TaskSpec, reason: str) -> ChunkWrite:
     files = out.close()
     result = ChunkResult(chunk.id, 0, os.getpid(), rows_read=len(bad), rows_rejected=len(bad),
                          bad_samples=bad[:1],
-                         bytes_read=(chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size)
+                         bytes_read=chunk.nbytes)
     return ChunkWrite(result, files, None)
 
 

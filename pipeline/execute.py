@@ -97,6 +97,7 @@ class LocalExecutor:
         state = _State(chunks)
         writer = ctx.Process(target=_writer_entry, args=(data_q, events, writer_spec, me),
                              name=f"pipeline: {writer_spec.job_name} writer", daemon=True)
+        self._writer = (writer, events)
         title = f"pipeline: {worker_spec.job_name} worker"
 
         def new_pool(todo: list[Chunk]):
@@ -154,7 +155,7 @@ class LocalExecutor:
                     pool.close()
                     pool.join()
             pool = None
-            data_q.put(("done", len(chunks)))
+            self._put(data_q, ("done", len(chunks)), state, ex)
             ex.writer = self._wait_writer(writer, events, state, ex)
             writer.join(WRITER_EXIT_SECONDS)
             return ex
@@ -267,14 +268,30 @@ class LocalExecutor:
 
     def _poison(self, chunk: Chunk, why: str, tries: int, state: "_State", ex: Execution, data_q) -> None:
         log.error("%s: the worker %s, on every one of %d attempts", chunk.describe(), why, tries)
-        poisoned = self.on_poison(chunk, why, tries) if self.on_poison else None
+        # an attempt number of its own, so these messages never mix with a worker's attempt
+        state.tries[chunk.id] += 1
+        poisoned = self.on_poison(chunk, why, tries, state.tries[chunk.id]) if self.on_poison else None
         if poisoned is None:
             raise InputError(f"{chunk.describe()}: the worker {why}, on every one of {tries} attempts; "
                              f"this chunk cannot be processed", file=chunk.file.path, chunk=chunk.id)
         ex.poisoned.append((chunk, why))
         state.poisoned.add(chunk.id)
         for msg in poisoned:
-            data_q.put(msg)  # its whole-chunk rejects and its end: the writer acks it like any chunk
+            self._put(data_q, msg, state, ex)  # its whole-chunk rejects and its end: acked like any chunk
+
+    def _put(self, data_q, msg, state: "_State", ex: Execution) -> None:
+        """Put on the bounded queue without waiting for ever: the writer may have died meanwhile."""
+        writer, events = self._writer
+        while True:
+            try:
+                data_q.put(msg, timeout=POLL_SECONDS)
+                return
+            except queue_mod.Full:
+                self._drain_events(events, state, ex)
+                if not writer.is_alive():
+                    self._drain_events(events, state, ex)
+                    raise OutputError(f"the writer process died (exit code {writer.exitcode}); "
+                                      f"nothing was published") from None
 
     def _wait_writer(self, writer, events, state: "_State", ex: Execution) -> dict:
         while True:

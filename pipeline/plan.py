@@ -58,6 +58,11 @@ class Chunk:
     row_groups: tuple[int, ...] = ()
     delimiter: str = ","
 
+    @property
+    def nbytes(self) -> int:
+        """Input bytes of the chunk (a streamed file counts its compressed size)."""
+        return (self.end - self.start) if self.end >= 0 else self.file.size
+
     def describe(self) -> str:
         if self.row_groups:
             where = f"row groups {self.row_groups[0]}-{self.row_groups[-1]}"

@@ -37,6 +37,8 @@ from pipeline.write import WriterSpec
 
 log = logging.getLogger("pipeline")
 
+BAD_SAMPLES = 5     # bad rows shown in the summary
+
 
 @dataclass
 class Counts:
@@ -171,13 +173,35 @@ def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
     )
 
 
+def bad_row_cap(job: Job) -> int | None:
+    return job.run.max_bad_rows if job.run.on_bad_rows != "fail" else None
+
+
+def count_results(job: Job, report: Report, bar: Progress):
+    """The callback that counts each committed chunk, keeps a few bad rows, and enforces max_bad_rows."""
+    cap = bad_row_cap(job)
+    counts = report.counts
+
+    def on_result(result: ChunkResult) -> None:
+        counts.add(result)
+        room = BAD_SAMPLES - len(report.bad_samples)
+        if room > 0:
+            report.bad_samples.extend(result.bad_samples[:room])
+        bar.update(result)
+        if cap is not None and counts.rows_rejected > cap:
+            raise InputError(f"{counts.rows_rejected} bad rows so far, more than run.max_bad_rows ({cap}); "
+                             f"nothing was published", rows_rejected=counts.rows_rejected)
+
+    return on_result
+
+
 def local_executor(job: Job, plan: Plan, wspec: WorkerSpec, on_result) -> LocalExecutor:
     """The Pool executor for a job; a chunk that kills every worker is quarantined whole if allowed."""
 
-    def on_poison(chunk, why: str, attempts: int):
+    def on_poison(chunk, why: str, attempts: int, attempt: int):
         if job.run.on_bad_rows != "quarantine":
             return None
-        return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts", attempts)
+        return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts", attempt)
 
     return LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
                          chunk_timeout=job.run.chunk_timeout, on_result=on_result, on_poison=on_poison)
@@ -191,7 +215,7 @@ def quarantine_chunk(chunk: Chunk, spec: WorkerSpec, reason: str, attempt: int) 
     path = spool_table(table, os.path.join(spec.spool, f"{chunk.id}.{attempt}.0.arrow"))
     result = ChunkResult(chunk.id, attempt, os.getpid(), rows_read=len(bad), rows_rejected=len(bad),
                          messages=1, bad_samples=bad[:1],
-                         bytes_read=(chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size)
+                         bytes_read=chunk.nbytes)
     return [("rejects", chunk.id, attempt, path, len(bad)), ("end", chunk.id, attempt, 1, result)]
 
 
@@ -353,19 +377,10 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             todo = list(plan.chunks)
             journal = start_journal(staging, run_id, job.config_hash, chunk_ids)
         log.info("run %s: %d files, %d chunks, %d workers", run_id, len(plan.files), len(todo), plan.workers)
-        bar = Progress(sum(_chunk_bytes(c) for c in todo), len(todo), enabled=progress,
+        bar = Progress(sum(c.nbytes for c in todo), len(todo), enabled=progress,
                        interval=job.run.progress_interval)
-        cap = job.run.max_bad_rows if job.run.on_bad_rows != "fail" else None
-
-        def on_result(result: ChunkResult) -> None:
-            counts.add(result)
-            room = 5 - len(report.bad_samples)
-            if room > 0:
-                report.bad_samples.extend(result.bad_samples[:room])
-            bar.update(result)
-            if cap is not None and counts.rows_rejected > cap:
-                raise InputError(f"{counts.rows_rejected} bad rows so far, more than run.max_bad_rows ({cap}); "
-                                 f"nothing was published", rows_rejected=counts.rows_rejected)
+        cap = bad_row_cap(job)
+        on_result = count_results(job, report, bar)
 
         spool = os.path.join(staging, SPOOL)
         os.makedirs(spool, exist_ok=True)
@@ -417,9 +432,6 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         report.note = f"resumed: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks came from run {resumed.run_id}"
     return report.succeeded(files, started)
 
-
-def _chunk_bytes(chunk: Chunk) -> int:
-    return (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
 
 
 def _has_checkpoint(journal: str) -> bool:

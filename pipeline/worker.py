@@ -213,7 +213,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
             for piece in _pieces(table):
                 send("data", piece)
     result.messages = messages
-    result.bytes_read = (chunk.end - chunk.start) if chunk.end >= 0 else chunk.file.size
+    result.bytes_read = chunk.nbytes
     result.seconds = time.monotonic() - started
     queue.put(("end", chunk.id, attempt, messages, result))
     return result
