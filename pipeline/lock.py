@@ -12,7 +12,7 @@ import json
 import os
 import time
 
-from pipeline.errors import LockedError
+from pipeline.errors import LockedError, OutputError
 
 
 class JobLock:
@@ -24,7 +24,12 @@ class JobLock:
 
     def acquire(self) -> "JobLock":
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:  # a symbolic link planted at the lock path is not followed
+            raise OutputError(f"cannot open the lock file {self.path}: {exc.strerror}"
+                              + (" (it is a symbolic link)" if os.path.islink(self.path) else ""),
+                              path=self.path) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -171,3 +171,14 @@ def test_output_files_are_not_world_writable(tmp_path, capsys):
             assert not os.stat(os.path.join(dirpath, name)).st_mode & 0o002, name
     lock = tmp_path / ".out.lock"
     assert lock.exists() and not lock.stat().st_mode & 0o022
+
+
+def test_a_symlink_planted_at_the_lock_path_is_not_followed(tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    target = tmp_path / "victim.txt"
+    target.write_text("keep")
+    os.symlink(target, tmp_path / ".out.lock")
+    code, out, err = _run(tmp_path, basic_job("in.csv"), capsys)
+    assert code == 74 and "symbolic link" in err
+    assert target.read_text() == "keep"
+    assert not (tmp_path / "out").exists()
