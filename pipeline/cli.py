@@ -119,7 +119,7 @@ def _print_report(exc: BaseException) -> None:
 
 def _dispatch(args) -> int:
     if args.command == "inspect":
-        from pipeline.inspect import inspect_output
+        from pipeline.commands.inspect_output import inspect_output
 
         return inspect_output(args.path, as_json=args.json)
     from pipeline.config import load_config
@@ -133,15 +133,15 @@ def _dispatch(args) -> int:
         print(report.summary(), flush=True)
         return 0
     if args.command == "history":
-        from pipeline.commands import history
+        from pipeline.commands.job import history
 
         return history(job, limit=args.limit)
     if args.command == "validate":
-        from pipeline.commands import validate
+        from pipeline.commands.job import validate
 
         return validate(job)
     if args.command == "plan":
-        from pipeline.commands import show_plan
+        from pipeline.commands.job import show_plan
 
         return show_plan(job, workers=args.workers)
     raise AssertionError(args.command)

@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Job
 from pipeline.errors import OutputError, StageError
-from pipeline.lock import JobLock
-from pipeline.plan import Chunk, Plan
+from pipeline.output.lock import JobLock
+from pipeline.input.plan import Chunk, Plan
 from pipeline.progress import Progress
-from pipeline.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
-from pipeline.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
+from pipeline.output.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
+from pipeline.input.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
                               read_remote_manifest, remove_unlisted)
 
 log = logging.getLogger("pipeline")
@@ -46,7 +46,7 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
                     full_refresh: bool):
     """Run the planned chunks and publish; fills and returns ``report`` (see ``run._run``)."""
     from pipeline.run import build_manifest, count_results, state_dir
-    from pipeline.state import Seen, fingerprint
+    from pipeline.state.store import Seen, fingerprint
 
     run_id = report.run_id
     counts = report.counts
@@ -124,7 +124,7 @@ def _check_counts(counts, files: list[dict], quarantine: bool) -> None:
 
 
 def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result, report):
-    from pipeline.dask_executor import DaskExecutor, PartSpec, TaskSpec, quarantine_write, scheduler_address
+    from pipeline.execution.dask import DaskExecutor, PartSpec, TaskSpec, quarantine_write, scheduler_address
     from pipeline.run import worker_spec
 
     parts = PartSpec(run_id, root, out_schema, tuple(job.output.partition_by), job.output.compression,
@@ -213,7 +213,7 @@ def _empty_part(job: Job, run_id: str, root: str, schema: pa.Schema | None) -> l
     """An output with no rows is still a readable dataset with its schema (as with the local executor)."""
     if schema is None or job.output.partition_by:
         return []
-    from pipeline.dask_executor import PartSpec, _Sink
+    from pipeline.execution.dask import PartSpec, _Sink
 
     spec = PartSpec(run_id, root, schema, (), job.output.compression, job.output.compression_level)
     fs = filesystem(root)[0] if is_url(root) else None
@@ -256,7 +256,7 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
     from pipeline.run import local_executor, worker_spec
-    from pipeline.write import WriterSpec
+    from pipeline.output.write import WriterSpec
 
     local = tempfile.mkdtemp(prefix=f"pipeline-{job.name}-{run_id}-")
     try:

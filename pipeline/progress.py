@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from pipeline.worker import ChunkResult
+from pipeline.execution.worker import ChunkResult
 
 log = logging.getLogger("pipeline")
 

@@ -18,22 +18,22 @@ from pipeline.config import Job, dump_config
 from pipeline.dtypes import type_name
 from pipeline.dtypes import parse_type
 from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, LockedError, OutputError, PipelineError
-from pipeline.metrics import write_metrics
-from pipeline.resume import JOURNAL, find_resumable, start_journal
-from pipeline.state import Seen, StateStore, fingerprint
-from pipeline.execute import LocalExecutor
-from pipeline.lock import JobLock
-from pipeline.plan import Plan, build_plan
-from pipeline.publish import (REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish,
+from pipeline.state.metrics import write_metrics
+from pipeline.state.resume import JOURNAL, find_resumable, start_journal
+from pipeline.state.store import Seen, StateStore, fingerprint
+from pipeline.execution.local import LocalExecutor
+from pipeline.output.lock import JobLock
+from pipeline.input.plan import Plan, build_plan
+from pipeline.output.publish import (REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish,
                               read_manifest, recover)
 from pipeline.progress import Progress
-from pipeline.storage import is_url, read_remote_manifest
+from pipeline.input.storage import is_url, read_remote_manifest
 from pipeline.stages import StageContext, output_schema
-from pipeline.plan import Chunk
-from pipeline.read import BadRow, raw_records
-from pipeline.worker import ChunkResult, WorkerSpec, rejects_table
-from pipeline.worker import spool as spool_table
-from pipeline.write import WriterSpec
+from pipeline.input.plan import Chunk
+from pipeline.input.read import BadRow, raw_records
+from pipeline.execution.worker import ChunkResult, WorkerSpec, rejects_table
+from pipeline.execution.worker import spool as spool_table
+from pipeline.output.write import WriterSpec
 
 log = logging.getLogger("pipeline")
 

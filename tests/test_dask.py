@@ -111,8 +111,8 @@ def test_a_retried_task_replaces_its_own_files(tmp_path):
     """Two attempts at one chunk leave one copy; a dead attempt's temporary file is swept away."""
     from pipeline.cluster import _sweep
     from pipeline.config import load_config
-    from pipeline.dask_executor import PartSpec, TaskSpec, write_chunk
-    from pipeline.plan import build_plan
+    from pipeline.execution.dask import PartSpec, TaskSpec, write_chunk
+    from pipeline.input.plan import build_plan
     from pipeline.run import check_stages, worker_spec
 
     (tmp_path / "in.csv").write_text("id,c\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(500)))

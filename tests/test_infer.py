@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from pipeline.infer import infer_column, unify
+from pipeline.input.infer import infer_column, unify
 
 
 @pytest.mark.parametrize("values,expected", [

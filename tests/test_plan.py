@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import load_config
-from pipeline.plan import build_plan
+from pipeline.input.plan import build_plan
 from tests.conftest import basic_job, write_job
 
 
@@ -29,7 +29,7 @@ def test_text_chunks_cover_the_file_and_ids_are_stable(tmp_path):
     for a, b in zip(first.chunks, first.chunks[1:]):
         assert a.end == b.start
     data = (tmp_path / "a.csv").read_bytes()
-    from pipeline.split import line_at
+    from pipeline.input.split import line_at
 
     assert first.chunks[0].first_line == 2
     for c in first.chunks:
@@ -66,7 +66,7 @@ def test_workers_never_exceed_chunks(tmp_path):
 
 
 def test_default_chunk_size_gives_every_worker_several_chunks(tmp_path):
-    from pipeline.plan import MAX_AUTO_CHUNK, MIN_AUTO_CHUNK, chunk_size
+    from pipeline.input.plan import MAX_AUTO_CHUNK, MIN_AUTO_CHUNK, chunk_size
 
     (tmp_path / "a.csv").write_text("id\n" + "1234567\n" * 3_000_000)   # 24 MB
     job = load_config(write_job(tmp_path, basic_job("a.csv", run={"workers": 2})))

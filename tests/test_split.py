@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.split import line_numbers, record_spans, split_ranges
+from pipeline.input.split import line_numbers, record_spans, split_ranges
 
 FIELD = st.text(alphabet=st.sampled_from(list('ab,"\n\r x\u00e9\u6771')), max_size=12)
 ROWS = st.lists(st.lists(FIELD, min_size=3, max_size=3), min_size=1, max_size=60)

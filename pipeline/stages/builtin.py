@@ -16,7 +16,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from pipeline.dtypes import parse_type, type_name
 from pipeline.errors import ExprError, StageError
-from pipeline.expr import broadcast, compile_expr, unknown_column
+from pipeline.stages.expr import broadcast, compile_expr, unknown_column
 from pipeline.stages.registry import REJECTED_SCHEMA, StageContext, StageOutput, register
 
 # --------------------------------------------------------------------------------------------

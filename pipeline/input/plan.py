@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from pipeline import infer
-from pipeline.discover import InputFile, discover
+from pipeline.input import infer
+from pipeline.input.discover import InputFile, discover
 from pipeline.errors import ConfigError, InputError
-from pipeline.split import record_spans, split_ranges
-from pipeline.storage import open_input, parquet_file
-from pipeline.streams import open_decompressed
+from pipeline.input.split import record_spans, split_ranges
+from pipeline.input.storage import open_input, parquet_file
+from pipeline.input.streams import open_decompressed
 
 BOM = b"\xef\xbb\xbf"
 HEAD_LIMIT = 1 << 20
@@ -145,7 +145,7 @@ def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start
         return {}
     if not sample.strip():
         return {n: pa.null() for n in names}
-    from pipeline.read import parse_block  # read imports this module
+    from pipeline.input.read import parse_block  # read imports this module
 
     read_options = pacsv.ReadOptions(column_names=list(names), use_threads=False, encoding=opts.encoding)
     parse_options = pacsv.ParseOptions(delimiter=delimiter, quote_char=opts.quote or False,

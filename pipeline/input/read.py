@@ -19,10 +19,10 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from pipeline.errors import InputError
-from pipeline.plan import Chunk, ReadSpec
-from pipeline.split import line_at, line_numbers, record_spans
-from pipeline.storage import open_input, parquet_file
-from pipeline.streams import open_decompressed
+from pipeline.input.plan import Chunk, ReadSpec
+from pipeline.input.split import line_at, line_numbers, record_spans
+from pipeline.input.storage import open_input, parquet_file
+from pipeline.input.streams import open_decompressed
 
 STREAM_READ = 8 << 20
 

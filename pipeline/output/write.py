@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError, StageError
-from pipeline.worker import REJECT_SCHEMA, set_title, unspool
+from pipeline.execution.worker import REJECT_SCHEMA, set_title, unspool
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"

@@ -7,7 +7,7 @@ import os
 
 from pipeline.config import Job, format_bytes
 from pipeline.dtypes import type_name
-from pipeline.plan import build_plan
+from pipeline.input.plan import build_plan
 from pipeline.run import check_stages
 
 
@@ -84,7 +84,7 @@ def history(job: Job, limit: int = 20) -> int:
     import time
 
     from pipeline.run import state_dir
-    from pipeline.state import StateStore
+    from pipeline.state.store import StateStore
 
     directory = state_dir(job)
     if not os.path.exists(os.path.join(directory, "state.db")):

@@ -53,7 +53,7 @@ def fingerprint(path: str, size: int) -> str:
     """blake2b of the size, the first and the last MiB: cheap, and changes when content is rewritten."""
     h = hashlib.blake2b(digest_size=16)
     h.update(str(size).encode())
-    from pipeline.storage import open_input
+    from pipeline.input.storage import open_input
 
     with open_input(path) as fh:
         h.update(fh.read(FINGERPRINT_BYTES))

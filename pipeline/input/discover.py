@@ -8,8 +8,8 @@ import stat
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.storage import glob as glob_url
-from pipeline.storage import is_url
+from pipeline.input.storage import glob as glob_url
+from pipeline.input.storage import is_url
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",

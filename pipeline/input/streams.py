@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline.errors import InputError
-from pipeline.storage import is_url, open_input
+from pipeline.input.storage import is_url, open_input
 
 
 class CappedStream:

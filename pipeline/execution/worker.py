@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
-from pipeline.plan import Chunk, ReadSpec
-from pipeline.read import BadRow, read_chunk
+from pipeline.input.plan import Chunk, ReadSpec
+from pipeline.input.read import BadRow, read_chunk
 from pipeline.stages import StageContext, apply_stages
 
 SPOOL_BYTES = 16 << 20      # Arrow data of one spool file (one queue message) stays under about this size

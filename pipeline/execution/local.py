@@ -24,11 +24,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from pipeline import lock as lock_mod
+from pipeline.output import lock as lock_mod
 from pipeline.errors import InputError, OutputError, PipelineError
-from pipeline.plan import Chunk
-from pipeline.worker import ChunkResult, WorkerSpec, init, process_chunk
-from pipeline.write import WriterSpec, writer_main
+from pipeline.input.plan import Chunk
+from pipeline.execution.worker import ChunkResult, WorkerSpec, init, process_chunk
+from pipeline.output.write import WriterSpec, writer_main
 
 log = logging.getLogger("pipeline")
 

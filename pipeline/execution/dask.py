@@ -31,11 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
-from pipeline.plan import Chunk
-from pipeline.read import BadRow, raw_records
-from pipeline.storage import filesystem, is_url
-from pipeline.worker import REJECT_SCHEMA, ChunkResult, WorkerSpec, chunk_tables, rejects_table
-from pipeline.write import Partition, RowGroupWriter, dictionary_columns
+from pipeline.input.plan import Chunk
+from pipeline.input.read import BadRow, raw_records
+from pipeline.input.storage import filesystem, is_url
+from pipeline.execution.worker import REJECT_SCHEMA, ChunkResult, WorkerSpec, chunk_tables, rejects_table
+from pipeline.output.write import Partition, RowGroupWriter, dictionary_columns
 
 log = logging.getLogger("pipeline")
 

@@ -1,0 +1,1 @@
+"""The commands other than `run`: validate, plan, history, inspect."""

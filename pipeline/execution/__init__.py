@@ -1,0 +1,1 @@
+"""Running the chunks: the worker function, the local Pool executor, the Dask executor."""

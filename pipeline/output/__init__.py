@@ -1,0 +1,1 @@
+"""Writing the output: Parquet part files in staging, the atomic publish, the job lock."""

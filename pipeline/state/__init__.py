@@ -1,0 +1,1 @@
+"""What a job remembers between runs: the state store, resume journals, metrics."""
