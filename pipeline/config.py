@@ -425,10 +425,14 @@ class RunConfig(_Model):
 
     @field_validator("executor")
     @classmethod
-    def _executor(cls, value: str) -> str:
+    def _executor(cls, value: str, info: ValidationInfo) -> str:
         missing = dask_missing() if value == "dask" else None
         if missing:
             raise ValueError(missing)
+        if value == "dask" and info.data.get("chunk_timeout") is not None:
+            # Dask has no per-task time limit to kill a task by; refused rather than ignored
+            raise ValueError("run.chunk_timeout works with the local executor only; the dask executor cannot "
+                             "stop a task that runs too long: remove run.chunk_timeout or use run.executor: local")
         return value
 
 

@@ -79,3 +79,13 @@ def set_context(job: str | None = None, run_id: str | None = None) -> None:
         _context.job = job
     if run_id is not None:
         _context.run_id = run_id
+
+
+def set_title(title: str) -> None:
+    """Name this process (``ps``, ``top``) after the job and its role, when setproctitle is installed."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:  # optional at run time; the job works without it
+        pass

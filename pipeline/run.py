@@ -1,4 +1,16 @@
-"""config -> plan -> execute -> write -> publish -> report. The one function behind `pipeline run`."""
+"""The one module that sequences a run: ``run_job``, behind ``pipeline run``.
+
+lock -> recover -> check the target -> staging (or resume) -> progress -> execute -> verify the
+counts -> manifest -> publish -> record state and metrics -> report, written once, over two seams:
+
+- an executor (``execution.executor.Executor``: the local process pool, or Dask) turns chunks into
+  committed part files and counts;
+- an output target (``output.target.OutputTarget``: a directory, or an object-store prefix) locks,
+  stages, publishes, recovers and discards.
+
+Any executor runs with any target; what a run records (manifest, state, metrics, summary) cannot
+differ between them.
+"""
 
 from __future__ import annotations
 
@@ -15,29 +27,26 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.config import Job, dump_config
-from pipeline.dtypes import type_name
-from pipeline.dtypes import parse_type
-from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, LockedError, OutputError, PipelineError
-from pipeline.state.metrics import write_metrics
-from pipeline.state.resume import JOURNAL, find_resumable, start_journal
-from pipeline.state.store import Seen, StateStore, fingerprint
+from pipeline.dtypes import parse_type, type_name
+from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, LockedError, OutputError
+from pipeline.execution.executor import Committed, Executor, TaskSettings
 from pipeline.execution.local import LocalExecutor
-from pipeline.output.lock import JobLock
+from pipeline.execution.worker import WorkerSettings
 from pipeline.input.plan import Plan, build_plan
-from pipeline.output.publish import (REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish,
-                              read_manifest, recover)
+from pipeline.input.read import BadRow
+from pipeline.log import set_context
+from pipeline.output.lock import JobLock
+from pipeline.output.publish import REJECTS, SPOOL, new_run_id
+from pipeline.output.records import BAD_ROW_SAMPLES, ChunkResult
+from pipeline.output.resume import has_checkpoint
+from pipeline.output.target import OutputTarget, output_target
+from pipeline.output.write import WriterSettings
 from pipeline.progress import Progress
-from pipeline.input.storage import is_url, read_remote_manifest
 from pipeline.stages import StageContext, output_schema
-from pipeline.input.plan import Chunk
-from pipeline.input.read import BadRow, raw_records
-from pipeline.execution.worker import ChunkResult, WorkerSpec, rejects_table
-from pipeline.execution.worker import spool as spool_table
-from pipeline.output.write import WriterSpec
+from pipeline.state.metrics import write_metrics
+from pipeline.state.store import Seen, StateStore, fingerprint
 
 log = logging.getLogger("pipeline")
-
-BAD_SAMPLES = 5     # bad rows shown in the summary
 
 
 @dataclass
@@ -74,13 +83,13 @@ class Report:
     output_bytes: int = 0
     reject_files: int = 0
     seconds: float = 0.0
-    bad_samples: list = field(default_factory=list)
+    bad_samples: list[BadRow] = field(default_factory=list)
     error: str | None = None
     exit_code: int | None = None
     note: str = ""
     skip_metrics: bool = False
 
-    def succeeded(self, files: list[dict], started: float) -> "Report":
+    def mark_succeeded(self, files: list[dict], started: float) -> Report:
         """Fill in a published run's figures from the files it wrote."""
         data_files = [f for f in files if not f["path"].startswith(REJECTS + "/")]
         self.status = "succeeded"
@@ -91,6 +100,11 @@ class Report:
         self.seconds = time.monotonic() - started
         log.info("run %s succeeded: %s rows written", self.run_id, f"{self.counts.rows_written:,}")
         return self
+
+    def keep_bad_samples(self, bad: list[BadRow]) -> None:
+        """Keep the first few bad rows of the input (by file and line), whatever order chunks finish in."""
+        merged = sorted(self.bad_samples + list(bad), key=lambda b: (b.file, b.line or 0, b.offset or 0))
+        self.bad_samples = merged[:BAD_ROW_SAMPLES]
 
     def summary(self) -> str:
         c = self.counts
@@ -125,7 +139,7 @@ def stage_context(job: Job, chunk: str = "") -> StageContext:
     return StageContext(base_dir=job.base_dir, chunk=chunk, allowed_modules=tuple(job.run.python_modules))
 
 
-def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
+def stage_output_schema(job: Job, plan: Plan) -> pa.Schema | None:
     """The output schema after the stages; ConfigError naming the stage for any problem."""
     stages = [(s.name, s.spec) for s in job.stages]
     keys = [s.key for s in job.stages]
@@ -160,8 +174,8 @@ def _stage_line(job: Job, key: str) -> int | None:
     return None
 
 
-def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
-    return WorkerSpec(
+def worker_settings(job: Job, plan: Plan, spool: str = "") -> WorkerSettings:
+    return WorkerSettings(
         job_name=job.name,
         read=plan.read,
         stages=tuple((s.name, s.spec) for s in job.stages),
@@ -171,6 +185,14 @@ def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
         spool=spool,
         allowed_modules=tuple(job.run.python_modules),
     )
+
+
+def writer_settings(job: Job, run_id: str, root: str, schema: pa.Schema | None,
+                    journal: str | None = None) -> WriterSettings:
+    return WriterSettings(job.name, run_id, root, schema, tuple(job.output.partition_by),
+                          job.output.compression, job.output.compression_level,
+                          job.output.row_group_rows, job.output.file_bytes,
+                          journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0)
 
 
 def bad_row_cap(job: Job) -> int | None:
@@ -184,9 +206,7 @@ def count_results(job: Job, report: Report, bar: Progress):
 
     def on_result(result: ChunkResult) -> None:
         counts.add(result)
-        room = BAD_SAMPLES - len(report.bad_samples)
-        if room > 0:
-            report.bad_samples.extend(result.bad_samples[:room])
+        report.keep_bad_samples(result.bad_samples)
         bar.update(result)
         if cap is not None and counts.rows_rejected > cap:
             raise InputError(f"{counts.rows_rejected} bad rows so far, more than run.max_bad_rows ({cap}); "
@@ -195,28 +215,24 @@ def count_results(job: Job, report: Report, bar: Progress):
     return on_result
 
 
-def local_executor(job: Job, plan: Plan, wspec: WorkerSpec, on_result) -> LocalExecutor:
-    """The Pool executor for a job; a chunk that kills every worker is quarantined whole if allowed."""
+def make_executor(job: Job, plan: Plan) -> Executor:
+    """The executor ``run.executor`` names; the only place that tells them apart."""
+    if job.run.executor == "dask":
+        from pipeline.execution.dask import DaskExecutor, scheduler_address
 
-    def on_poison(chunk, why: str, attempts: int, attempt: int):
-        if job.run.on_bad_rows != "quarantine":
-            return None
-        return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts", attempt)
-
+        return DaskExecutor(scheduler_address(job.run.dask.address), plan.workers, retries=job.run.retries,
+                            connect_timeout=job.run.dask.connect_timeout)
     return LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
-                         chunk_timeout=job.run.chunk_timeout, on_result=on_result, on_poison=on_poison)
+                         chunk_timeout=job.run.chunk_timeout)
 
 
-def quarantine_chunk(chunk: Chunk, spec: WorkerSpec, reason: str, attempt: int) -> list[tuple]:
-    """The queue messages that record every record of a chunk in _rejects, and end the chunk."""
-    records = list(raw_records(chunk, spec.read))
-    bad = [BadRow(chunk.file.path, line, offset, "worker", reason, raw) for line, offset, raw in records]
-    table = rejects_table(bad, chunk)
-    path = spool_table(table, os.path.join(spec.spool, f"{chunk.id}.{attempt}.0.arrow"))
-    result = ChunkResult(chunk.id, attempt, os.getpid(), rows_read=len(bad), rows_rejected=len(bad),
-                         messages=1, bad_samples=bad[:1],
-                         bytes_read=chunk.nbytes)
-    return [("rejects", chunk.id, attempt, path, len(bad)), ("end", chunk.id, attempt, 1, result)]
+def verify_counts(counts: Counts, files: list[dict], quarantine: bool) -> None:
+    """The counts add up, and the part files hold the rows the counts say; else nothing is published."""
+    written = sum(f["rows"] for f in files if not f["path"].startswith(REJECTS + "/"))
+    rejected = sum(f["rows"] for f in files if f["path"].startswith(REJECTS + "/"))
+    if written != counts.rows_written or not counts.balanced() or (quarantine and rejected != counts.rows_rejected):
+        raise RuntimeError(f"row counts do not add up ({counts}; the part files hold {written} rows and "
+                           f"{rejected} rejects); nothing was published")
 
 
 def schema_dict(schema: pa.Schema | None) -> list[dict]:
@@ -245,26 +261,30 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
             progress: bool | None = None, full_refresh: bool = False) -> Report:
     """Run a job; on failure the raised exception carries the partial Report as ``.report``.
 
-    Every run that gets as far as the state store is recorded there, and ``run.metrics_file``
-    is rewritten after it, success or failure.
+    The job's lock is the first thing taken, before any input is listed or read: a second run of
+    the job is refused at once (exit 75). Every run that holds the lock is recorded in the state
+    store, and ``run.metrics_file`` is rewritten after it, success or failure.
     """
     started = time.monotonic()
     run_id = new_run_id()
-    from pipeline.log import set_context
-
     set_context(job=job.name, run_id=run_id)
     report = Report(job.name, run_id, "failed", job.output.path)
-    store = None
-    thash = transform_hash(job)
+    target = output_target(job.output.path, state_dir(job), job.name)
+    lock: JobLock | None = None
+    store: StateStore | None = None
     try:
         if not dry_run:
+            lock = target.lock(job.name, run_id).acquire()
             store = StateStore(state_dir(job))
-            store.run_started(run_id, job.name, job.config_hash, thash, dict(job.params), job.output.path)
-        result = _run(job, report, started, store, thash, workers=workers, dry_run=dry_run,
-                      progress=progress, full_refresh=full_refresh)
-        if store is not None and result.status == "up to date":
-            store.run_finished(run_id, "up to date", 0, result.counts.__dict__)
-        return result
+            store.run_started(run_id, job.name, job.config_hash, transform_hash(job), dict(job.params),
+                              job.output.path)
+            if store.mark_dead(job.name, run_id):
+                log.info("marked earlier runs that were killed as 'died' in the state store")
+        _run(job, target, report, started, store, workers=workers, dry_run=dry_run, progress=progress,
+             full_refresh=full_refresh)
+        if store is not None and report.status == "up to date":
+            store.run_finished(run_id, "up to date", 0, report.counts.__dict__)
+        return report
     except BaseException as exc:
         report.status = "failed"
         report.error = str(exc)
@@ -273,10 +293,6 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
         report.exit_code = code
         if isinstance(exc, LockedError):
             # another run of the job is going: this attempt is not a run of the job at all
-            if store is not None:
-                store.forget_run(run_id)
-                store.close()
-                store = None
             report.skip_metrics = True
         if store is not None:
             try:
@@ -289,27 +305,23 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
             pass
         raise
     finally:
-        if not dry_run and job.run.metrics_file and not report.skip_metrics:
-            write_metrics(job.run.metrics_file, job.name, report, store)
-        if store is not None:
-            store.close()
+        try:
+            if not dry_run and job.run.metrics_file and not report.skip_metrics:
+                write_metrics(job.run.metrics_file, job.name, report, store)
+            if store is not None:
+                store.close()
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _previous_output(paths: OutputPaths) -> dict | None:
-    try:
-        if is_url(paths.path):
-            return read_remote_manifest(paths.path)
-        return read_manifest(paths.path) if os.path.isdir(paths.path) else None
-    except PipelineError:
-        return None
-
-
-def _run(job: Job, report: Report, started: float, store, thash: str, *, workers, dry_run, progress,
-         full_refresh) -> Report:
+def _run(job: Job, target: OutputTarget, report: Report, started: float, store: StateStore | None, *,
+         workers: int | None, dry_run: bool, progress: bool | None, full_refresh: bool) -> None:
+    """The run proper, with the lock held (when not a dry run); fills in ``report``."""
     run_id = report.run_id
     wall_started = time.time()
-    paths = OutputPaths(job.output.path)
-    previous = _previous_output(paths)
+    thash = transform_hash(job)
+    previous = target.manifest()
     mode = job.output.mode
     select = None
     pinned = None
@@ -323,7 +335,7 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
     elif job.input.incremental and previous is not None:
         if previous.get("transform_hash") != thash:
             raise ConfigError(
-                f"the output at {paths.path} was made by another version of this job (its stages or the way "
+                f"the output at {target.path} was made by another version of this job (its stages or the way "
                 f"it reads values changed); run with --full-refresh to rebuild it from all inputs",
                 file=str(job.config_path), key="stages")
         seen = store.seen_files(job.name) if store is not None else {}
@@ -336,8 +348,8 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         report.note = f"nothing new: all {len(plan.discovered)} input files were processed by earlier runs"
         report.seconds = time.monotonic() - started
         log.info("%s", report.note)
-        return report
-    out_schema = check_stages(job, plan)
+        return
+    out_schema = stage_output_schema(job, plan)
     if mode == "append" and previous is not None and previous.get("schema") and out_schema is not None:
         out_schema = _append_schema(out_schema, previous["schema"])
     report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
@@ -345,101 +357,66 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
     if dry_run:
         report.status = "dry-run"
         report.seconds = time.monotonic() - started
-        return report
-    if job.run.executor == "dask" or is_url(job.output.path):
-        from pipeline.cluster import run_distributed
+        return
 
-        return run_distributed(job, plan, report, started, store, thash, out_schema=out_schema, mode=mode,
-                               progress=progress, full_refresh=full_refresh)
-
-    os.makedirs(paths.parent, exist_ok=True)
-    with JobLock(paths.lock, job.name, run_id):
-        if store is not None and store.mark_dead(job.name, run_id):
-            log.info("marked earlier runs that were killed as 'died' in the state store")
-        chunk_ids = [c.id for c in plan.chunks]
-        resumed = find_resumable(paths, job.config_hash, chunk_ids) if job.run.checkpoint_interval else None
-        for what in recover(paths, keep=resumed.staging if resumed else None):
-            log.info("recovered: %s", what)
-        previous_manifest = check_target(paths, mode)
-        counts = report.counts
-        if resumed is not None:
-            staging = resumed.staging
-            done = {r.chunk_id for r in resumed.results}
-            todo = [c for c in plan.chunks if c.id not in done]
-            for r in resumed.results:
-                counts.add(r)
-            log.info("resuming run %s: %d of %d chunks were finished and are kept", resumed.run_id,
-                     len(done), len(plan.chunks))
-            journal = os.path.join(staging, JOURNAL)
-        else:
-            staging = paths.staging(run_id)
-            os.makedirs(staging, mode=0o755)
-            todo = list(plan.chunks)
-            journal = start_journal(staging, run_id, job.config_hash, chunk_ids)
-        log.info("run %s: %d files, %d chunks, %d workers", run_id, len(plan.files), len(todo), plan.workers)
-        bar = Progress(sum(c.nbytes for c in todo), len(todo), enabled=progress,
-                       interval=job.run.progress_interval)
-        cap = bad_row_cap(job)
-        on_result = count_results(job, report, bar)
-
-        spool = os.path.join(staging, SPOOL)
-        os.makedirs(spool, exist_ok=True)
-        wspec = worker_spec(job, plan, spool)
-
-        try:
-            if cap is not None and counts.rows_rejected > cap:
-                raise InputError(f"{counts.rows_rejected} bad rows, more than run.max_bad_rows ({cap})")
-            executor = local_executor(job, plan, wspec, on_result)
-            spec = WriterSpec(job.name, run_id, staging, out_schema, tuple(job.output.partition_by),
-                              job.output.compression, job.output.compression_level,
-                              job.output.row_group_rows, job.output.file_bytes,
-                              journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0)
-            execution = executor.run(todo, wspec, spec)
-            bar.close()
-            shutil.rmtree(spool)
-            written = sum(execution.acked_rows.values()) + sum(r.rows_written for r in resumed.results) \
-                if resumed else sum(execution.acked_rows.values())
-            if written != counts.rows_written or not counts.balanced():
-                raise RuntimeError(f"row counts do not add up ({counts}; the writer received {written} rows); "
-                                   f"nothing was published")
-            info = execution.writer
-            # files kept from the killed run are this run's output now
-            files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + info["files"]
-            os.unlink(journal)
-            if previous_manifest is not None and mode == "append":
-                link_previous(paths.path, staging)
-            prints = {f.path: fingerprint(f.path, f.size) for f in plan.files}
-            manifest = build_manifest(job, plan, run_id, counts, files, info.get("schema") or out_schema,
-                                      previous_manifest if mode == "append" else None, thash,
-                                      fingerprints=prints, mode=mode, started=wall_started)
-            publish(paths, staging, manifest, run_id)
-        except BaseException as exc:
-            bar.close()
-            if isinstance(exc, (Interrupted, KeyboardInterrupt)) and _has_checkpoint(journal):
-                log.info("kept the finished chunks in %s; the next run resumes from them", staging)
-            else:
-                shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if store is not None:
-            seen = [Seen(f.path, f.size, f.mtime_ns, prints[f.path], run_id) for f in plan.files]
-            try:
-                store.run_finished(run_id, "succeeded", 0, counts.__dict__, seen, job=job.name,
-                                   replace_files=full_refresh)
-            except sqlite3.Error as exc:
-                raise OutputError(f"the output was published, but the state store could not record it ({exc}); "
-                                  f"the next run records it from the output's manifest") from exc
+    executor = make_executor(job, plan)
+    resume = (job.config_hash, [c.id for c in plan.chunks]) if job.run.checkpoint_interval else None
+    staging = target.prepare(run_id, mode, parts_on_url=executor.writes_urls, resume=resume)
+    resumed = staging.resumed
+    counts = report.counts
+    todo = list(plan.chunks)
     if resumed is not None:
-        report.note = f"resumed: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks came from run {resumed.run_id}"
-    return report.succeeded(files, started)
-
-
-
-def _has_checkpoint(journal: str) -> bool:
+        done = {r.chunk_id for r in resumed.results}
+        todo = [c for c in plan.chunks if c.id not in done]
+        for r in resumed.results:
+            counts.add(r)
+            report.keep_bad_samples(r.bad_samples)
+        log.info("resuming run %s: %d of %d chunks were finished and are kept", resumed.run_id,
+                 len(done), len(plan.chunks))
+    bar = Progress(sum(c.nbytes for c in todo), len(todo), enabled=progress, interval=job.run.progress_interval)
     try:
-        with open(journal, encoding="utf-8") as fh:
-            return sum(1 for _ in fh) > 1
-    except FileNotFoundError:
-        return False
+        cap = bad_row_cap(job)
+        if cap is not None and counts.rows_rejected > cap:
+            raise InputError(f"{counts.rows_rejected} bad rows, more than run.max_bad_rows ({cap})")
+        spool = os.path.join(staging.directory, SPOOL)
+        os.makedirs(spool, exist_ok=True)
+        task = TaskSettings(worker_settings(job, plan, spool),
+                            writer_settings(job, run_id, staging.parts, out_schema,
+                                            journal=staging.journal if resume is not None else None))
+        committed = Committed()
+        if todo or resumed is None:
+            with executor:
+                report.workers = executor.workers
+                log.info("run %s: %d files, %d chunks, %d workers", run_id, len(plan.files), len(todo),
+                         executor.workers)
+                committed = executor.run(todo, task, count_results(job, report, bar))
+        bar.close()
+        shutil.rmtree(spool, ignore_errors=True)
+        # files kept from the killed run are this run's output now
+        files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + committed.files
+        verify_counts(counts, files, job.run.on_bad_rows == "quarantine")
+        prints = {f.path: fingerprint(f.path, f.size) for f in plan.files}
+        manifest = build_manifest(job, plan, run_id, counts, files, committed.schema or out_schema,
+                                  staging.previous if mode == "append" else None, thash,
+                                  fingerprints=prints, mode=mode, started=wall_started)
+        target.publish(staging, manifest, mode)
+    except BaseException as exc:
+        bar.close()
+        keep = isinstance(exc, (Interrupted, KeyboardInterrupt)) and has_checkpoint(staging.journal)
+        target.discard(staging, keep=keep)
+        raise
+    if store is not None:
+        seen = [Seen(f.path, f.size, f.mtime_ns, prints[f.path], run_id) for f in plan.files]
+        try:
+            store.run_finished(run_id, "succeeded", 0, counts.__dict__, seen, job=job.name,
+                               replace_files=full_refresh)
+        except sqlite3.Error as exc:
+            raise OutputError(f"the output was published, but the state store could not record it ({exc}); "
+                              f"the next run records it from the output's manifest") from exc
+    if resumed is not None:
+        report.note = (f"resumed: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks came from "
+                       f"run {resumed.run_id}")
+    report.mark_succeeded(files, started)
 
 
 def _new_or_changed(files, seen) -> list:
@@ -472,23 +449,22 @@ def _append_schema(schema: pa.Schema, previous: list[dict]) -> pa.Schema:
 
 
 def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: list[dict],
-                   schema: pa.Schema | None, previous: dict | None, thash: str = "",
-                   fingerprints: dict[str, str] | None = None, mode: str | None = None,
-                   started: float | None = None) -> dict:
+                   schema: pa.Schema | None, previous: dict | None, thash: str, *,
+                   fingerprints: dict[str, str], mode: str, started: float) -> dict:
+    """The output's ``_manifest.json``: this run's files, counts and inputs, after the previous runs' (append)."""
     data = [dict(f) for f in files if not f["path"].startswith(REJECTS + "/")]
     rejects = [dict(f) for f in files if f["path"].startswith(REJECTS + "/")]
-    prints = fingerprints or {}
     now = time.time()
     this_run = {
         "run_id": run_id,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-        "started_ts": started if started is not None else now,
+        "started_ts": started,
         "finished_ts": now,
         "config_hash": job.config_hash,
         "transform_hash": thash,
         "params": dict(job.params),
         "counts": counts.__dict__.copy(),
-        "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": prints.get(f.path, "")}
+        "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": fingerprints[f.path]}
                    for f in plan.files],
     }
     runs = []
@@ -504,7 +480,7 @@ def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: lis
         "config_hash": job.config_hash,
         "transform_hash": thash,
         "config": dump_config(job),
-        "mode": mode or job.output.mode,
+        "mode": mode,
         "partition_by": list(job.output.partition_by),
         "schema": schema_dict(schema),
         "input_schema": schema_dict(plan.read.schema),

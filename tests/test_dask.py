@@ -109,11 +109,13 @@ def test_a_local_cluster_is_started_for_the_run_without_an_address(tmp_path, mon
 
 def test_a_retried_task_replaces_its_own_files(tmp_path):
     """Two attempts at one chunk leave one copy; a dead attempt's temporary file is swept away."""
-    from pipeline.cluster import _sweep
     from pipeline.config import load_config
-    from pipeline.execution.dask import PartSpec, TaskSpec, write_chunk
+    from pipeline.execution.dask import write_chunk
+    from pipeline.execution.executor import TaskSettings
     from pipeline.input.plan import build_plan
-    from pipeline.run import check_stages, worker_spec
+    from pipeline.output.target import _sweep
+    from pipeline.output.write import WriterSettings
+    from pipeline.run import stage_output_schema, worker_settings
 
     (tmp_path / "in.csv").write_text("id,c\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(500)))
     path = write_job(tmp_path, basic_job("in.csv", output={"partition_by": ["c"]}))
@@ -121,8 +123,8 @@ def test_a_retried_task_replaces_its_own_files(tmp_path):
     plan = build_plan(job)
     staging = tmp_path / "staging"
     staging.mkdir()
-    spec = TaskSpec(worker_spec(job, plan), PartSpec("20260101T000000Z-abcdef", str(staging), check_stages(job, plan),
-                                                     ("c",)))
+    spec = TaskSettings(worker_settings(job, plan), WriterSettings(job.name, "20260101T000000Z-abcdef", str(staging),
+                                                                   stage_output_schema(job, plan), ("c",)))
     first = write_chunk(plan.chunks[0], spec)
     (staging / "c=a" / ".part-x.parquet.123.tmp").write_bytes(b"half a file")
     second = write_chunk(plan.chunks[0], spec)

@@ -44,15 +44,29 @@ def _job_dir(tmp_path: Path, rows: int = 400, chunk_bytes: int = 600, **python) 
     return write_job(tmp_path, job)
 
 
+_SESSIONS: set[int] = set()   # the sessions of the runs these tests started
+
+
 def _start(config: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    _SESSIONS.add(proc.pid)
+    return proc
 
 
 def _pids_titled(text: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split(None, 1)[0]) for line in out.splitlines() if text in line]
+    """Processes of the runs started here (by session, which outlives a dead parent) with this title.
+
+    Other test runs on the machine may run jobs of the same name: their processes never count.
+    """
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        pid, sid, args = line.split(None, 2)
+        if text in args and int(sid) in _SESSIONS:
+            found.append(int(pid))
+    return found
 
 
 def _wait_for(predicate, timeout=20.0):

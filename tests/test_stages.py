@@ -24,7 +24,7 @@ from pipeline.stages import (
     validate_spec,
 )
 from pipeline.stages import builtin
-from pipeline.stages.registry import REJECTS_SCHEMA
+from pipeline.stages.registry import REJECTED_POSITIONS_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -347,7 +347,7 @@ def test_apply_stages_tracks_original_positions(ctx):
     assert result.table.column("id").to_pylist() == [0, 3, 4]
     assert result.rows_filtered == 4 and result.rows_rejected == 3 and result.rows_added == 0
     assert balanced(table, result)
-    assert result.rejects.schema == REJECTS_SCHEMA
+    assert result.rejects.schema == REJECTED_POSITIONS_SCHEMA
     assert result.rejects.to_pylist() == [
         {"row": 2, "stage": "stages[1].cast", "reason": "cast to int64 failed: 'x' (column v)"},
         {"row": 6, "stage": "stages[1].cast", "reason": "cast to int64 failed: 'y' (column v)"},

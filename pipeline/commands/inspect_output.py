@@ -11,7 +11,8 @@ from pipeline.output.publish import MANIFEST, SUCCESS, read_manifest
 
 
 def inspect_output(path: str, *, as_json: bool = False) -> int:
-    from pipeline.input.storage import is_url, read_remote_manifest, remote_exists
+    from pipeline.input.storage import is_url
+    from pipeline.output.objectstore import read_remote_manifest, remote_exists
 
     remote = is_url(path)
     if not remote and not os.path.isdir(path):

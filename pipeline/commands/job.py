@@ -8,12 +8,12 @@ import os
 from pipeline.config import Job, format_bytes
 from pipeline.dtypes import type_name
 from pipeline.input.plan import build_plan
-from pipeline.run import check_stages
+from pipeline.run import stage_output_schema
 
 
 def validate(job: Job) -> int:
     plan = build_plan(job)
-    schema = check_stages(job, plan)
+    schema = stage_output_schema(job, plan)
     _check_python_stages(job)
     print(f"{job.config_path}: OK")
     print(f"  job       {job.name}")
@@ -42,7 +42,7 @@ def _check_python_stages(job: Job) -> None:
 
 def show_plan(job: Job, workers: int | None = None) -> int:
     plan = build_plan(job, workers=workers)
-    schema = check_stages(job, plan)
+    schema = stage_output_schema(job, plan)
     print(f"plan for {job.name} ({job.config_path})")
     print(f"  {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks, "
           f"{plan.workers} workers (start method {job.run.start_method})")

@@ -2,65 +2,42 @@
 
 The local executor streams every chunk to one writer process; on a cluster that would funnel all
 the data through one machine's network. Here each task reads its chunk, runs the stages (the same
-``worker.chunk_tables`` as the local executor) and writes the result itself, as Parquet part files
+``worker.chunk_tables`` as the local executor) and writes the result itself (``output.parts``),
 straight into the run's staging area: the staging directory next to ``output.path`` on a shared
 filesystem, or the output prefix itself on an object store. The task returns a small record (its
-files with rows and bytes, its counts, a few bad rows); the driver takes each chunk's record once,
-checks the counts, and does the one publish with the manifest.
+files with rows and bytes, its counts, a few bad rows); the executor takes each chunk's record
+once, in the driver, and hands the run template the files and one schema for them.
 
-Exactly once: a chunk's files are named after the chunk and the run,
-``part-<chunk id>-<n>-<run id>.parquet`` in each partition directory and in ``_rejects/``. On a
-local or shared filesystem a task writes each file under a temporary name and renames it into
-place; on an object store it writes each key once, in one upload that becomes visible only when
-complete. A task that Dask reruns after losing its worker therefore replaces its own files instead
-of adding a second copy, and the driver, which takes one record per chunk, removes any file no
-record lists (the temporary files of an attempt that died) before publishing.
+Exactly once: a chunk's files are named after the chunk and the run (``output.parts.part_name``).
+A task that Dask reruns after losing its worker replaces its own files instead of adding a second
+copy; the output target removes any file no record lists (what an attempt that died left) before
+publishing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import posixpath
+import sys
 import time
-import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
+from pipeline.execution.executor import Committed, OnResult, TaskSettings
+from pipeline.execution.worker import chunk_tables
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import filesystem, is_url
-from pipeline.execution.worker import REJECT_SCHEMA, ChunkResult, WorkerSpec, chunk_tables, rejects_table
-from pipeline.output.write import Partition, RowGroupWriter, dictionary_columns
+from pipeline.output.parts import PartWriter, empty_part
+from pipeline.output.publish import REJECTS
+from pipeline.output.records import ChunkResult, rejects_table
+from pipeline.output.resume import Checkpointer
 
 log = logging.getLogger("pipeline")
-
-REJECTS = "_rejects"
-
-
-@dataclass(frozen=True)
-class PartSpec:
-    """Where and how a task writes its part files."""
-
-    run_id: str
-    root: str                        # the staging directory, or the output prefix URL on an object store
-    schema: pa.Schema | None         # the output schema when the plan knows it
-    partition_by: tuple[str, ...] = ()
-    compression: str = "zstd"
-    compression_level: int | None = None
-    row_group_rows: int = 1_000_000
-    file_bytes: int = 512 << 20
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    worker: WorkerSpec
-    parts: PartSpec
-
 
 @dataclass
 class ChunkWrite:
@@ -71,166 +48,10 @@ class ChunkWrite:
     schema: pa.Schema | None = None                      # of its data files
 
 
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()
-
-
-def part_name(chunk_id: str, n: int, run_id: str) -> str:
-    return f"part-{chunk_id}-{n}-{run_id}.parquet"
-
-
-# ------------------------------------------------------------------------------------ part files
-
-
-class _Sink:
-    """One part file being written: a temporary file renamed into place, or one object-store upload."""
-
-    def __init__(self, spec: PartSpec, fs, rel: str, schema: pa.Schema):
-        self.rel = rel
-        self.fs = fs
-        self.rows = 0
-        compression = None if spec.compression == "none" else spec.compression
-        if fs is None:
-            self.final = os.path.join(spec.root, rel)
-            directory = os.path.dirname(self.final)
-            if not os.path.isdir(spec.root):
-                raise OutputError(
-                    f"the run's staging directory {spec.root} is not there on worker host {_host()}: with a "
-                    f"cluster of several machines, output.path must be on a filesystem every worker mounts at "
-                    f"the same path, or an object-store URL (or the run was stopped)", path=spec.root)
-            os.makedirs(directory, exist_ok=True)
-            base = os.path.basename(self.final)
-            self.tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
-            self.handle = pa.OSFile(self.tmp, "wb")
-        else:
-            _, root = filesystem(spec.root)
-            self.final = posixpath.join(root.rstrip("/"), rel)
-            self.tmp = None
-            self.handle = fs.open(self.final, "wb")
-        self.writer = pq.ParquetWriter(self.handle, schema, compression=compression,
-                                       compression_level=spec.compression_level,
-                                       use_dictionary=dictionary_columns(schema))
-
-    def write(self, table: pa.Table, row_group_rows: int) -> None:
-        self.writer.write_table(table, row_group_size=row_group_rows)
-        self.rows += table.num_rows
-
-    def size(self) -> int:
-        return self.handle.tell()
-
-    def close(self) -> dict:
-        self.writer.close()
-        if self.fs is None:
-            self.handle.close()
-            fd = os.open(self.tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            size = os.path.getsize(self.tmp)
-            os.replace(self.tmp, self.final)
-        else:
-            size = self.handle.tell()
-            self.handle.close()  # the upload completes here, and only here
-        return {"path": self.rel, "rows": self.rows, "bytes": size}
-
-    def abort(self) -> None:
-        try:
-            self.writer.close()
-        except Exception:  # noqa: BLE001 - best effort on the way out of a failure
-            pass
-        try:
-            if self.fs is None:
-                self.handle.close()
-            elif hasattr(self.handle, "discard"):
-                self.handle.discard()  # abandon the upload: no object appears
-        except Exception:  # noqa: BLE001 - best effort on the way out of a failure
-            pass
-        if self.tmp:
-            try:
-                os.unlink(self.tmp)
-            except OSError:
-                pass
-
-
-class PartWriter(RowGroupWriter):
-    """The part files of one chunk: the local writer's row groups and partitions, on any filesystem."""
-
-    def __init__(self, spec: PartSpec, chunk_id: str):
-        super().__init__(spec.partition_by, spec.row_group_rows, spec.file_bytes)
-        self.spec = spec
-        self.chunk_id = chunk_id
-        self.fs = filesystem(spec.root)[0] if is_url(spec.root) else None
-        self.schema: pa.Schema | None = None
-        self.rejects = Partition(REJECTS)
-        self.files: list[dict] = []
-
-    def write(self, table: pa.Table, where: str) -> None:
-        self._buffer(self._conform(table, where))
-
-    def write_rejects(self, table: pa.Table) -> None:
-        self._write_rows(self.rejects, table, REJECT_SCHEMA)
-
-    def close(self) -> list[dict]:
-        self._flush_all()
-        self._close(self.rejects)
-        return self.files
-
-    def abort(self) -> None:
-        for part in list(self.partitions.values()) + [self.rejects]:
-            if part.open is not None:
-                part.open.abort()
-                part.open = None
-
-    def _conform(self, table: pa.Table, where: str) -> pa.Table:
-        """Every table of the chunk in one schema: the plan's, where it knows a column's type."""
-        target = self.schema or self.spec.schema
-        if target is None:
-            self.schema = table.schema
-            return table
-        if set(table.column_names) != set(target.names):
-            raise StageError(f"{where}: the stages produced columns {table.column_names}, but the output has "
-                             f"{target.names}; every chunk must give the same columns", chunk=self.chunk_id)
-        table = table.select(target.names)
-        fields = []
-        for want, got in zip(target, table.schema):
-            # a column the plan could not type (all null so far) takes the type the rows have
-            fields.append(got if pa.types.is_null(want.type) else want)
-        schema = pa.schema(fields)
-        if self.schema is not None and not schema.equals(self.schema):
-            written = self.files or any(p.open for p in self.partitions.values())
-            if written:
-                schema = self.schema  # the cast below fails if a typed column meets an untyped one
-            else:
-                for part in self.partitions.values():
-                    part.tables = [t.cast(schema) for t in part.tables]
-        self.schema = schema
-        try:
-            return table if table.schema.equals(schema) else table.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise StageError(f"{where}: the stages produced types that differ from the output's: {exc}",
-                             chunk=self.chunk_id) from exc
-
-    def _open(self, part: Partition, schema: pa.Schema) -> None:
-        name = part_name(self.chunk_id, part.seq, self.spec.run_id)
-        rel = posixpath.join(part.directory.replace(os.sep, "/"), name) if part.directory else name
-        part.seq += 1
-        part.open = _Sink(self.spec, self.fs, rel, schema)
-
-    def _close(self, part: Partition) -> None:
-        if part.open is not None:
-            info = part.open.close()
-            info["run_id"] = self.spec.run_id
-            self.files.append(info)
-            part.open = None
-
-
 # ------------------------------------------------------------------------------------ the task
 
 
-def write_chunk(chunk: Chunk, spec: TaskSpec) -> ChunkWrite:
+def write_chunk(chunk: Chunk, spec: TaskSettings) -> ChunkWrite:
     """The Dask task: read a chunk, apply the stages, write its part files, return its record."""
     started = time.monotonic()
     result = ChunkResult(chunk.id, 0, os.getpid())
@@ -258,7 +79,7 @@ def write_chunk(chunk: Chunk, spec: TaskSpec) -> ChunkWrite:
     return ChunkWrite(result, files, out.schema)
 
 
-def quarantine_write(chunk: Chunk, spec: TaskSpec, reason: str) -> ChunkWrite:
+def quarantine_write(chunk: Chunk, spec: TaskSettings, reason: str) -> ChunkWrite:
     """Every record of a chunk no worker could process, into ``_rejects/`` (run on the driver)."""
     records = list(raw_records(chunk, spec.worker.read))
     bad = [BadRow(chunk.file.path, line, offset, "worker", reason, raw) for line, offset, raw in records]
@@ -284,23 +105,21 @@ class DaskExecutor:
 
     With no scheduler address a LocalCluster of ``workers`` processes (one thread each) is started
     for the run and stopped after it. A task whose worker dies is rerun by Dask on another worker;
-    after ``retries`` such losses (the scheduler's ``allowed-failures``) the chunk is given up:
-    ``on_poison`` may quarantine it, else the run fails.
+    after ``retries`` such losses (the scheduler's ``allowed-failures``) the chunk is given up: it is
+    quarantined whole under ``on_bad_rows: quarantine``, else the run fails.
     """
 
-    def __init__(self, address: str | None, workers: int, *, retries: int = 2, connect_timeout: float = 30.0,
-                 on_result: Callable[[ChunkResult], None] | None = None,
-                 on_poison: Callable[[Chunk, str, int], ChunkWrite | None] | None = None):
+    name = "dask"
+    writes_urls = True     # tasks write straight under an object-store prefix
+
+    def __init__(self, address: str | None, workers: int, *, retries: int = 2, connect_timeout: float = 30.0):
         self.address = address
         self.workers = workers
         self.retries = retries
         self.connect_timeout = connect_timeout
-        self.on_result = on_result
-        self.on_poison = on_poison
-        self.client = None
-        self.cluster = None
+        self.client: Any = None
+        self.cluster: Any = None
         self.dashboard: str | None = None
-        self.cluster_workers = 0
 
     # -- cluster
     def start(self) -> None:
@@ -328,11 +147,15 @@ class DaskExecutor:
         except Exception:  # noqa: BLE001 - no dashboard: the run goes on without it
             self.dashboard = None
         try:
-            self.cluster_workers = len(self.client.scheduler_info().get("workers", {}))
-        except Exception:  # noqa: BLE001
-            self.cluster_workers = 0
-        log.info("running on %s (%d workers now); dashboard: %s", what, self.cluster_workers,
+            found = len(self.client.scheduler_info().get("workers", {}))
+        except Exception:  # noqa: BLE001 - the count is for the summary only
+            found = 0
+        if found:
+            self.workers = found
+        log.info("running on %s (%d workers now); dashboard: %s", what, found,
                  self.dashboard or "not available (pip install bokeh)")
+        if self.dashboard:
+            print(f"pipeline: Dask dashboard {self.dashboard}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         client, cluster = self.client, self.cluster
@@ -348,7 +171,7 @@ class DaskExecutor:
             except Exception as exc:  # noqa: BLE001
                 log.debug("closing the local Dask cluster: %s", exc)
 
-    def __enter__(self) -> "DaskExecutor":
+    def __enter__(self) -> DaskExecutor:
         try:
             self.start()
         except BaseException:
@@ -356,20 +179,40 @@ class DaskExecutor:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- running
-    def run(self, chunks: Sequence[Chunk], spec: TaskSpec) -> dict[str, ChunkWrite]:
+    def run(self, chunks: Sequence[Chunk], task: TaskSettings, on_result: OnResult) -> Committed:
+        """Run the chunks; their rows are in part files under ``task.parts.root``."""
+        checkpoints = Checkpointer(task.parts.journal, task.parts.checkpoint_seconds)
+        taken = self._run(chunks, task, on_result, checkpoints)
+        checkpoints.close()
+        files: list[dict] = []
+        for chunk in chunks:  # in plan order: the manifest lists parts in input order
+            files.extend(taken[chunk.id].files)
+        seen: set[str] = set()
+        for f in files:
+            if f["path"] in seen:
+                raise RuntimeError(f"two chunks wrote {f['path']}; nothing was published")
+            seen.add(f["path"])
+        parts = task.parts
+        schema = unify_parts(parts.root, [taken[c.id] for c in chunks], parts.schema, parts.partition_by)
+        if not any(not f["path"].startswith(REJECTS + "/") for f in files):
+            files.extend(empty_part(parts, schema))
+        return Committed({c.id: taken[c.id].result for c in chunks}, files, schema)
+
+    def _run(self, chunks: Sequence[Chunk], task: TaskSettings, on_result: OnResult,
+             checkpoints: Checkpointer) -> dict[str, ChunkWrite]:
         from distributed import KilledWorker, as_completed
 
         by_key = {}
         keys = []
         for c in chunks:
-            key = f"pipeline-chunk-{spec.parts.run_id}-{c.id}"
+            key = f"pipeline-chunk-{task.parts.run_id}-{c.id}"
             by_key[key] = c
             keys.append(key)
-        futures = self.client.map(write_chunk, list(chunks), spec=spec, key=keys, pure=False)
+        futures = self.client.map(write_chunk, list(chunks), spec=task, key=keys, pure=False)
         taken: dict[str, ChunkWrite] = {}
         try:
             for future in as_completed(futures, loop=self.client.loop):
@@ -377,7 +220,7 @@ class DaskExecutor:
                 if future.status == "error":
                     exc = future.exception()
                     if isinstance(exc, KilledWorker):
-                        write = self._poison(chunk, spec, exc)
+                        write = self._poison(chunk, task, exc)
                     elif isinstance(exc, BaseException):
                         raise exc
                     else:
@@ -387,7 +230,9 @@ class DaskExecutor:
                                        f"(the scheduler or the connection to it was lost?)")
                 else:
                     write = future.result()
-                self._take(chunk, write, taken)
+                if self._take(chunk, write, taken):
+                    on_result(write.result)
+                    checkpoints.add(write.files, write.result)
                 future.release()
         except BaseException:
             try:
@@ -400,22 +245,73 @@ class DaskExecutor:
             raise RuntimeError(f"{len(missing)} chunks never came back from the cluster, e.g. {missing[0]}")
         return taken
 
-    def _take(self, chunk: Chunk, write: ChunkWrite, taken: dict[str, ChunkWrite]) -> None:
+    def _take(self, chunk: Chunk, write: ChunkWrite, taken: dict[str, ChunkWrite]) -> bool:
         if write.result.chunk_id != chunk.id:
             raise RuntimeError(f"{chunk.describe()}: a task returned chunk {write.result.chunk_id}")
         if chunk.id in taken:
             log.warning("%s came back twice; the second copy is ignored", chunk.describe())
-            return
+            return False
         taken[chunk.id] = write
-        if self.on_result:
-            self.on_result(write.result)
+        return True
 
-    def _poison(self, chunk: Chunk, spec: TaskSpec, exc: BaseException) -> ChunkWrite:
+    def _poison(self, chunk: Chunk, task: TaskSettings, exc: BaseException) -> ChunkWrite:
         tries = self.retries + 1
         why = f"was lost on every one of {tries} attempts (the worker process died: {exc})"
         log.error("%s: the task %s", chunk.describe(), why)
-        write = self.on_poison(chunk, why, tries) if self.on_poison else None
-        if write is None:
+        if task.worker.on_bad_rows != "quarantine":
             raise InputError(f"{chunk.describe()}: the task {why}; this chunk cannot be processed",
                              file=chunk.file.path, chunk=chunk.id)
-        return write
+        return quarantine_write(chunk, task, f"the task {why}")
+
+
+def unify_parts(root: str, writes: Sequence[ChunkWrite], out_schema: pa.Schema | None,
+                partition_by: tuple[str, ...]) -> pa.Schema | None:
+    """One schema for the whole output; part files of a chunk whose column stayed untyped are rewritten.
+
+    A column the plan could not type (a python stage's column that is null in every row of a
+    chunk) is written as type null by that chunk; it takes the type other chunks found.
+    """
+    schemas = [w.schema for w in writes if w.schema is not None and any(
+        not f["path"].startswith(REJECTS + "/") for f in w.files)]
+    if not schemas:
+        return out_schema
+    first = schemas[0]
+    fields = []
+    for i, fld in enumerate(first):
+        types = {s.field(i).type for s in schemas if not pa.types.is_null(s.field(i).type)}
+        if len(types) > 1:
+            raise StageError(f"column {fld.name!r} has different types in different chunks "
+                             f"({', '.join(sorted(map(str, types)))}); add a `cast` stage to fix its type")
+        fields.append(pa.field(fld.name, types.pop() if types else fld.type))
+    for s in schemas:
+        if s.names != first.names:
+            raise StageError(f"the chunks produced different columns ({first.names} and {s.names}); "
+                             f"every chunk must give the same columns")
+    schema = pa.schema(fields)
+    in_files = pa.schema([f for f in schema if f.name not in partition_by])
+    for w in writes:
+        if w.schema is None or w.schema.equals(schema):
+            continue
+        for f in w.files:
+            if not f["path"].startswith(REJECTS + "/"):
+                f["bytes"] = _rewrite_cast(root, f["path"], in_files)
+        w.schema = schema
+    return schema
+
+
+def _rewrite_cast(root: str, rel: str, schema: pa.Schema) -> int:
+    if is_url(root):
+        fs, base = filesystem(root)
+        path = base.rstrip("/") + "/" + rel
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh)
+        table = table.cast(schema)
+        with fs.open(path, "wb") as fh:
+            pq.write_table(table, fh)
+            return int(fh.tell())
+    path = os.path.join(root, rel)
+    table = pq.read_table(path).cast(schema)
+    tmp = path + ".cast.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return os.path.getsize(path)

@@ -24,11 +24,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from pipeline.output import lock as lock_mod
 from pipeline.errors import InputError, OutputError, PipelineError
+from pipeline.execution.executor import Committed, OnResult, TaskSettings
+from pipeline.execution.worker import WorkerSettings, init, process_chunk
 from pipeline.input.plan import Chunk
-from pipeline.execution.worker import ChunkResult, WorkerSpec, init, process_chunk
-from pipeline.output.write import WriterSpec, writer_main
+from pipeline.input.read import BadRow, raw_records
+from pipeline.input.storage import is_url
+from pipeline.output import lock as lock_mod
+from pipeline.output.publish import REJECTS
+from pipeline.output.records import ChunkResult, rejects_table, spool
+from pipeline.output.write import WriterSettings, writer_main
 
 log = logging.getLogger("pipeline")
 
@@ -56,7 +61,7 @@ def set_parent_death_signal() -> None:
         return
 
 
-def _worker_init(queue, events, spec: WorkerSpec, title: str, parent: int | None) -> None:
+def _worker_init(queue, events, spec: WorkerSettings, title: str, parent: int | None) -> None:
     set_parent_death_signal()
     if parent is not None and os.getppid() != parent:
         os._exit(1)  # the run died before this process got going
@@ -64,7 +69,7 @@ def _worker_init(queue, events, spec: WorkerSpec, title: str, parent: int | None
     init(queue, events, spec, title)
 
 
-def _writer_entry(queue, events, spec: WriterSpec, parent: int | None) -> None:
+def _writer_entry(queue, events, spec: WriterSettings, parent: int | None) -> None:
     set_parent_death_signal()
     if parent is not None and os.getppid() != parent:
         os._exit(1)
@@ -75,18 +80,40 @@ def _writer_entry(queue, events, spec: WriterSpec, parent: int | None) -> None:
 class LocalExecutor:
     """N worker processes and one writer process on this machine."""
 
+    name = "local"
+    writes_urls = False    # the writer process writes into a local directory
+
     def __init__(self, workers: int, start_method: str = "fork", *, retries: int = 2,
-                 chunk_timeout: float | None = None,
-                 on_result: Callable[[ChunkResult], None] | None = None,
-                 on_poison: Callable[[Chunk, str], tuple | None] | None = None):
+                 chunk_timeout: float | None = None):
         self.workers = workers
         self.start_method = start_method
         self.retries = retries
         self.chunk_timeout = chunk_timeout
-        self.on_result = on_result
-        self.on_poison = on_poison
+        self.on_result: OnResult | None = None
+        self.quarantine = False
 
-    def run(self, chunks: Sequence[Chunk], worker_spec: WorkerSpec, writer_spec: WriterSpec) -> Execution:
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, chunks: Sequence[Chunk], task: TaskSettings, on_result: OnResult) -> Committed:
+        """Run the chunks; their rows are in the writer's part files under ``task.parts.root``."""
+        if is_url(task.parts.root):
+            raise ValueError("the local executor writes into a local directory, not a URL")
+        self.on_result = on_result
+        self.quarantine = task.worker.on_bad_rows == "quarantine"
+        ex = self._execute(chunks, task.worker, task.parts)
+        files = [dict(f) for f in ex.writer["files"]]
+        written = sum(f["rows"] for f in files if not f["path"].startswith(REJECTS + "/"))
+        if written != sum(ex.acked_rows.values()):
+            raise RuntimeError(f"the writer's files hold {written} rows, but it acknowledged "
+                               f"{sum(ex.acked_rows.values())}; nothing was published")
+        return Committed(ex.results, files, ex.writer.get("schema"))
+
+    def _execute(self, chunks: Sequence[Chunk], worker_spec: WorkerSettings,
+                 writer_spec: WriterSettings) -> Execution:
         ctx = mp.get_context(self.start_method)
         data_q = ctx.Queue(maxsize=max(4, 4 * self.workers))
         events = ctx.Queue()
@@ -95,6 +122,7 @@ class LocalExecutor:
         # under forkserver the parent of our processes is the fork server, which dies with us
         me = None if self.start_method == "forkserver" else os.getpid()
         state = _State(chunks)
+        self._worker_spec = worker_spec
         writer = ctx.Process(target=_writer_entry, args=(data_q, events, writer_spec, me),
                              name=f"pipeline: {writer_spec.job_name} writer", daemon=True)
         self._writer = (writer, events)
@@ -270,7 +298,8 @@ class LocalExecutor:
         log.error("%s: the worker %s, on every one of %d attempts", chunk.describe(), why, tries)
         # an attempt number of its own, so these messages never mix with a worker's attempt
         state.tries[chunk.id] += 1
-        poisoned = self.on_poison(chunk, why, tries, state.tries[chunk.id]) if self.on_poison else None
+        poisoned = (quarantine_chunk(chunk, self._worker_spec, f"the worker {why}, on every one of {tries} attempts",
+                                     state.tries[chunk.id]) if self.quarantine else None)
         if poisoned is None:
             raise InputError(f"{chunk.describe()}: the worker {why}, on every one of {tries} attempts; "
                              f"this chunk cannot be processed", file=chunk.file.path, chunk=chunk.id)
@@ -308,6 +337,17 @@ class LocalExecutor:
             info = self._event(msg, state, ex)
             if info is not None:
                 return info
+
+
+def quarantine_chunk(chunk: Chunk, spec: WorkerSettings, reason: str, attempt: int) -> list[tuple]:
+    """The queue messages that record every record of a chunk in _rejects, and end the chunk."""
+    records = list(raw_records(chunk, spec.read))
+    bad = [BadRow(chunk.file.path, line, offset, "worker", reason, raw) for line, offset, raw in records]
+    table = rejects_table(bad, chunk)
+    path = spool(table, os.path.join(spec.spool, f"{chunk.id}.{attempt}.0.arrow"))
+    result = ChunkResult(chunk.id, attempt, os.getpid(), rows_read=len(bad), rows_rejected=len(bad),
+                         messages=1, bad_samples=bad[:1], bytes_read=chunk.nbytes)
+    return [("rejects", chunk.id, attempt, path, len(bad)), ("end", chunk.id, attempt, 1, result)]
 
 
 class _Recorded(list):

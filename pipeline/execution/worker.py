@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -19,19 +19,17 @@ import pyarrow as pa
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
 from pipeline.input.plan import Chunk, ReadSpec
 from pipeline.input.read import BadRow, read_chunk
+from pipeline.log import set_title
+from pipeline.output.records import BAD_ROW_SAMPLES, ChunkResult, rejects_table, spool
 from pipeline.stages import StageContext, apply_stages
 
 SPOOL_BYTES = 16 << 20      # Arrow data of one spool file (one queue message) stays under about this size
-BAD_ROW_SAMPLES = 5         # bad rows a chunk reports back to the parent for the summary
-
-REJECT_SCHEMA = pa.schema([
-    ("file", pa.string()), ("line", pa.int64()), ("offset", pa.int64()), ("stage", pa.string()),
-    ("reason", pa.string()), ("raw", pa.string()), ("chunk", pa.string()),
-])
 
 
 @dataclass(frozen=True)
-class WorkerSpec:
+class WorkerSettings:
+    """How a worker turns a chunk into rows: the read settings, the stages, the bad-row policy."""
+
     job_name: str
     read: ReadSpec
     stages: tuple[tuple[str, object], ...]
@@ -42,28 +40,10 @@ class WorkerSpec:
     allowed_modules: tuple[str, ...] = ()
 
 
-@dataclass
-class ChunkResult:
-    """What a worker reports for one chunk; the rows themselves went to the writer."""
-
-    chunk_id: str
-    attempt: int
-    pid: int
-    rows_read: int = 0
-    rows_written: int = 0
-    rows_filtered: int = 0
-    rows_rejected: int = 0
-    rows_added: int = 0
-    bytes_read: int = 0
-    messages: int = 0
-    seconds: float = 0.0
-    bad_samples: list[BadRow] = field(default_factory=list)
-
-
 _STATE: dict = {}
 
 
-def init(queue, events, spec: WorkerSpec, title: str | None = None) -> None:
+def init(queue, events, spec: WorkerSettings, title: str | None = None) -> None:
     """Pool initializer: keep the queues and settings; leave Ctrl-C to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -74,50 +54,11 @@ def init(queue, events, spec: WorkerSpec, title: str | None = None) -> None:
         set_title(title)
 
 
-def set_title(title: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(title)
-    except ImportError:  # optional at run time; the job works without it
-        pass
-
-
-def spool(table: pa.Table, path: str) -> str:
-    """Write a table as an Arrow IPC file that the writer memory-maps; return the path.
-
-    The queue carries only this path and a row count (a few hundred bytes). A worker killed while
-    writing leaves at most an unreferenced file, never a half-written message in the shared pipe.
-    """
-    tmp = path + ".tmp"
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.rename(tmp, path)
-    return path
-
-
-def unspool(path: str) -> pa.Table:
-    # The table keeps the mapping alive; the file may be unlinked while it is in use.
-    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
-
-
 def _pieces(table: pa.Table) -> list[pa.Table]:
     if table.num_rows == 0:
         return []
     per = max(1, int(table.num_rows * SPOOL_BYTES / max(table.nbytes, 1)))
     return [table.slice(i, per) for i in range(0, table.num_rows, per)]
-
-
-def rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
-    return pa.table({
-        "file": [b.file for b in bad],
-        "line": [b.line for b in bad],
-        "offset": [b.offset for b in bad],
-        "stage": [b.stage for b in bad],
-        "reason": [b.reason for b in bad],
-        "raw": [b.raw for b in bad],
-        "chunk": [chunk.id] * len(bad),
-    }, schema=REJECT_SCHEMA)
 
 
 def _stage_rejects(block, rejects: pa.Table, file: str) -> list[BadRow]:
@@ -135,7 +76,7 @@ def _stage_rejects(block, rejects: pa.Table, file: str) -> list[BadRow]:
     return [BadRow(file, loc[0], loc[1], st, reason, loc[2]) for loc, st, reason in zip(located, stages, reasons)]
 
 
-def chunk_tables(chunk: Chunk, spec: WorkerSpec, result: ChunkResult) -> Iterator[tuple[str, pa.Table]]:
+def chunk_tables(chunk: Chunk, spec: WorkerSettings, result: ChunkResult) -> Iterator[tuple[str, pa.Table]]:
     """Read one chunk and run the stages: yields ``("data", rows)`` and ``("rejects", rows)``.
 
     The one path from a chunk to its output rows, whichever executor runs it; the counts and
@@ -187,7 +128,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     leaves nothing behind, and a retried chunk is never written twice.
     """
     chunk, attempt = task
-    spec: WorkerSpec = _STATE["spec"]
+    spec: WorkerSettings = _STATE["spec"]
     queue = _STATE["queue"]
     # written straight into the pipe (not by a feeder thread), so the parent knows which chunk this
     # process holds even if the chunk kills it a moment later

@@ -16,7 +16,6 @@ once it has committed that many chunks; it reports to the parent on the ``events
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import queue as queue_mod
 import signal
@@ -30,7 +29,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError, StageError
-from pipeline.execution.worker import REJECT_SCHEMA, set_title, unspool
+from pipeline.log import set_title
+from pipeline.output.records import REJECTS_FILE_SCHEMA, ChunkResult, unspool
+from pipeline.output.resume import append_checkpoint
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -39,10 +40,12 @@ DONE_GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
-class WriterSpec:
+class WriterSettings:
+    """Where and how part files are written: by the writer process, or by each Dask task."""
+
     job_name: str
     run_id: str
-    staging: str
+    root: str                         # the staging directory, or the output prefix URL (Dask tasks)
     schema: pa.Schema | None          # the output schema when the plan knows it
     partition_by: tuple[str, ...] = ()
     compression: str = "zstd"
@@ -184,10 +187,10 @@ class RowGroupWriter:
 class DatasetWriter(RowGroupWriter):
     """The writer process's Parquet output in the run's staging directory."""
 
-    def __init__(self, spec: WriterSpec):
+    def __init__(self, spec: WriterSettings):
         super().__init__(spec.partition_by, spec.row_group_rows, spec.file_bytes)
         self.spec = spec
-        self.root = os.path.realpath(spec.staging)
+        self.root = os.path.realpath(spec.root)
         self.schema = spec.schema
         self.files: list[WrittenFile] = []
         self.rejects: Partition | None = None
@@ -262,7 +265,7 @@ class DatasetWriter(RowGroupWriter):
         if self.rejects is None:
             self.rejects = Partition("_rejects")
         self.rejected += table.num_rows
-        self._write_rows(self.rejects, table, REJECT_SCHEMA)
+        self._write_rows(self.rejects, table, REJECTS_FILE_SCHEMA)
 
     def checkpoint(self) -> list[WrittenFile]:
         """Write out every buffered row and close every open file; return the files closed since last time."""
@@ -329,12 +332,6 @@ def _split_partitions(table: pa.Table, keys: tuple[str, ...]):
         yield tuple(row[k] for k in keys), data.filter(mask)
 
 
-def _result_dict(result) -> dict:
-    data = dict(result.__dict__)
-    data["bad_samples"] = [b.__dict__ for b in result.bad_samples]
-    return data
-
-
 def _discard(pieces) -> None:
     for _, path in pieces:
         try:
@@ -343,7 +340,7 @@ def _discard(pieces) -> None:
             pass
 
 
-def writer_main(queue, events, spec: WriterSpec) -> None:
+def writer_main(queue, events, spec: WriterSettings) -> None:
     """Entry point of the writer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -360,24 +357,20 @@ def writer_main(queue, events, spec: WriterSpec) -> None:
         events.put(("error", RuntimeError(f"writer failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
 
 
-def run_writer(queue, events, spec: WriterSpec) -> dict:
-    os.makedirs(spec.staging, exist_ok=True)
+def run_writer(queue, events, spec: WriterSettings) -> dict:
+    os.makedirs(spec.root, exist_ok=True)
     out = DatasetWriter(spec)
     pending: dict[tuple[str, int], list] = {}
     committed: set[str] = set()
     expected: int | None = None
-    since_checkpoint: list = []
+    since_checkpoint: list[ChunkResult] = []
     last_checkpoint = time.monotonic()
 
     def checkpoint() -> None:
         nonlocal last_checkpoint, since_checkpoint
         closed = out.checkpoint()
-        line = {"kind": "checkpoint", "files": [f.__dict__ for f in closed],
-                "chunks": [_result_dict(r) for r in since_checkpoint]}
-        with open(spec.journal, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        assert spec.journal is not None
+        append_checkpoint(spec.journal, [f.__dict__ for f in closed], since_checkpoint)
         since_checkpoint = []
         last_checkpoint = time.monotonic()
 

@@ -1,7 +1,7 @@
 """Stages: the registry, the runner and the built-in stages (see docs/stages.md)."""
 
 from pipeline.stages.registry import (
-    REJECTS_SCHEMA,
+    REJECTED_POSITIONS_SCHEMA,
     STAGES,
     StageContext,
     StageDef,
@@ -16,7 +16,7 @@ from pipeline.stages import builtin  # noqa: F401  (registers the built-in stage
 from pipeline.stages.python_stage import PythonSpec, check_python_spec, load_function
 
 __all__ = [
-    "REJECTS_SCHEMA", "STAGES", "PythonSpec", "StageContext", "StageDef", "StageOutput",
+    "REJECTED_POSITIONS_SCHEMA", "STAGES", "PythonSpec", "StageContext", "StageDef", "StageOutput",
     "StagesResult", "apply_stages", "check_python_spec", "load_function", "output_schema",
     "register", "validate_spec",
 ]

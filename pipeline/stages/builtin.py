@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pipeline.dtypes import parse_type, type_name
 from pipeline.errors import ExprError, StageError
 from pipeline.stages.expr import broadcast, compile_expr, unknown_column
-from pipeline.stages.registry import REJECTED_SCHEMA, StageContext, StageOutput, register
+from pipeline.stages.registry import STAGE_REJECTS_SCHEMA, StageContext, StageOutput, register
 
 # --------------------------------------------------------------------------------------------
 # Spec types
@@ -252,7 +252,7 @@ def cast(table: pa.Table, spec: dict[str, TypeName], ctx: StageContext) -> Stage
             table = _set_column(table, name, pc.cast(table.column(name), dtype, safe=True))
     rejected = pa.table({"row": pa.array(rows, pa.int64()),
                          "reason": pa.array([reasons[r] for r in rows], pa.string())},
-                        schema=REJECTED_SCHEMA)
+                        schema=STAGE_REJECTS_SCHEMA)
     return StageOutput(table, kept=kept, rejected=rejected)
 
 
@@ -423,7 +423,7 @@ def validate(table: pa.Table, spec: ValidateSpec, ctx: StageContext) -> StageOut
     for mask, (_, why) in reversed(list(zip(masks, rules))):
         reason = pc.if_else(pc.take(mask, idx), why(idx), reason)
     kept = pc.invert(any_fail)
-    rejected = pa.table({"row": pc.cast(idx, pa.int64()), "reason": reason}, schema=REJECTED_SCHEMA)
+    rejected = pa.table({"row": pc.cast(idx, pa.int64()), "reason": reason}, schema=STAGE_REJECTS_SCHEMA)
     return StageOutput(table.filter(kept), kept=kept, rejected=rejected)
 
 

@@ -29,8 +29,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline.errors import ConfigError, ExprError, PipelineError, StageError
 
-REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string())])
-REJECTED_SCHEMA = pa.schema([("row", pa.int64()), ("reason", pa.string())])
+# the rows one stage rejects: their positions in the table it was given, and why
+STAGE_REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("reason", pa.string())])
+# the rows a list of stages rejects: positions in the block it was given, the stage's key, and why
+# (the reader turns these into file, line and raw record; see output.records.REJECTS_FILE_SCHEMA)
+REJECTED_POSITIONS_SCHEMA = pa.schema([("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ def apply_stages(
                 "row": pc.cast(origin, pa.int64()),
                 "stage": pa.repeat(pa.scalar(key, pa.string()), n_rej),
                 "reason": pc.cast(out.rejected.column("reason"), pa.string()),
-            }, schema=REJECTS_SCHEMA))
+            }, schema=REJECTED_POSITIONS_SCHEMA))
         rejected += n_rej
         n_out = out.table.num_rows
         if out.kept is not None:
@@ -286,7 +289,7 @@ def apply_stages(
     if rejects:
         all_rejects = pa.concat_tables(rejects)
     else:
-        all_rejects = empty_table(REJECTS_SCHEMA)
+        all_rejects = empty_table(REJECTED_POSITIONS_SCHEMA)
     return StagesResult(table=table, rows_filtered=filtered, rows_rejected=rejected,
                         rows_added=added, rejects=all_rejects)
 
