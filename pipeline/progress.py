@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from pipeline.execution.worker import ChunkResult
+from pipeline.output.records import ChunkResult
 
 log = logging.getLogger("pipeline")
 
