@@ -116,10 +116,11 @@ def test_a_retried_task_replaces_its_own_files(tmp_path):
     from pipeline.output.target import _sweep
     from pipeline.output.write import WriterSettings
     from pipeline.run import stage_output_schema, worker_settings
+    from pipeline.stages import STAGES
 
     (tmp_path / "in.csv").write_text("id,c\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(500)))
     path = write_job(tmp_path, basic_job("in.csv", output={"partition_by": ["c"]}))
-    job = load_config(path)
+    job = load_config(path, stages=STAGES)
     plan = build_plan(job)
     staging = tmp_path / "staging"
     staging.mkdir()
