@@ -245,7 +245,8 @@ def test_the_lock_is_taken_before_any_input_is_read(tmp_path):
         for _ in range(600):          # about 50 MB
             fh.write(line)
     (tmp_path / "slow.py").write_text(SLOW_STAGE)
-    job = basic_job("in.csv", stages=[{"python": {"function": "slow:pause", "api": "pandas"}}],
+    job = basic_job("in.csv", stages=[{"python": {"function": "slow:pause", "api": "pandas",
+                                                  "params": {"seconds": 30}}}],
                     run={"workers": 1})
     config = write_job(tmp_path, job)
     first = _start(config)
@@ -264,6 +265,7 @@ def test_the_lock_is_taken_before_any_input_is_read(tmp_path):
                                  cwd=tmp_path, timeout=60)
         assert missing.returncode == 75, missing.stderr
         assert "nothing-" not in missing.stderr
+        assert first.poll() is None, "the first run ended before the others tried"
     finally:
         first.kill()
         first.wait()
