@@ -406,9 +406,9 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         target.discard(staging, keep=keep)
         raise
     if store is not None:
-        seen = [Seen(f.path, f.size, f.mtime_ns, prints[f.path], run_id) for f in plan.files]
+        processed = [Seen(f.path, f.size, f.mtime_ns, prints[f.path], run_id) for f in plan.files]
         try:
-            store.run_finished(run_id, "succeeded", 0, counts.__dict__, seen, job=job.name,
+            store.run_finished(run_id, "succeeded", 0, counts.__dict__, processed, job=job.name,
                                replace_files=full_refresh)
         except sqlite3.Error as exc:
             raise OutputError(f"the output was published, but the state store could not record it ({exc}); "
