@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from pipeline.config import _parse_yaml, load_config
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "schema" / "job.schema.json"
