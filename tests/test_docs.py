@@ -25,6 +25,8 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
+from pipeline.config.yaml_lines import parse_yaml
+from pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -88,11 +90,9 @@ def test_yaml_blocks_load_and_validate(where, info, text, tmp_path, job_validato
     config = tmp_path / "configs" / "job.yaml"
     config.parent.mkdir()
     config.write_text(_job_text(info, text), encoding="utf-8")
-    job = load_config(config, env={})  # raises ConfigError naming the line and key
+    job = load_config(config, env={}, stages=STAGES)  # raises ConfigError naming the line and key
     assert job.name
-    from pipeline.config import _parse_yaml
-
-    data, _ = _parse_yaml(config.read_text(encoding="utf-8"))
+    data, _ = parse_yaml(config.read_text(encoding="utf-8"))
     errors = sorted(job_validator.iter_errors(data), key=str)
     assert not errors, f"{where}: {errors[0].message} at {list(errors[0].absolute_path)}"
 

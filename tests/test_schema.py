@@ -8,7 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pipeline.config import _parse_yaml, load_config
+from pipeline.config import load_config
+from pipeline.config.yaml_lines import parse_yaml
+from pipeline.stages import STAGES
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +27,7 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def _data(text: str):
-    return _parse_yaml(text)[0]
+    return parse_yaml(text)[0]
 
 
 def test_schema_command_prints_the_committed_schema(capsys):
@@ -41,7 +43,7 @@ def test_shipped_configs_start_with_the_schema_line_and_are_accepted(config, val
     text = config.read_text()
     assert text.splitlines()[0] == HEADER
     assert (config.parent / "../schema/job.schema.json").resolve() == COMMITTED.resolve()
-    load_config(config, env={})
+    load_config(config, env={}, stages=STAGES)
     errors = list(validator.iter_errors(_data(text)))
     assert not errors, errors[0].message
 
@@ -67,7 +69,7 @@ output:
 def test_schema_accepts_what_the_loader_accepts(extra, validator, tmp_path):
     text = BASE + extra
     (tmp_path / "job.yaml").write_text(text)
-    load_config(tmp_path / "job.yaml", env={})
+    load_config(tmp_path / "job.yaml", env={}, stages=STAGES)
     errors = list(validator.iter_errors(_data(text)))
     assert not errors, errors[0].message
 
@@ -75,7 +77,7 @@ def test_schema_accepts_what_the_loader_accepts(extra, validator, tmp_path):
 def test_single_strings_and_sizes_are_accepted(validator, tmp_path):
     text = BASE.replace("paths: [data/*.csv]", "paths: data/*.csv\n  chunk_bytes: 64MiB\n  sample_bytes: 1.5 GiB")
     (tmp_path / "job.yaml").write_text(text)
-    load_config(tmp_path / "job.yaml", env={})
+    load_config(tmp_path / "job.yaml", env={}, stages=STAGES)
     assert not list(validator.iter_errors(_data(text)))
 
 
@@ -92,7 +94,7 @@ def test_schema_rejects_unknown_keys_the_loader_rejects(extra, where, validator,
     text = BASE + extra
     (tmp_path / "job.yaml").write_text(text)
     with pytest.raises(Exception) as caught:
-        load_config(tmp_path / "job.yaml", env={})
+        load_config(tmp_path / "job.yaml", env={}, stages=STAGES)
     assert getattr(caught.value, "exit_code", None) == 78
     error = jsonschema.exceptions.best_match(validator.iter_errors(_data(text)))
     assert error is not None and list(error.absolute_path)[: len(where)] == where

@@ -148,13 +148,13 @@ def _default(prop: dict) -> str:
 
 
 def _is_size(prop: dict) -> bool:
-    from pipeline.config import BYTE_SIZE_SCHEMA
+    from pipeline.config.values import BYTE_SIZE_SCHEMA
 
     return _contains(prop, BYTE_SIZE_SCHEMA)
 
 
 def _is_duration(prop: dict) -> bool:
-    from pipeline.config import DURATION_SCHEMA
+    from pipeline.config.values import DURATION_SCHEMA
 
     return _contains(prop, DURATION_SCHEMA)
 

@@ -27,13 +27,13 @@ _SCALAR_TYPES = {"integer", "number", "boolean", "null"}
 
 def job_schema() -> dict[str, Any]:
     """The JSON Schema of a job file, as a plain dict (JSON-serialisable, keys in a stable order)."""
-    from pipeline.config import Job
+    from pipeline.config.models import INTERNAL_KEYS, Job
     from pipeline.stages import STAGES
 
     schema = Job.model_json_schema(mode="validation", by_alias=True, ref_template=_REF)
     defs: dict[str, Any] = schema.pop("$defs", {})
     props: dict[str, Any] = schema["properties"]
-    for key in _internal_keys():
+    for key in INTERNAL_KEYS:
         props.pop(key, None)
     schema["required"] = [k for k in schema.get("required", []) if k in props]
     defs.pop("StageSpec", None)
@@ -83,28 +83,24 @@ def job_schema() -> dict[str, Any]:
     return _allow_interpolation(out)
 
 
-def _internal_keys() -> tuple[str, ...]:
-    from pipeline import config
-
-    return config._INTERNAL
-
-
 def _empty_sections() -> list[str]:
     """Key paths of the sections an empty value (null) stands for the defaults of."""
-    from pipeline import config
+    from pydantic import BaseModel
+
+    from pipeline.config.models import Job
+    from pipeline.config.values import EmptyIsDefault
 
     found = []
 
-    def walk(model, prefix):
+    def walk(model: type[BaseModel], prefix: str) -> None:
         for name, info in model.model_fields.items():
             key = info.alias or name
-            if config._EmptyIsDefault in info.metadata:
+            if EmptyIsDefault in info.metadata:
                 found.append(prefix + key)
-            ann = info.annotation
-            if isinstance(ann, type) and issubclass(ann, config.BaseModel):
-                walk(ann, prefix + key + ".")
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                walk(info.annotation, prefix + key + ".")
 
-    walk(config.Job, "")
+    walk(Job, "")
     return found
 
 

@@ -1,0 +1,401 @@
+"""The typed, frozen models of a job file (``Job`` and its sections), its hash and its dump."""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import importlib.util
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pyarrow as pa
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
+                      model_validator)
+from pydantic_core import to_jsonable_python
+
+from pipeline.config.issues import show
+from pipeline.config.values import (
+    ByteSize,
+    Duration,
+    PARAMS_SCHEMA,
+    WORKERS_SCHEMA,
+    EmptyIsDefault,
+    NonNegativeInt,
+    PositiveInt,
+    StrTuple,
+    TypeName,
+    auto_workers,
+    params_as_text,
+    parse_workers,
+    resolve_path,
+)
+from pipeline.dtypes import parse_type
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, coerce_numbers_to_str=True
+    )
+
+
+class CsvOptions(_Model):
+    """How CSV and TSV files are read."""
+
+    delimiter: str = Field(",", description='One character; write "\\t" for a tab. The default for `format: tsv` is a tab.')
+    header: bool = Field(True, description="The first line holds the column names.")
+    column_names: StrTuple | None = Field(None, description=(
+        "The column names, in order, when `header: false` (required then); ignored when `header: true`."))
+    quote: str | None = Field('"', description=(
+        "The quote character (RFC 4180 quoting: quoted fields may hold the delimiter, doubled quotes "
+        "and newlines); null turns quoting off."))
+    null_values: StrTuple = Field(("", "NA", "NULL", "null"), description="Field values read as null.")
+    encoding: str = Field("utf-8", description=(
+        "The text encoding: any Python codec name (`latin-1`, `cp1252`, ...). Text invalid in it makes bad rows."))
+
+    @field_validator("delimiter", mode="before")
+    @classmethod
+    def _delimiter(cls, value: Any) -> Any:
+        if value == "\\t":  # '\t' in single quotes
+            return "\t"
+        if not isinstance(value, str) or len(value) != 1 or value in "\r\n":
+            raise ValueError(f'expected exactly one character (use "\\t" for a tab), got {show(value)}')
+        return value
+
+    @field_validator("quote", mode="before")
+    @classmethod
+    def _quote(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, str) or len(value) != 1 or value in "\r\n"):
+            raise ValueError(f"expected one character, or null for no quoting, got {show(value)}")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {show(value)}; expected a name such as utf-8, latin-1 or cp1252"
+            ) from None
+        return value
+
+    @field_validator("column_names")
+    @classmethod
+    def _column_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("expected at least one column name")
+            _check_unique(value)
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> CsvOptions:
+        if not self.header and self.column_names is None:
+            raise ValueError("header: false requires column_names (the names of the columns, in order)")
+        if self.quote is not None and self.quote == self.delimiter:
+            raise ValueError(f"quote and delimiter must differ, both are {show(self.quote)}")
+        return self
+
+
+def _check_unique(names: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"column {show(name)} is listed twice")
+        seen.add(name)
+
+
+class InputConfig(_Model):
+    """Where the input files are and how they are read (see docs/data.md)."""
+
+    paths: StrTuple = Field(description=(
+        "One glob or a list of globs (`**` matches folders recursively), relative to the job file's "
+        "folder, or URLs. The matches are sorted; duplicates, folders and names starting with `_` or `.` "
+        "are skipped. A glob that matches nothing is an error (exit 78)."))
+    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = Field("auto", description=(
+        "`auto` tells the format by the extension (`.csv`; `.tsv`/`.tab`; `.jsonl`/`.ndjson`/`.json`; "
+        "`.parquet`/`.pq`) after stripping `.gz`/`.gzip`/`.zst`/`.zstd`/`.bz2`. Compression is always told "
+        "by the extension."))
+    csv: Annotated[CsvOptions, EmptyIsDefault] = Field(default_factory=CsvOptions, description=(
+        "How CSV and TSV files are read."))
+    schema_: Annotated[dict[str, TypeName], EmptyIsDefault] = Field(default_factory=dict, alias="schema", description=(
+        'Column types to use instead of inference: `{ts: "timestamp[s]", price: "decimal(10,2)"}`. Other '
+        "columns of text files get a type inferred from a sample; Parquet files keep their own. A column "
+        "named here that is in no input file is an error."))
+    chunk_bytes: ByteSize | None = Field(None, description=(
+        "Target size of a chunk, the unit of work of a worker (and of a streamed block of a compressed "
+        "file). By default about four chunks per worker over the whole input, between 4 MiB and 32 MiB, so "
+        "that every worker stays busy to the end."))
+    sample_bytes: ByteSize = Field(1024**2, description="How much of each text file is read to infer column types.")
+    max_record_bytes: ByteSize = Field(16 * 1024**2, description=(
+        "A longer record is a bad row (usually an unterminated quote)."))
+    max_decompressed_bytes: ByteSize | None = Field(None, description=(
+        "Fail the run (exit 65) when a compressed file inflates past this size: a guard against "
+        "decompression bombs. None: no limit."))
+    follow_symlinks: bool = Field(False, description=(
+        "Input files that are symbolic links are refused (exit 65) unless this is true."))
+    allow_missing_columns: bool = Field(False, description=(
+        "Let CSV, TSV and Parquet files have different columns: the schema is the union and a missing "
+        "column reads as nulls. Otherwise different columns stop the run (exit 65)."))
+    incremental: bool = Field(False, description=(
+        "Read only the files that are new or changed since the job's last successful run, and append "
+        "their rows to the output; `run --full-refresh` rebuilds from every file (see docs/cron.md)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tsv_delimiter(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("format") == "tsv":
+            csv = data.get("csv")
+            if csv is None:
+                data = {**data, "csv": {"delimiter": "\t"}}
+            elif isinstance(csv, Mapping) and "delimiter" not in csv:
+                data = {**data, "csv": {**csv, "delimiter": "\t"}}
+        return data
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("expected at least one path or glob")
+        for p in value:
+            if not p.strip():
+                raise ValueError("expected a path or glob, got an empty string")
+        return tuple(resolve_path(p, info) for p in value)
+
+    @property
+    def types(self) -> dict[str, pa.DataType]:
+        """The declared column types as Arrow types."""
+        return {name: parse_type(t) for name, t in self.schema_.items()}
+
+
+class OutputConfig(_Model):
+    """Where and how the Parquet dataset is written (see docs/data.md)."""
+
+    path: str = Field(description=(
+        "The output directory (the dataset), relative to the job file's folder, or a URL. It is published "
+        "atomically: nothing of a run is visible there until the run succeeds."))
+    mode: Literal["overwrite", "append", "error"] = Field("error", description=(
+        "When the path already holds an output: `overwrite` replaces it, `append` keeps its files and adds "
+        "this run's (the new rows' columns are not checked against the existing files'), `error` fails "
+        "the run (exit 74). A non-empty folder that this tool did not write is always refused (exit 74)."))
+    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = Field("zstd", description=(
+        "The Parquet compression codec."))
+    compression_level: int | None = Field(None, description=(
+        "The codec's level, checked against the codec's range; not for `snappy` or `none`. None: the "
+        "codec's default."))
+    partition_by: StrTuple = Field((), description=(
+        "Columns for a hive layout (`country=DE/part-....parquet`). They must be output columns, and "
+        "not all of them. Values are URL-escaped in folder names; null and empty values become "
+        "`__HIVE_DEFAULT_PARTITION__`."))
+    file_bytes: ByteSize = Field(512 * 1024**2, description=(
+        "A part file is closed, and the next one started, once it passes this size."))
+    row_group_rows: PositiveInt = Field(1_000_000, description="Rows per Parquet row group.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("expected a directory path, got an empty string")
+        return resolve_path(value, info)
+
+    @field_validator("partition_by")
+    @classmethod
+    def _partition_by(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _check_unique(value)
+        return value
+
+    @model_validator(mode="after")
+    def _level(self) -> OutputConfig:
+        level, codec = self.compression_level, self.compression
+        if level is None:
+            return self
+        if codec in ("none", "snappy"):
+            raise ValueError(f"compression_level is not used with compression: {codec}; remove it")
+        lo, hi = pa.Codec.minimum_compression_level(codec), pa.Codec.maximum_compression_level(codec)
+        if not lo <= level <= hi:
+            raise ValueError(f"compression_level for {codec} must be between {lo} and {hi}, got {level}")
+        return self
+
+
+class DaskConfig(_Model):
+    """The Dask cluster of `run.executor: dask` (see docs/cluster.md)."""
+
+    address: str | None = Field(None, description=(
+        "The scheduler, e.g. `tcp://host:8786`; else the `DASK_SCHEDULER_ADDRESS` environment variable; "
+        "else a LocalCluster of `run.workers` processes is started for the run."))
+    connect_timeout: Duration = Field(30.0, description=(
+        "An unreachable scheduler fails the run (exit 1, naming the address) after this long."))
+
+
+def dask_missing() -> str | None:
+    """Why the dask executor cannot be used here, or None when dask.distributed is installed."""
+    for name in ("dask", "distributed"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return ("the dask executor needs dask.distributed, which is not installed: "
+                    "pip install 'pipeline[dask]'")
+    return None
+
+
+class RunConfig(_Model):
+    """How the job runs: workers, bad rows, retries, state and metrics."""
+
+    workers: Annotated[int, BeforeValidator(parse_workers), WithJsonSchema(WORKERS_SCHEMA)] = Field(
+        default_factory=auto_workers, json_schema_extra={"default": "auto"}, description=(
+            "Worker processes; `auto` is the number of CPUs this process may use. A run never starts more "
+            "workers than it has chunks. `--workers N` overrides it."))
+    on_bad_rows: Literal["fail", "skip", "quarantine"] = Field("fail", description=(
+        "What a bad row does: `fail` stops the run at the first one (exit 65, nothing published); `skip` "
+        "counts and leaves them out; `quarantine` also writes each to `_rejects/` in the output with "
+        "file, line, offset, stage, reason and the raw record."))
+    max_bad_rows: NonNegativeInt | None = Field(None, description=(
+        "With `skip` or `quarantine`: more bad rows than this fail the run (exit 65, nothing published). "
+        "None: no limit."))
+    retries: NonNegativeInt = Field(2, description=(
+        "How often a chunk is retried after its worker died or timed out. An exception raised by a "
+        "`python` stage is not retried."))
+    chunk_timeout: Duration | None = Field(None, description=(
+        "A chunk running longer has its worker killed, and counts as a failed attempt. None: no limit."))
+    start_method: Literal["fork", "spawn", "forkserver"] = Field("fork", description=(
+        "The multiprocessing start method of the workers."))
+    executor: Literal["local", "dask"] = Field("local", description=(
+        "`local`: a process pool on this machine; `dask`: a Dask cluster (needs the `dask` extra; see "
+        "docs/cluster.md)."))
+    dask: Annotated[DaskConfig, EmptyIsDefault] = Field(default_factory=DaskConfig, description=(
+        "The Dask cluster of `executor: dask`."))
+    progress_interval: Duration = Field(10.0, description=(
+        "Without a progress bar (no terminal, or `--no-progress`), the least time between `progress:` log lines."))
+    checkpoint_interval: Duration = Field(60.0, description=(
+        "How often the writer makes the chunks finished so far durable (it closes and fsyncs its part "
+        "files and journals them), so that a killed run resumes from there. Each checkpoint closes the "
+        "open part files, so a short interval makes more, smaller files."))
+    state_dir: str | None = Field(None, description=(
+        "The folder of the state store (`state.db`: every run, and the input files of successful runs), "
+        "relative to the job file's folder. None: `.pipeline-state/` beside the job file. Jobs that share "
+        "it are kept apart by `name`."))
+    metrics_file: str | None = Field(None, description=(
+        "After every run, write its figures to this file in the Prometheus text format (for "
+        "node_exporter's textfile collector), relative to the job file's folder. None: no metrics."))
+    python_modules: StrTuple = Field(
+        (), description=(
+            "Installed modules that `python` stages may import (`[numpy, mypackage]`); listing a package "
+            "allows its submodules. Modules beside the job file need no listing."))
+
+    @field_validator("state_dir", "metrics_file")
+    @classmethod
+    def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else resolve_path(value, info)
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, value: str) -> str:
+        missing = dask_missing() if value == "dask" else None
+        if missing:
+            raise ValueError(missing)
+        return value
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One entry of ``stages``: ``- derive: {total: "price * qty"}``."""
+
+    name: str  # the stage name, the single key of the YAML mapping
+    spec: Any  # the value as validated by pipeline.stages.validate_spec
+    key: str  # "stages[2].derive"
+    line: int | None = None
+    raw: Any = field(default=None, compare=False, repr=False)  # the value as written
+
+
+INTERNAL_KEYS = ("config_path", "base_dir", "config_hash", "lines")
+
+
+class Job(_Model):
+    """A job file."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = Field(description=(
+        "The job's name: letters, digits, `_`, `.`, `-`, starting with a letter or digit. It names the "
+        "job in log lines, the lock message, process titles, the manifest and the state store."))
+    input: InputConfig = Field(description="Where the input files are and how they are read.")
+    stages: tuple[StageSpec, ...] = Field((), description=(
+        "The stages, run in order on every chunk: each item is a mapping with one key, the stage name "
+        "(see docs/stages.md)."))
+    output: OutputConfig = Field(description="Where and how the Parquet dataset is written.")
+    run: Annotated[RunConfig, EmptyIsDefault] = Field(default_factory=RunConfig, description=(
+        "How the job runs: workers, bad rows, retries, state and metrics."))
+    params: Annotated[dict[str, str], BeforeValidator(params_as_text), EmptyIsDefault, WithJsonSchema(PARAMS_SCHEMA)] = Field(
+        default_factory=dict, description=(
+            "Job parameters and their defaults, `{date: yesterday}`: strings (`7` becomes `\"7\"`). "
+            "`--param NAME=VALUE` sets one; `${params.NAME}` or `${params.NAME:%Y/%m/%d}` in any string "
+            "value uses it. `today`, `yesterday`, `tomorrow`, optionally `+N`/`-N` days, become an ISO "
+            "date. The values are recorded in the manifest and the state store (see docs/cron.md)."))
+    # set by load_config, not from YAML:
+    # set by load_config, not from YAML:
+    config_path: Path = Path("job.yaml")
+    base_dir: Path = Path(".")
+    config_hash: str = ""
+    lines: dict[str, int] = Field(default_factory=dict, repr=False)
+
+    @model_validator(mode="after")
+    def _hash(self) -> Job:
+        if not self.config_hash:
+            object.__setattr__(self, "config_hash", _config_hash(self))
+        return self
+
+    def line_of(self, key: str) -> int | None:
+        """The YAML line of a dotted key path (``"stages[2]"``, ``"output.path"``), or None."""
+        return self.lines.get(key)
+
+
+MODEL_AT = {
+    "": Job,
+    "input": InputConfig,
+    "input.csv": CsvOptions,
+    "output": OutputConfig,
+    "run": RunConfig,
+    "run.dask": DaskConfig,
+}
+
+
+def keys_of(model: type[BaseModel]) -> list[str]:
+    keys = [f.alias or name for name, f in model.model_fields.items()]
+    return [k for k in keys if k not in INTERNAL_KEYS] if model is Job else keys
+
+
+
+# --------------------------------------------------------------------------------------------
+# Hash and dump
+# --------------------------------------------------------------------------------------------
+
+# run settings that change how a job runs, not what it produces
+_RUN_IN_HASH = ("on_bad_rows", "max_bad_rows")
+
+
+def _stage_data(stage: StageSpec) -> Any:
+    try:
+        return to_jsonable_python(stage.spec)
+    except Exception:  # a spec object without a plain-data form
+        return to_jsonable_python(stage.raw, fallback=str)
+
+
+def _config_hash(job: Job) -> str:
+    data = job.model_dump(mode="json", by_alias=True, include={"name", "input", "output", "params"})
+    data["input"]["schema"] = dict(sorted(data["input"]["schema"].items()))
+    data["params"] = dict(sorted(data["params"].items()))
+    data["stages"] = [{s.name: _stage_data(s)} for s in job.stages]
+    data["run"] = {k: getattr(job.run, k) for k in _RUN_IN_HASH}
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def dump_config(job: Job) -> dict:
+    """The validated job as plain data (JSON-serialisable), for the manifest."""
+    data = job.model_dump(mode="json", by_alias=True, exclude={"lines", "base_dir", "stages"})
+    data["stages"] = [{s.name: _stage_data(s)} for s in job.stages]
+    order = ["name", "input", "stages", "output", "run", "params", "config_path", "config_hash"]
+    return {k: data[k] for k in order}
