@@ -13,7 +13,7 @@ import re
 import duckdb
 import pytest
 
-from tests.conftest import basic_job, read_output, run_subprocess, write_job
+from tests.helpers import basic_job, read_output, run_subprocess, write_job
 
 CSV = """id,ts,country,product,price,qty,discount,status,note
 1,2026-11-01 10:00:00,DE,Notebook,3.5,2,0.1,ok,"red, large"
