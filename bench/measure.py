@@ -107,7 +107,7 @@ class _Sampler(threading.Thread):
                 title = self._titles.get(key)
                 if title is None:  # a worker sets its title just after it starts: look again later
                     title = _title(p)
-                    if title.startswith("pipeline: ") or self.samples > 5:
+                    if title.startswith(("pipeline: ", "dask ")) or time.time() - key[1] > 2.0:
                         self._titles[key] = title
             except psutil.Error:
                 continue
