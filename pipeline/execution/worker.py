@@ -64,13 +64,13 @@ def _pieces(table: pa.Table) -> list[pa.Table]:
 def _stage_rejects(block, rejects: pa.Table, file: str) -> list[BadRow]:
     if rejects.num_rows == 0:
         return []
-    rows = rejects.column("row").to_numpy(zero_copy_only=False)
+    rows = rejects.column("row").to_pylist()
     stages = rejects.column("stage").to_pylist()
     reasons = rejects.column("reason").to_pylist()
-    known = ~np.isnan(rows.astype(float)) if rows.dtype.kind == "f" else np.ones(len(rows), dtype=bool)
+    known = np.array([r is not None for r in rows], dtype=bool)
     located: list = [(None, None, None)] * len(rows)
     if known.any():
-        idx = rows[known].astype(np.int64)
+        idx = np.array([r for r in rows if r is not None], dtype=np.int64)
         for i, loc in zip(np.flatnonzero(known), block.locate(idx)):
             located[i] = loc
     return [BadRow(file, loc[0], loc[1], st, reason, loc[2]) for loc, st, reason in zip(located, stages, reasons)]

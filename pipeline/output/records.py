@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pipeline import arrays
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow
 
@@ -56,7 +57,7 @@ class ChunkResult:
 
 def rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
     """Bad rows as rows of a ``_rejects/`` file."""
-    return pa.table({
+    columns = {
         "file": [b.file for b in bad],
         "line": [b.line for b in bad],
         "offset": [b.offset for b in bad],
@@ -64,7 +65,9 @@ def rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
         "reason": [b.reason for b in bad],
         "raw": [b.raw for b in bad],
         "chunk": [chunk.id] * len(bad),
-    }, schema=REJECTS_FILE_SCHEMA)
+    }
+    return pa.Table.from_arrays([arrays.array(columns[f.name], f.type) for f in REJECTS_FILE_SCHEMA],
+                                schema=REJECTS_FILE_SCHEMA)
 
 
 def spool(table: pa.Table, path: str) -> str:
