@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.test_dask import s3  # noqa: F401 - the S3-compatible server fixture
 from tests.helpers import basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
 
 distributed = pytest.importorskip("distributed")
@@ -269,3 +271,48 @@ def test_the_lock_is_taken_before_any_input_is_read(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def _use_store(env: dict) -> None:
+    import s3fs
+
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_a_killed_run_to_an_object_store_resumes(tmp_path, s3, cluster, executor):
+    """Resume with an output URL: the journal is in the state directory, the parts where they were put."""
+    n = 6000
+    if executor == "dask":  # the cluster's workers started before the store's credentials were set
+        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+            client.run(_use_store, env)
+    config = _slow_job(tmp_path, n, checkpoint_interval="200ms", executor=executor,
+                       dask={"address": cluster.scheduler_address}, state_dir="state")
+    text = config.read_text().replace("path: out", "path: s3://lake/out/t")
+    config.write_text(text)
+    proc = _start(config)
+    state = tmp_path / "state"
+    try:
+        _wait(lambda: sum(max(0, len(p.read_text().splitlines()) - 1)
+                          for p in state.glob(".test-job.output.staging-*/_journal.jsonl")) >= 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = run_subprocess("run", config, "--no-progress", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"resuming run \S+: \d+ of \d+ chunks were finished and are kept", done.stderr), done.stderr
+    s3.invalidate_cache()
+    manifest = json.loads(s3.cat("lake/out/t/_manifest.json"))
+    ids = []
+    for f in manifest["files"]:
+        with s3.open(f"lake/out/t/{f['path']}", "rb") as fh:
+            ids += pq.read_table(fh).column("id").to_pylist()
+    assert sorted(ids) == list(range(n))                      # none lost, none doubled
+    assert manifest["counts"]["rows_read"] == manifest["counts"]["rows_written"] == n
+    under = {p.split("lake/out/t/", 1)[1] for p in s3.find("lake/out/t")}
+    assert under == {f["path"] for f in manifest["files"]} | {"_manifest.json", "_SUCCESS"}
+    assert not list(state.glob(".test-job.output.staging-*"))
