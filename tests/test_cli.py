@@ -197,3 +197,10 @@ def test_help_texts_for_log_format_and_inspect_path(capsys):
     assert "--log-format {text,json} log lines on stderr as text" in text
     code, out, err = run_cli("inspect", "--help", capsys=capsys)
     assert "an output directory" in " ".join(out.split())
+
+
+def test_log_file_in_a_missing_folder_is_a_command_line_error(job_dir, capsys):
+    config = write_job(job_dir, basic_job("in.csv"))
+    code, out, err = run_cli("run", config, "--log-file", job_dir / "logs" / "job.log", "--no-progress", capsys=capsys)
+    assert code == 2 and f"--log-file {job_dir / 'logs' / 'job.log'}: No such file or directory" in err
+    assert "Traceback" not in err and not (job_dir / "out").exists()
