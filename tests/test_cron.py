@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -154,7 +155,8 @@ def test_killed_run_resumes_without_redoing_finished_chunks(tmp_path):
     assert resumed_ids == list(range(3000))          # every row once
     assert m["counts"]["rows_read"] == m["counts"]["rows_written"] == 3000
     chunks_total = m["chunks"]
-    redone = int(done.stderr.split(" chunks, ")[0].rsplit(" ", 1)[-1]) if " chunks, " in done.stderr else None
+    found = re.search(r"run \S+: \d+ files?, (\d+) chunks?, ", done.stderr)
+    redone = int(found.group(1)) if found else None
     assert redone is not None and redone < chunks_total
     # a clean run of the same job gives the same rows
     clean = run_subprocess("run", config, "--no-progress", "--set", "output.path=clean")

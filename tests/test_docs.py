@@ -279,3 +279,20 @@ def test_links_between_the_docs_resolve():
             elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
                 broken.append(f"{doc.name}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_make_run_date_says_the_tools_exit_code(tmp_path):
+    """make exits 2 when a command fails; the target prints the tool's own code (78: no file that day)."""
+    repo = _scratch_checkout(tmp_path / "pipeline")
+    shutil.copy(ROOT / "Makefile", repo / "Makefile")
+    shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    (repo / ".venv" / ".installed").touch()      # the venv is there, newer than pyproject.toml
+    (repo / "data" / ".demo-data").touch()       # and so is the demo data
+    done = subprocess.run(["make", "--no-print-directory", "run-date", "DATE=2026-11-09"], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "no file matches" in done.stderr and "pipeline exited with 78" in done.stderr
+    done = subprocess.run(["make", "--no-print-directory", "run-date", "DATE=2026-11-02"], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "pipeline exited" not in done.stderr and "succeeded" in done.stdout

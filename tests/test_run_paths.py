@@ -80,7 +80,7 @@ def _normalise_summary(text: str) -> str:
     text = re.sub(r"\d{8}T\d{6}Z-[0-9a-f]{6}", "RUN", text)
     text = re.sub(r"in \d+\.\d+ s", "in S s", text)
     text = re.sub(r"  speed .*\n", "", text)
-    return re.sub(r"\(\d+ part files?, [0-9.]+ MiB\)", "(PARTS)", text)
+    return re.sub(r"\(\d+ part files?, [0-9.]+ (B|KiB|MiB|GiB)\)", "(PARTS)", text)
 
 
 def _metrics(path: Path) -> dict:
