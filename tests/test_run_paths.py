@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_dask import s3  # noqa: F401 - the S3-compatible server fixture
 from tests.helpers import basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
 
 distributed = pytest.importorskip("distributed")

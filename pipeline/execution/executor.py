@@ -9,9 +9,10 @@ target's business (``output.target``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import pyarrow as pa
 

@@ -51,7 +51,7 @@ class _Sink:
                     f"the same path, or an object-store URL (or the run was stopped)", path=spec.root)
             os.makedirs(directory, exist_ok=True)
             base = os.path.basename(self.final)
-            self.tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+            self.tmp: str | None = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
             self.handle = pa.OSFile(self.tmp, "wb")
         else:
             _, root = filesystem(spec.root)
@@ -71,7 +71,7 @@ class _Sink:
 
     def close(self) -> dict:
         self.writer.close()
-        if self.fs is None:
+        if self.tmp is not None:   # a local file, renamed into place
             self.handle.close()
             fd = os.open(self.tmp, os.O_RDONLY)
             try:

@@ -25,10 +25,14 @@ from typing import Protocol
 from pipeline.errors import OutputError, PipelineError
 from pipeline.input.storage import filesystem
 from pipeline.output.lock import JobLock
-from pipeline.output.objectstore import (check_remote_target, list_remote, publish_remote, read_remote_manifest,
-                                         remove_unlisted)
-from pipeline.output.publish import (OutputPaths, check_target, link_previous, publish, read_manifest,
-                                     recover)
+from pipeline.output.objectstore import (
+    check_remote_target,
+    list_remote,
+    publish_remote,
+    read_remote_manifest,
+    remove_unlisted,
+)
+from pipeline.output.publish import OutputPaths, check_target, link_previous, publish, read_manifest, recover
 from pipeline.output.resume import JOURNAL, Resumed, find_resumable, start_journal
 
 log = logging.getLogger("pipeline")
