@@ -8,7 +8,7 @@ CONFIG ?= configs/example.yaml
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run run-date demo-data test test-slow clean
+.PHONY: help install run run-date demo-data lint lint-fix test test-slow clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,15 @@ DATE ?= yesterday
 run-date: install demo-data ## Run configs/daily.yaml for one day: make run-date DATE=2026-11-02
 	$(BIN)/pipeline run configs/daily.yaml --param date=$(DATE)
 
+lint: install ## Check style (ruff), types (mypy) and the import layers (lint-imports)
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+lint-fix: install ## Apply ruff's safe fixes (import order, modern syntax), then check again
+	$(BIN)/ruff check --fix pipeline tests bench
+	$(MAKE) lint
+
 test: install ## Run the test suite (a few minutes; slow tests excluded)
 	$(BIN)/pytest -q -m "not slow"
 
@@ -57,4 +66,4 @@ bench-smoke: $(BENCH_STAMP) ## A tiny, quick run of the benchmark (checks it end
 	BENCH_SCALE=0.002 BENCH_REPEAT=1 BENCH_RESULTS=bench/work/smoke $(PY) -m bench
 
 clean: ## Remove the virtual environment, generated data and outputs
-	rm -rf $(VENV) data build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) data build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

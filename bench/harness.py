@@ -25,9 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from bench import check, data, measure, report
 
@@ -191,7 +191,7 @@ def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, e
         try:
             got = check.output_fingerprint(out, w.kind)
             problem = check.compare(got, expected(w.dataset, w.kind))
-        except Exception as exc:  # an unreadable output is a wrong output
+        except Exception as exc:  # noqa: BLE001 - an unreadable output is a wrong output
             problem = f"output unreadable: {type(exc).__name__}: {exc}"
     if m.extra.get("left_behind"):
         problem = (problem + "; " if problem else "") + f"{m.extra['left_behind']} process(es) left behind"

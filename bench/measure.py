@@ -133,7 +133,7 @@ def _end_group(pgid: int, grace: float) -> int:
 def run(cmd: list[str], *, cwd: str | None = None, env: dict | None = None, log_path: str | None = None,
         timeout: float | None = None, interval: float = 0.02, grace: float = 5.0) -> Measurement:
     """Run ``cmd`` to its end (or ``timeout``), its output to ``log_path``; measure it."""
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in the finally below
     timed_out = False
     try:
         cpu0 = _children_cpu()

@@ -15,7 +15,8 @@ log = logging.getLogger("pipeline")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pipeline", description="Config-driven, data-parallel file processing into Parquet.")
+    p = argparse.ArgumentParser(prog="pipeline",
+                                description="Config-driven, data-parallel file processing into Parquet.")
     p.add_argument("--version", action="version", version=f"pipeline {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_SIGINT
     except BrokenPipeError:
         return EX_FAILURE
-    except Exception as exc:  # a bug: say so, with the traceback in the log
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, with the traceback in the log
         _print_report(exc)
         log.error("unexpected failure:\n%s", traceback.format_exc())
         print(f"pipeline: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)

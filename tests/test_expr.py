@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ExprError, StageError
 from pipeline.stages.expr import FUNCTIONS, Expr, broadcast, compile_expr
-
 from tests.helpers import ROOT
+
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

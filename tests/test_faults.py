@@ -90,7 +90,7 @@ def test_worker_killed_mid_run_gives_the_same_output_as_a_clean_run(tmp_path):
     # the stage also runs once in the parent (on an empty table, to learn its schema)
     busy = _wait_for(lambda: [p for p in tmp_path.glob("busy-*") if p.name != f"busy-{proc.pid}"])
     os.kill(int(busy[0].name.split("-")[1]), signal.SIGKILL)  # a worker in the middle of a chunk
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "retrying" in err and "SIGKILL" in err
     assert sort_rows(read_output(tmp_path / "out").to_pylist()) == _expected_rows(tmp_path)
@@ -102,7 +102,7 @@ def test_worker_killed_mid_run_gives_the_same_output_as_a_clean_run(tmp_path):
 def test_chunk_that_kills_every_worker_fails_with_65_naming_the_range(tmp_path, mode):
     config = _job_dir(tmp_path, seconds=0.0, die_on=123, mode=mode)
     proc = _start(config)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 65, err
     assert "in.csv (bytes " in err and "on every one of 3 attempts" in err
     assert not (tmp_path / "out").exists()
@@ -111,7 +111,7 @@ def test_chunk_that_kills_every_worker_fails_with_65_naming_the_range(tmp_path, 
 def test_poison_chunk_is_quarantined_whole_under_quarantine(tmp_path):
     config = _job_dir(tmp_path, seconds=0.0, die_on=123)
     proc = _start(config, "--set", "run.on_bad_rows=quarantine")
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
     written = read_output(tmp_path / "out").column("id").to_pylist()
@@ -126,7 +126,7 @@ def test_poison_chunk_is_quarantined_whole_under_quarantine(tmp_path):
 def test_chunk_timeout_kills_and_reports(tmp_path):
     config = _job_dir(tmp_path, seconds=0.0, die_on=123, mode="hang")
     proc = _start(config, "--set", "run.chunk_timeout=1s", "--set", "run.retries=1")
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 65, err
     assert "timed out after 1 s" in err
 
@@ -142,7 +142,7 @@ def test_signal_stops_the_run_cleanly(tmp_path, signum, code):
         os.killpg(proc.pid, signum)   # Ctrl-C reaches the whole process group
     else:
         proc.send_signal(signum)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert time.monotonic() - started < 10
     assert proc.returncode == code, err
     assert "Traceback" not in err
@@ -235,7 +235,7 @@ def test_writer_killed_mid_run_fails_74_and_publishes_nothing(tmp_path):
     writer = _wait_for(lambda: _pids_titled("pipeline: faulty writer"))[0]
     time.sleep(0.3)
     os.kill(writer, signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 74, err
     assert "writer process died" in err
     assert not (tmp_path / "out").exists()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 import io
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tests.helpers import basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
 
 FIELD = st.text(alphabet=st.sampled_from(list('ab,"\n x\u00e9;')), max_size=10)
-SETTINGS = dict(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = {'max_examples': int(os.environ.get("FUZZ_EXAMPLES", "40")), 'deadline': None, 'suppress_health_check': [HealthCheck.function_scoped_fixture]}
 
 
 @settings(**SETTINGS)

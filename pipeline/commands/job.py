@@ -21,7 +21,8 @@ def validate(job: Job) -> int:
     print(f"  job       {job.name}")
     print(f"  input     {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks")
     print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}")
-    cols = ", ".join(f"{f.name}: {type_name(f.type)}" for f in schema) if schema is not None else "(decided by a python stage)"
+    cols = (", ".join(f"{f.name}: {type_name(f.type)}" for f in schema) if schema is not None
+            else "(decided by a python stage)")
     print(f"  output    {job.output.path} ({job.output.mode}); columns {cols}")
     return 0
 

@@ -259,7 +259,7 @@ class Job(_Model):
         return self.lines.get(key)
 
 
-MODEL_AT = {
+MODEL_AT: dict[str, type[BaseModel]] = {
     "": Job,
     "input": InputConfig,
     "input.csv": CsvOptions,
@@ -286,7 +286,7 @@ _RUN_IN_HASH = ("on_bad_rows", "max_bad_rows")
 def _stage_data(stage: StageSpec) -> Any:
     try:
         return to_jsonable_python(stage.spec)
-    except Exception:  # a spec object without a plain-data form
+    except Exception:  # noqa: BLE001 - a spec object without a plain-data form
         return to_jsonable_python(stage.raw, fallback=str)
 
 
