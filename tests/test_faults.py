@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import basic_job, manifest_of, read_output, sort_rows, write_job
 
 # unique per test process: the tests find their processes by title, and other test runs may share the machine
-NAME = f"faulty-{os.getpid()}-job"
+NAME = f"faults-{os.getpid()}-job"
 
 SLOW_STAGE = '''
 import os, time, pathlib
