@@ -427,11 +427,10 @@ def _new_or_changed(files, seen) -> list:
         old = seen.get(f.path)
         if old is None:
             chosen.append(f)
-        elif (old.size, old.mtime_ns) != (f.size, f.mtime_ns):
-            if fingerprint(f.path, f.size) != old.fingerprint:
-                log.warning("%s changed since run %s: its rows are appended again (the earlier ones stay; "
-                            "use --full-refresh to rebuild)", f.path, old.run_id)
-                chosen.append(f)
+        elif (old.size, old.mtime_ns) != (f.size, f.mtime_ns) and fingerprint(f.path, f.size) != old.fingerprint:
+            log.warning("%s changed since run %s: its rows are appended again (the earlier ones stay; "
+                        "use --full-refresh to rebuild)", f.path, old.run_id)
+            chosen.append(f)
     return chosen
 
 

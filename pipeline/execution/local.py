@@ -234,7 +234,7 @@ class LocalExecutor:
     def _event(self, msg, state: _State, ex: Execution):
         kind = msg[0]
         if kind == "start":
-            _, chunk_id, attempt, pid, started = msg
+            _, chunk_id, attempt, pid, _started = msg
             if chunk_id not in state.acked and attempt == state.tries.get(chunk_id):
                 state.running[chunk_id] = (pid, attempt, time.monotonic())
         elif kind == "ack":
@@ -260,7 +260,7 @@ class LocalExecutor:
                 deaths.append((pid, _death(proc, pid)))
         if self.chunk_timeout:
             now = time.monotonic()
-            for chunk_id, (pid, attempt, started) in list(state.running.items()):
+            for _chunk_id, (pid, _attempt, started) in list(state.running.items()):
                 if now - started > self.chunk_timeout and pid not in state.dead:
                     try:
                         os.kill(pid, signal.SIGKILL)

@@ -23,6 +23,7 @@ import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -89,7 +90,7 @@ class Partition:
     tables: list = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
-    open: object | None = None     # has write(table, row_group_rows) and size()
+    open: Any = None     # the part file being written: has write(table, row_group_rows) and size()
     seq: int = 0
 
 
@@ -361,7 +362,7 @@ def writer_main(queue, events, spec: WriterSettings) -> None:
         events.put(("error", OutputError(f"cannot write the output: {exc}", path=getattr(exc, "filename", None))))
     except StageError as exc:
         events.put(("error", exc))
-    except BaseException as exc:  # reported to the parent, which fails the run with exit 1
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run with exit 1
         events.put(("error", RuntimeError(f"writer failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
 
 
@@ -386,7 +387,8 @@ def run_writer(queue, events, spec: WriterSettings) -> dict:
         try:
             msg = queue.get(timeout=DONE_GRACE_SECONDS) if expected is not None else queue.get()
         except queue_mod.Empty:
-            raise RuntimeError(f"the writer received {len(committed)} of {expected} chunks; the rest never arrived")
+            raise RuntimeError(
+                f"the writer received {len(committed)} of {expected} chunks; the rest never arrived") from None
         kind = msg[0]
         if kind in ("data", "rejects"):
             pending.setdefault((msg[1], msg[2]), []).append((kind, msg[3]))
