@@ -14,8 +14,9 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import InputError
 from pipeline.execution import worker
-from pipeline.execution.worker import BAD_ROW_SAMPLES, REJECT_SCHEMA, WorkerSpec, process_chunk, unspool
+from pipeline.execution.worker import WorkerSettings, process_chunk
 from pipeline.input.plan import build_plan
+from pipeline.output.records import BAD_ROW_SAMPLES, REJECTS_FILE_SCHEMA, unspool
 from pipeline.stages import STAGES
 from tests.helpers import basic_job, write_job
 
@@ -45,7 +46,7 @@ def queues():
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     data, events = queue_mod.Queue(), queue_mod.Queue()
 
-    def start(spec: WorkerSpec):
+    def start(spec: WorkerSettings):
         worker.init(data, events, spec)
         return data, events
 
@@ -63,7 +64,7 @@ def _job(tmp_path, on_bad_rows: str, stages: bool):
     plan = build_plan(job)
     spool = tmp_path / "spool"
     spool.mkdir()
-    spec = WorkerSpec(job_name=job.name, read=plan.read, stages=tuple((s.name, s.spec) for s in job.stages),
+    spec = WorkerSettings(job_name=job.name, read=plan.read, stages=tuple((s.name, s.spec) for s in job.stages),
                       stage_keys=tuple(s.key for s in job.stages), base_dir=str(job.base_dir),
                       on_bad_rows=on_bad_rows, spool=str(spool))
     return plan, spec
@@ -106,7 +107,7 @@ def test_chunks_give_the_rows_and_counts_of_the_file(tmp_path, queues, on_bad_ro
     assert sorted(b.line for b in samples) == sorted(i + 2 for i in BAD)     # header is line 1
     if on_bad_rows == "quarantine":
         table = pa.concat_tables(rejects)
-        assert table.schema == REJECT_SCHEMA
+        assert table.schema == REJECTS_FILE_SCHEMA
         assert sorted(table.column("line").to_pylist()) == sorted(i + 2 for i in BAD)
         assert all(raw.split(",")[1] == "n/a" for raw in table.column("raw").to_pylist())
     else:
@@ -126,7 +127,7 @@ def test_samples_are_capped_per_chunk(tmp_path, queues):
     job = load_config(write_job(tmp_path, basic_job("in.csv", input={"schema": {"id": "int64"}},
                                                     run={"on_bad_rows": "skip"})), stages=STAGES)
     plan = build_plan(job)
-    spec = WorkerSpec(job_name=job.name, read=plan.read, stages=(), stage_keys=(), base_dir=str(tmp_path),
+    spec = WorkerSettings(job_name=job.name, read=plan.read, stages=(), stage_keys=(), base_dir=str(tmp_path),
                       on_bad_rows="skip", spool=str(tmp_path))
     queues(spec)
     result = process_chunk((plan.chunks[0], 1))

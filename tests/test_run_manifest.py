@@ -33,10 +33,11 @@ def job_and_plan(tmp_path):
     return job, build_plan(job)
 
 
-def _manifest(job, plan, previous=None, **kw):
+def _manifest(job, plan, previous=None, mode="append", started=1000.0):
     counts = Counts(rows_read=12, rows_written=8, rows_filtered=2, rows_rejected=2, rows_added=0)
-    return build_manifest(job, plan, "r2", counts, [dict(f) for f in FILES], SCHEMA, previous, thash="t2",
-                          fingerprints={f.path: f"fp-{i}" for i, f in enumerate(plan.files)}, **kw)
+    return build_manifest(job, plan, "r2", counts, [dict(f) for f in FILES], SCHEMA, previous, "t2",
+                          fingerprints={f.path: f"fp-{i}" for i, f in enumerate(plan.files)}, mode=mode,
+                          started=started)
 
 
 def test_a_first_run(job_and_plan):
@@ -80,15 +81,17 @@ def test_an_append_run_keeps_what_the_previous_manifest_lists(job_and_plan):
     assert m["counts"] == m["runs"][-1]["counts"]                      # the top-level counts are this run's
 
 
-@pytest.mark.parametrize("mode,expected", [(None, "append"), ("overwrite", "overwrite")])
-def test_mode_is_the_jobs_unless_the_run_says_otherwise(job_and_plan, mode, expected):
+@pytest.mark.parametrize("mode", ["append", "overwrite"])
+def test_mode_is_what_the_run_did(job_and_plan, mode):
+    """The run decides (an incremental run appends, --full-refresh overwrites); the manifest says so."""
     job, plan = job_and_plan
-    assert _manifest(job, plan, mode=mode)["mode"] == expected
+    assert _manifest(job, plan, mode=mode)["mode"] == mode
 
 
 def test_a_run_that_wrote_nothing(job_and_plan):
     job, plan = job_and_plan
-    m = build_manifest(job, plan, "r3", Counts(), [], None, None)
+    m = build_manifest(job, plan, "r3", Counts(), [], None, None, "t3",
+                       fingerprints={f.path: "" for f in plan.files}, mode="overwrite", started=1000.0)
     assert m["schema"] == [] and m["files"] == [] and m["rejects"] == {"files": [], "rows": 0}
     assert m["counts"] == {"rows_read": 0, "rows_written": 0, "rows_filtered": 0, "rows_rejected": 0,
                            "rows_added": 0}
