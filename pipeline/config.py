@@ -254,6 +254,9 @@ class CsvOptions(_Model):
     quote: str | None = '"'
     null_values: StrTuple = ("", "NA", "NULL", "null")
     encoding: str = "utf-8"
+    comment: str | None = None       # lines that start a record with this prefix are skipped
+    skip_rows: int = Field(default=0, ge=0)   # records before the header (or the data) to skip
+    rename_duplicates: bool = False  # name empty and repeated header names as DuckDB does
 
     @field_validator("delimiter", mode="before")
     @classmethod
@@ -269,6 +272,13 @@ class CsvOptions(_Model):
     def _quote(cls, value: Any) -> Any:
         if value is not None and (not isinstance(value, str) or len(value) != 1 or value in "\r\n"):
             raise ValueError(f"expected one character, or null for no quoting, got {_show(value)}")
+        return value
+
+    @field_validator("comment")
+    @classmethod
+    def _comment(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "\n" in value or "\r" in value):
+            raise ValueError(f"expected a non-empty prefix on one line, such as '#', got {_show(value)}")
         return value
 
     @field_validator("encoding")
@@ -293,8 +303,6 @@ class CsvOptions(_Model):
 
     @model_validator(mode="after")
     def _cross(self) -> CsvOptions:
-        if not self.header and self.column_names is None:
-            raise ValueError("header: false requires column_names (the names of the columns, in order)")
         if self.quote is not None and self.quote == self.delimiter:
             raise ValueError(f"quote and delimiter must differ, both are {_show(self.quote)}")
         return self

@@ -10,7 +10,7 @@ Every format goes through the same two paths:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -20,7 +20,7 @@ import pyarrow.json as pajson
 
 from pipeline.errors import InputError
 from pipeline.input.plan import Chunk, ReadSpec
-from pipeline.input.split import line_at, line_numbers, record_spans
+from pipeline.input.split import JSON_LINES, Dialect, Scanner, count_line_ends, line_at, line_numbers, record_spans
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
 
@@ -45,6 +45,7 @@ class Block:
     bad: list[BadRow]
     rows_read: int
     locate: Callable[[np.ndarray], list[tuple[int | None, int | None, str | None]]] = field(repr=False)
+    skipped: int = 0       # comment lines left out (csv.comment)
 
 
 # --------------------------------------------------------------------------- parsing a block
@@ -107,14 +108,16 @@ def _reason(exc: Exception, names: list[str]) -> str:
 
 
 def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, base_offset: int,
-                first_line, quote: bytes | None, max_record: int, names: list[str],
+                first_line, dialect: Dialect, max_record: int, names: list[str],
                 check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table]) -> Block:
     """Parse ``data`` (whole records) into a Block; see the module docstring for the two paths.
 
-    ``first_line`` is the line number of the first byte, or a function that counts it: it is
-    needed only to name the lines of bad rows.
+    The records come from the state machine of ``split`` (the parser's quoting rule): the parse
+    must give exactly one row per record, else the block takes the slow path, so that a parse that
+    stops early (an unterminated quote) is a bad row, never a silent shortfall. Comment lines are
+    taken out before parsing and counted in ``Block.skipped``. ``first_line`` is the line number of
+    the first byte, or a function that counts it: it is needed only to name the lines of bad rows.
     """
-    spans: list[tuple[np.ndarray, np.ndarray]] = []
     if callable(first_line):
         counted: list[int] = []
         count = first_line
@@ -127,44 +130,50 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
         def line_base(value=first_line) -> int:
             return value
 
-    def all_spans() -> tuple[np.ndarray, np.ndarray]:
-        if not spans:
-            spans.append(record_spans(data, quote))
-        return spans[0]
+    original = data
+    recs = record_spans(data, dialect)
+    skipped = len(recs.comments)
+    to_source = None
+    if skipped:
+        data, to_source = _without(data, recs.comments)
+        recs = record_spans(data, replace(dialect, comment=None))
+    starts, ends = recs.starts, recs.ends
+
+    def source(offsets: np.ndarray) -> np.ndarray:
+        return to_source(offsets) if to_source is not None else offsets
+
+    def lines_of(records: np.ndarray) -> np.ndarray:
+        return line_numbers(original, source(starts[records]), line_base(), dialect.cr)
 
     def raw_of(s: int, e: int) -> str:
         return data[s:e].rstrip(b"\r\n").decode("utf-8", errors="replace")
 
-    try:
-        table = parse(data)
-        if check_lengths and len(data) > max_record and _longest_value(table) > max_record:
-            raise _TooLong()
-        table = to_schema(table)
-        starts_cache: list[np.ndarray] = []
+    def where(rows: np.ndarray, records: np.ndarray):
+        lines = lines_of(records)
+        offsets = source(starts[records])
+        return [(int(ln), base_offset + int(o), raw_of(int(starts[r]), int(ends[r])))
+                for ln, o, r in zip(lines, offsets, records)]
 
-        def locate(rows: np.ndarray):
-            if not starts_cache:
-                st, en = all_spans()
-                starts_cache.append(st)
-                starts_cache.append(en)
-            st, en = starts_cache
-            if len(st) != table.num_rows:
-                return [(None, None, None)] * len(rows)
-            lines = line_numbers(data, st[rows], line_base())
-            return [(int(ln), base_offset + int(st[r]), raw_of(int(st[r]), int(en[r]))) for ln, r in zip(lines, rows)]
+    open_record = len(starts) - 1 if recs.unterminated else -1
+    if open_record < 0:
+        try:
+            table = parse(data)
+            if table.num_rows != len(starts):
+                raise pa.ArrowInvalid(f"expected {len(starts)} records, parsed {table.num_rows}")
+            if check_lengths and len(data) > max_record and _longest_value(table) > max_record:
+                raise _TooLong()
+            table = to_schema(table)
+            return Block(table, [], table.num_rows, lambda rows: where(rows, rows), skipped)
+        except (pa.ArrowInvalid, _TooLong):
+            pass
 
-        return Block(table, [], table.num_rows, locate)
-    except (pa.ArrowInvalid, _TooLong):
-        pass
-
-    starts, ends = all_spans()
-    lines = line_numbers(data, starts, line_base())
     bad: list[BadRow] = []
     good_pieces: list[tuple[int, pa.Table]] = []
     good_index: list[np.ndarray] = []
+    bad_lines = lines_of(np.arange(len(starts)))
 
     def bad_row(i: int, reason: str) -> None:
-        bad.append(BadRow(file, int(lines[i]), base_offset + int(starts[i]), "read", reason,
+        bad.append(BadRow(file, int(bad_lines[i]), base_offset + int(source(starts[i:i + 1])[0]), "read", reason,
                           raw_of(int(starts[i]), int(ends[i]))[:max_record]))
 
     def bisect(i: int, j: int) -> None:
@@ -185,25 +194,39 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
             bisect(m, j)
 
     lengths = ends - starts
-    too_long = np.flatnonzero(lengths > max_record)
+    special = {int(i): f"record of {int(lengths[i])} bytes is longer than input.max_record_bytes "
+                       f"({max_record}); an unterminated quote?" for i in np.flatnonzero(lengths > max_record)}
+    if open_record >= 0:
+        special[open_record] = (f"unterminated quote: a quoted field opened on this line is never closed "
+                                f"({int(lengths[open_record])} bytes to the end of the data)")
     prev = 0
-    for i in list(too_long) + [len(starts)]:
-        bisect(prev, int(i))
+    for i in sorted(special) + [len(starts)]:
+        bisect(prev, i)
         if i < len(starts):
-            bad_row(int(i), f"record of {int(lengths[i])} bytes is longer than input.max_record_bytes "
-                            f"({max_record}); an unterminated quote?")
-        prev = int(i) + 1
+            bad_row(i, special[i])
+        prev = i + 1
     bad.sort(key=lambda b: b.offset or 0)
     tables = [to_schema(t) for _, t in sorted(good_pieces, key=lambda p: p[0])]
     table = pa.concat_tables(tables) if tables else to_schema(parse(b""))
     index = np.concatenate(good_index) if good_index else np.zeros(0, dtype=np.int64)
     index.sort()
+    return Block(table, bad, len(starts), lambda rows: where(rows, index[rows]), skipped)
 
-    def locate_slow(rows: np.ndarray):
-        recs = index[rows]
-        return [(int(lines[r]), base_offset + int(starts[r]), raw_of(int(starts[r]), int(ends[r]))) for r in recs]
 
-    return Block(table, bad, len(starts), locate_slow)
+def _without(data: bytes, spans: np.ndarray) -> tuple[bytes, Callable[[np.ndarray], np.ndarray]]:
+    """``data`` without the byte ranges ``spans``, and a map from new offsets to offsets in ``data``."""
+    keep_starts = np.concatenate(([0], spans[:, 1]))
+    keep_ends = np.concatenate((spans[:, 0], [len(data)]))
+    ok = keep_ends > keep_starts
+    keep_starts, keep_ends = keep_starts[ok], keep_ends[ok]
+    out = b"".join(data[int(a):int(b)] for a, b in zip(keep_starts, keep_ends))
+    new_starts = np.concatenate(([0], np.cumsum(keep_ends - keep_starts)[:-1])) if len(keep_starts) else keep_starts
+
+    def to_source(offsets: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(new_starts, offsets, side="right") - 1
+        return keep_starts[k] + (offsets - new_starts[k])
+
+    return out, to_source
 
 
 class _TooLong(Exception):
@@ -243,6 +266,13 @@ def conform(schema: pa.Schema) -> Callable[[pa.Table], pa.Table]:
 # --------------------------------------------------------------------------- chunks -> blocks
 
 
+def dialect_of(chunk: Chunk, spec: ReadSpec) -> Dialect:
+    """The record rule of a chunk's file: JSON Lines end at LF; delimited text by the quoting rule."""
+    if chunk.file.format == "jsonl":
+        return JSON_LINES
+    return Dialect.csv(chunk.delimiter, spec.quote, spec.comment, spec.encoding)
+
+
 def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     """The blocks of a chunk, in order. Uncompressed text: one block; streams: bounded blocks."""
     f = chunk.file
@@ -251,18 +281,20 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         return
     if f.format == "jsonl":
         parse = _json_parser(spec)
-        quote = None
         names = spec.schema.names
     else:
         parse = _csv_parser(chunk, spec)
-        quote = spec.quote.encode() if spec.quote else None
         names = list(chunk.columns)
+    dialect = dialect_of(chunk, spec)
     to_schema = conform(spec.schema)
 
+    before = [chunk.lines_skipped]   # comment lines before the header: counted with the first block
+
     def block(data: bytes, offset: int, line: int, quotes: int, final: bool) -> Block:
-        result = parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, quote=quote,
+        result = parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, dialect=dialect,
                              max_record=spec.max_record_bytes, names=names,
                              check_lengths=quotes != 0, to_schema=to_schema)
+        result.skipped += before.pop() if before else 0
         if f.format == "jsonl" and final and result.bad and data and not data.endswith(b"\n"):
             last = result.bad[-1]
             if last.offset == offset + data.rfind(b"\n") + 1:
@@ -280,12 +312,13 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         if len(data) != chunk.end - chunk.start:
             raise InputError(f"{f.path}: file changed while reading (expected {chunk.end - chunk.start} bytes "
                              f"at offset {chunk.start}, got {len(data)})", file=f.path)
-        first = chunk.first_line or (lambda: line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path)))
+        first = chunk.first_line or (lambda: line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path),
+                                                     cr=dialect.cr))
         yield block(data, chunk.start, first, chunk.quotes, chunk.end == f.size)
         return
 
     previous = None
-    for piece in stream_blocks(chunk, spec, quote):
+    for piece in stream_blocks(chunk, spec, dialect):
         if previous is not None:
             yield block(*previous, -1, False)
         previous = piece
@@ -293,19 +326,13 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         yield block(*previous, -1, True)
 
 
-def last_boundary(data: bytes, quote: bytes | None) -> int:
-    """Offset just after the last newline that ends a record (0 if none)."""
-    if quote is None or quote not in data:
-        return data.rfind(b"\n") + 1
-    starts, ends = record_spans(data, quote)
-    complete = ends[(ends > 0) & (ends <= len(data))]
-    for e in complete[::-1]:
-        if data[int(e) - 1] == 0x0A:
-            return int(e)
-    return 0
+def last_boundary(data: bytes, dialect: Dialect) -> int:
+    """Offset just after the last record or comment line that ends inside ``data`` (0 if none)."""
+    scan = Scanner(dialect).feed(data, final=False)
+    return int(scan.breaks[-1]) if len(scan.breaks) else 0
 
 
-def stream_blocks(chunk: Chunk, spec: ReadSpec, quote: bytes | None) -> Iterator[tuple[bytes, int, int]]:
+def stream_blocks(chunk: Chunk, spec: ReadSpec, dialect: Dialect) -> Iterator[tuple[bytes, int, int]]:
     """Decompress a file as a stream and cut it into blocks of about ``block_bytes`` whole records.
 
     Never holds more than about two blocks of the decompressed file in memory.
@@ -323,7 +350,7 @@ def stream_blocks(chunk: Chunk, spec: ReadSpec, quote: bytes | None) -> Iterator
                 pending += piece
                 if len(pending) < spec.block_bytes:
                     continue
-                cut = last_boundary(pending, quote)
+                cut = last_boundary(pending, dialect)
                 if cut == 0:
                     if len(pending) > spec.max_record_bytes + spec.block_bytes:
                         raise InputError(
@@ -336,7 +363,7 @@ def stream_blocks(chunk: Chunk, spec: ReadSpec, quote: bytes | None) -> Iterator
             if data:
                 yield data, offset, line
                 offset += len(data)
-                line += data.count(b"\n")
+                line += count_line_ends(data, 0, len(data), dialect.cr)
             if not piece:
                 return
 
@@ -406,16 +433,17 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
         for i in range(n):
             yield first + i + 1, None, ""
         return
-    quote = spec.quote.encode() if spec.quote and f.format != "jsonl" else None
+    dialect = dialect_of(chunk, spec)
     if chunk.end >= 0 and not f.compression:
         with open_input(f.path) as fh:
             fh.seek(chunk.start)
             blocks = [(fh.read(chunk.end - chunk.start), chunk.start,
-                       chunk.first_line or line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path)))]
+                       chunk.first_line or line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path),
+                                                   cr=dialect.cr))]
     else:
-        blocks = stream_blocks(chunk, spec, quote)
+        blocks = stream_blocks(chunk, spec, dialect)
     for data, offset, line in blocks:
-        starts, ends = record_spans(data, quote)
-        lines = line_numbers(data, starts, line)
-        for s, e, ln in zip(starts, ends, lines):
+        recs = record_spans(data, dialect)
+        lines = line_numbers(data, recs.starts, line, dialect.cr)
+        for s, e, ln in zip(recs.starts, recs.ends, lines):
             yield int(ln), offset + int(s), data[int(s):int(e)].rstrip(b"\r\n").decode("utf-8", errors="replace")
