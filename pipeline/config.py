@@ -265,6 +265,8 @@ class CsvOptions(_Model):
             return "\t"
         if not isinstance(value, str) or len(value) != 1 or value in "\r\n":
             raise ValueError(f'expected exactly one character (use "\\t" for a tab), got {_show(value)}')
+        if not value.isascii():
+            raise ValueError(f"expected an ASCII character (the CSV parser splits on one byte), got {_show(value)}")
         return value
 
     @field_validator("quote", mode="before")
@@ -272,6 +274,8 @@ class CsvOptions(_Model):
     def _quote(cls, value: Any) -> Any:
         if value is not None and (not isinstance(value, str) or len(value) != 1 or value in "\r\n"):
             raise ValueError(f"expected one character, or null for no quoting, got {_show(value)}")
+        if value is not None and not value.isascii():
+            raise ValueError(f"expected an ASCII character (the CSV parser reads it as one byte), got {_show(value)}")
         return value
 
     @field_validator("comment")
@@ -290,6 +294,14 @@ class CsvOptions(_Model):
             raise ValueError(
                 f"unknown encoding {_show(value)}; expected a name such as utf-8, latin-1 or cp1252"
             ) from None
+        sample = ',;|\t"\'\r\n#abc'
+        try:
+            compatible = sample.encode(value) == sample.encode("ascii")
+        except (UnicodeError, LookupError):
+            compatible = False
+        if not compatible:
+            raise ValueError(f"encoding {_show(value)} does not keep ASCII bytes as they are (records are found "
+                             f"byte by byte); convert the files to UTF-8 first")
         return value
 
     @field_validator("column_names")
@@ -318,7 +330,7 @@ def _check_unique(names: Sequence[str]) -> None:
 
 class InputConfig(_Model):
     paths: StrTuple
-    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = "auto"
+    format: Literal["csv", "tsv", "jsonl", "json", "parquet", "auto"] = "auto"
     csv: Annotated[CsvOptions, _EmptyIsDefault] = Field(default_factory=CsvOptions)
     schema_: Annotated[dict[str, TypeName], _EmptyIsDefault] = Field(default_factory=dict, alias="schema")
     chunk_bytes: ByteSize | None = None   # None: about total/(workers*4), between 4 MiB and 64 MiB
@@ -327,6 +339,7 @@ class InputConfig(_Model):
     max_decompressed_bytes: ByteSize | None = None
     follow_symlinks: bool = False
     allow_missing_columns: bool = False
+    hive_partitioning: bool = True   # key=value folders below a glob's wildcards become columns
     incremental: bool = False    # process only files that are new or changed since the last successful run
 
     @model_validator(mode="before")

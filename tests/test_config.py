@@ -536,7 +536,7 @@ def test_not_utf8(tmp_path):
             "name: job\ninput: {paths: a, format: xlsx}\noutput: {path: out}\n",
             "input.format",
             2,
-            ["expected one of csv, tsv, jsonl, parquet or auto"],
+            ["expected one of csv, tsv, jsonl, json, parquet or auto"],
         ),
         (
             "name: job\ninput: {paths: a}\noutput: {path: out}\nrun:\n  workers: many\n",

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from pipeline.input import infer
+from pipeline.input import infer, json_array
 from pipeline.input.discover import InputFile, discover
 from pipeline.errors import ConfigError, InputError
 from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
@@ -287,6 +287,18 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
     return {name: table.schema.field(name).type for name in table.column_names}
 
 
+def _sample_json_array_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str, pa.DataType]:
+    """Types from the first elements of a JSON array, read as the JSON Lines they are equivalent to."""
+    text = head.decode("utf-8", errors="replace")
+    lines, size = [], 0
+    for _, element in json_array.elements(text, f.path, partial=not whole):
+        lines.append(element)
+        size += len(element) + 1
+        if size >= job.input.sample_bytes:
+            break
+    return _sample_json_types(f, ("\n".join(lines) + "\n").encode(), True, job) if lines else {}
+
+
 def chunk_size(job, files: list[InputFile], workers: int) -> int:
     """``input.chunk_bytes``, or by default about four chunks per worker, between 4 and 64 MiB.
 
@@ -341,7 +353,7 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
     decided by an earlier run, so that new parts match the output they join.
     """
     files = discover(job.input.paths, job.input.format, follow_symlinks=job.input.follow_symlinks,
-                     line_of=job.line_of)
+                     line_of=job.line_of, hive=job.input.hive_partitioning)
     discovered = files
     if select is not None:
         files = select(files)
@@ -362,9 +374,13 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
                 # Types come from the first SAMPLE_FILES files of a format (and from any file that
                 # brings new columns): with thousands of small files, sampling each would dominate.
                 sample = sampled.get(f.format, 0) < SAMPLE_FILES
-                limit = max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT) if sample or f.format == "jsonl" else HEAD_LIMIT
+                limit = (max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT)
+                         if sample or f.format in ("jsonl", "json") else HEAD_LIMIT)
                 head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
-                if f.format == "jsonl":
+                if f.format == "json":
+                    per_file[f.path] = _sample_json_array_types(f, head, whole, job) if sample else {}
+                    fchunks = [Chunk(chunk_id(f, 0, -1), f, 0, 0, -1)]
+                elif f.format == "jsonl":
                     start = len(BOM) if head.startswith(BOM) else 0
                     per_file[f.path] = _sample_json_types(f, head[start:], whole, job) if sample else {}
                     fchunks = _text_chunks(f, job, "\n", (), start, 1, chunk_bytes)
@@ -388,7 +404,7 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
         file_order[f.path] = tuple(per_file[f.path])
         chunks.extend(fchunks)
 
-    schema, inferred = _unify(files, per_file, file_order, job, pinned or {})
+    schema, inferred = _unify(files, per_file, file_order, job, pinned or {}, _partition_types(files, per_file))
     spec = ReadSpec(
         schema=schema,
         delimiter=job.input.csv.delimiter,
@@ -404,7 +420,20 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
     return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered)
 
 
-def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[str, str]]:
+def _partition_types(files: list[InputFile], per_file) -> dict[str, pa.DataType]:
+    """The type of every hive partition column, from all its folder values (the files' own columns win
+    nothing: a name that is both a column and a partition folder is refused)."""
+    values: dict[str, list[str | None]] = {}
+    for f in files:
+        for key, value in f.partitions:
+            if key in per_file[f.path]:
+                raise InputError(f"{f.path}: {key!r} is both a column of the file and a partition folder "
+                                 f"({key}=...); rename one, or set input.hive_partitioning: false", file=f.path)
+            values.setdefault(key, []).append(value)
+    return {k: infer.infer_column(pa.array(v, pa.string())) for k, v in values.items()}
+
+
+def _unify(files, per_file, file_order, job, pinned, partitions=None) -> tuple[pa.Schema, dict[str, str]]:
     order: list[str] = []
     types: dict[str, pa.DataType] = {}
     for f in files:
@@ -414,7 +443,10 @@ def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[st
                 types[name] = per_file[f.path][name]
             else:
                 types[name] = infer.unify(types[name], per_file[f.path][name])
-    text_files = [f for f in files if f.format != "jsonl"]
+    for name, dtype in (partitions or {}).items():   # after the files' columns, as pyarrow and DuckDB put them
+        order.append(name)
+        types[name] = dtype
+    text_files = [f for f in files if f.format not in ("jsonl", "json")]
     if not job.input.allow_missing_columns and len(text_files) > 1:
         first = text_files[0]
         base = set(file_order[first.path])
@@ -434,7 +466,7 @@ def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[st
                     file=f.path)
     inferred = {}
     user = job.input.types
-    json_only = bool(files) and all(f.format == "jsonl" for f in files)
+    json_only = bool(files) and all(f.format in ("jsonl", "json") for f in files)
     for name, dtype in user.items():
         if name not in types and json_only:
             # a JSON key the sample did not meet: the schema names it, so read it
@@ -456,6 +488,9 @@ def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[st
         elif name in pinned:
             dtype = pinned[name]
             inferred[name] = "earlier run"
+        elif name in (partitions or {}):
+            dtype = infer.nullable_to_string(types[name])
+            inferred[name] = "partition folders"
         else:
             dtype = infer.nullable_to_string(types[name])
             inferred[name] = "inferred"

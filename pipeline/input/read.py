@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from pipeline.errors import InputError
+from pipeline.input import json_array
 from pipeline.input.plan import Chunk, ReadSpec
 from pipeline.input.split import JSON_LINES, Dialect, Scanner, count_line_ends, line_at, line_numbers, record_spans
 from pipeline.input.storage import open_input, parquet_file
@@ -91,8 +92,14 @@ _CSV_COLUMN = re.compile(r"^In CSV column #(\d+): (?:Row #\d+: )?CSV conversion 
 _CSV_PARSE = re.compile(r"^CSV parse error: (?:Row #\d+: )?(Expected \d+ columns, got \d+)", re.S)
 
 
-def _reason(exc: Exception, names: list[str]) -> str:
+def _reason(exc: Exception, names: list[str], record: bytes = b"") -> str:
     msg = str(exc).strip()
+    if msg.startswith("JSON parse error: unexpected field") and record:
+        late = _unknown_keys(record, names)
+        if late:
+            return (f"key {late[0]!r} is not in the input schema: the type sample (input.sample_bytes of the first "
+                    f"files) did not meet it; declare it under input.schema (for example {late[0]}: string) "
+                    f"or raise input.sample_bytes")
     m = _CSV_COLUMN.match(msg)
     if m:
         i = int(m.group(1))
@@ -109,7 +116,8 @@ def _reason(exc: Exception, names: list[str]) -> str:
 
 def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, base_offset: int,
                 first_line, dialect: Dialect, max_record: int, names: list[str],
-                check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table]) -> Block:
+                check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table],
+                record_lines: np.ndarray | None = None) -> Block:
     """Parse ``data`` (whole records) into a Block; see the module docstring for the two paths.
 
     The records come from the state machine of ``split`` (the parser's quoting rule): the parse
@@ -117,6 +125,8 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
     stops early (an unterminated quote) is a bad row, never a silent shortfall. Comment lines are
     taken out before parsing and counted in ``Block.skipped``. ``first_line`` is the line number of
     the first byte, or a function that counts it: it is needed only to name the lines of bad rows.
+    ``record_lines`` gives each record's line directly (a JSON array turned into JSON Lines); byte
+    offsets are then not reported.
     """
     if callable(first_line):
         counted: list[int] = []
@@ -143,16 +153,19 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
         return to_source(offsets) if to_source is not None else offsets
 
     def lines_of(records: np.ndarray) -> np.ndarray:
+        if record_lines is not None:
+            return record_lines[records]
         return line_numbers(original, source(starts[records]), line_base(), dialect.cr)
+
+    def offset_of(record: int) -> int | None:
+        return None if record_lines is not None else base_offset + int(source(starts[record:record + 1])[0])
 
     def raw_of(s: int, e: int) -> str:
         return data[s:e].rstrip(b"\r\n").decode("utf-8", errors="replace")
 
     def where(rows: np.ndarray, records: np.ndarray):
-        lines = lines_of(records)
-        offsets = source(starts[records])
-        return [(int(ln), base_offset + int(o), raw_of(int(starts[r]), int(ends[r])))
-                for ln, o, r in zip(lines, offsets, records)]
+        return [(int(ln), offset_of(int(r)), raw_of(int(starts[r]), int(ends[r])))
+                for ln, r in zip(lines_of(records), records)]
 
     open_record = len(starts) - 1 if recs.unterminated else -1
     if open_record < 0:
@@ -173,7 +186,7 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
     bad_lines = lines_of(np.arange(len(starts)))
 
     def bad_row(i: int, reason: str) -> None:
-        bad.append(BadRow(file, int(bad_lines[i]), base_offset + int(source(starts[i:i + 1])[0]), "read", reason,
+        bad.append(BadRow(file, int(bad_lines[i]), offset_of(i), "read", reason,
                           raw_of(int(starts[i]), int(ends[i]))[:max_record]))
 
     def bisect(i: int, j: int) -> None:
@@ -187,7 +200,7 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
             good_index.append(np.arange(i, j))
         except pa.ArrowInvalid as exc:
             if j - i == 1:
-                bad_row(i, _reason(exc, names))
+                bad_row(i, _reason(exc, names, data[int(starts[i]):int(ends[i])]))
                 return
             m = (i + j) // 2
             bisect(i, m)
@@ -205,7 +218,7 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
         if i < len(starts):
             bad_row(i, special[i])
         prev = i + 1
-    bad.sort(key=lambda b: b.offset or 0)
+    bad.sort(key=lambda b: (b.line or 0, b.offset or 0))
     tables = [to_schema(t) for _, t in sorted(good_pieces, key=lambda p: p[0])]
     table = pa.concat_tables(tables) if tables else to_schema(parse(b""))
     index = np.concatenate(good_index) if good_index else np.zeros(0, dtype=np.int64)
@@ -229,6 +242,16 @@ def _without(data: bytes, spans: np.ndarray) -> tuple[bytes, Callable[[np.ndarra
     return out, to_source
 
 
+def _unknown_keys(record: bytes, names: list[str]) -> list[str]:
+    import json
+
+    try:
+        value = json.loads(record)
+    except ValueError:
+        return []
+    return [k for k in value if k not in names] if isinstance(value, dict) else []
+
+
 class _TooLong(Exception):
     pass
 
@@ -242,6 +265,28 @@ def _longest_value(table: pa.Table) -> int:
             m = pc.max(pc.binary_length(col)).as_py()
             longest = max(longest, m or 0)
     return longest
+
+
+def with_partitions(f, schema: pa.Schema, to_schema: Callable[[pa.Table], pa.Table]) -> Callable[[pa.Table], pa.Table]:
+    """``to_schema``, then the file's hive partition values (``key=value`` folders) in their columns."""
+    if not f.partitions:
+        return to_schema
+    values = []
+    for key, value in f.partitions:
+        fld = schema.field(key)
+        try:
+            values.append((schema.get_field_index(key), fld, pa.array([value], pa.string()).cast(fld.type)[0]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(f"{f.path}: partition folder {key}={value} does not fit the column type {fld.type}: "
+                             f"{exc}", file=f.path) from exc
+
+    def fill(table: pa.Table) -> pa.Table:
+        table = to_schema(table)
+        for i, fld, scalar in values:
+            table = table.set_column(i, fld, pa.repeat(scalar, table.num_rows))
+        return table
+
+    return fill
 
 
 def conform(schema: pa.Schema) -> Callable[[pa.Table], pa.Table]:
@@ -268,7 +313,7 @@ def conform(schema: pa.Schema) -> Callable[[pa.Table], pa.Table]:
 
 def dialect_of(chunk: Chunk, spec: ReadSpec) -> Dialect:
     """The record rule of a chunk's file: JSON Lines end at LF; delimited text by the quoting rule."""
-    if chunk.file.format == "jsonl":
+    if chunk.file.format in ("jsonl", "json"):
         return JSON_LINES
     return Dialect.csv(chunk.delimiter, spec.quote, spec.comment, spec.encoding)
 
@@ -279,6 +324,9 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     if f.format == "parquet":
         yield from _read_parquet(chunk, spec)
         return
+    if f.format == "json":
+        yield from _read_json_array(chunk, spec)
+        return
     if f.format == "jsonl":
         parse = _json_parser(spec)
         names = spec.schema.names
@@ -286,7 +334,7 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         parse = _csv_parser(chunk, spec)
         names = list(chunk.columns)
     dialect = dialect_of(chunk, spec)
-    to_schema = conform(spec.schema)
+    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
 
     before = [chunk.lines_skipped]   # comment lines before the header: counted with the first block
 
@@ -368,6 +416,46 @@ def stream_blocks(chunk: Chunk, spec: ReadSpec, dialect: Dialect) -> Iterator[tu
                 return
 
 
+def read_json_array_text(f, spec: ReadSpec) -> str:
+    """The text of a JSON array file, refused above ``json_array.MAX_BYTES``."""
+    limit = json_array.MAX_BYTES
+    with open_decompressed(f.path, f.compression, spec.max_decompressed_bytes) as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{f.path}: a JSON array file is read whole, and this one is larger than "
+                         f"{limit >> 20} MiB; convert it to JSON Lines (one object per line)", file=f.path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{f.path} line {line}: not valid UTF-8 JSON: {exc.reason}", file=f.path, line=line) from exc
+
+
+def _read_json_array(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
+    f = chunk.file
+    parse = _json_parser(spec)
+    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
+    lines: list[int] = []
+    pieces: list[str] = []
+    size = 0
+
+    def block() -> Block:
+        data = ("\n".join(pieces) + "\n").encode()
+        return parse_block(data, parse, file=f.path, base_offset=0, first_line=1, dialect=JSON_LINES,
+                           max_record=spec.max_record_bytes, names=spec.schema.names, check_lengths=False,
+                           to_schema=to_schema, record_lines=np.array(lines, dtype=np.int64))
+
+    for line, text in json_array.elements(read_json_array_text(f, spec), f.path):
+        lines.append(line)
+        pieces.append(text)
+        size += len(text) + 1
+        if size >= spec.block_bytes:
+            yield block()
+            lines, pieces, size = [], [], 0
+    if pieces:
+        yield block()
+
+
 def _read_parquet(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     f = chunk.file
     try:
@@ -377,7 +465,7 @@ def _read_parquet(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         table = pf.read_row_groups(list(chunk.row_groups), columns=present, use_threads=False)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{f.path}: cannot read Parquet row groups {chunk.row_groups}: {exc}", file=f.path) from exc
-    to_schema = conform(spec.schema)
+    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
     try:
         out = to_schema(table)
         good = None
@@ -432,6 +520,10 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
         n = sum(pf.metadata.row_group(i).num_rows for i in chunk.row_groups)
         for i in range(n):
             yield first + i + 1, None, ""
+        return
+    if f.format == "json":
+        for line, text in json_array.elements(read_json_array_text(f, spec), f.path):
+            yield line, None, text
         return
     dialect = dialect_of(chunk, spec)
     if chunk.end >= 0 and not f.compression:
