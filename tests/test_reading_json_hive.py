@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 import pyarrow.json as pajson
 import pytest
 
-from tests.conftest import basic_job, manifest_of, read_output, run_cli, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, write_job
 
 
 def _run(tmp_path, job, capsys, command="run"):
