@@ -218,69 +218,75 @@ QUICK_DEFAULTS = ((None, 1),)        # and the defaults as a user runs them
 def judge(rel: str, values_at=MATRIX, defaults_at=MATRIX) -> Verdict:
     ref = reference(rel)
     problems: list[str] = []
-    width = len(ref.header)
     if is_json(rel):
-        good, bad_count = ref.records, 0
+        good, bad = ref.records, []
     else:
-        good = [r for r in ref.records if len(r) == width]
-        bad_count = len(ref.records) - len(good)
+        good = [r for r in ref.records if len(r) == len(ref.header)]
+        bad = [r for r in ref.records if len(r) != len(ref.header)]
     agreed = "yes"
     outcomes = set()
+
+    def where(chunk, w) -> str:
+        return f"chunk {chunk or 'default'}, {w} worker{'s' if w > 1 else ''}"
+
+    # 1. values under quarantine: strings for delimited text (JSON keeps its types; pyarrow.json decides them)
     for chunk, w in values_at:
-            where = f"chunk {chunk or 'default'}, {w} worker{'s' if w > 1 else ''}"
-            # 1. values, under quarantine, as strings
-            # (JSON keeps its own types: pyarrow.json is the reference for them)
-            run = run_tool(rel, strings=not is_json(rel), policy="quarantine", chunk_bytes=chunk, workers=w,
-                           header=ref.header)
-            if "Traceback" in run.err or run.code not in (0, 65, 78):
-                problems.append(f"{where}: values run exit {run.code}: {run.err.strip()[-300:]}")
-                continue
-            if run.code != 0:
-                if not _names_the_problem(rel, run):
-                    problems.append(f"{where}: exit {run.code} without the file and line or key: {run.err.strip()}")
-                outcomes.add(_refusal(run))
-                agreed = "no (refused)"
-                continue
-            c = run.counts
-            if c["rows_read"] != c["rows_written"] + c["rows_filtered"] + c["rows_rejected"]:
-                problems.append(f"{where}: counts do not add up: {c}")
-            if is_json(rel):
-                got = _sorted([{k: r.get(k) for k in ref.header} for r in run.rows])
-                good = _sorted(good)
-                if got != good:
-                    problems.append(f"{where}: rows differ from pyarrow.json: {_first_diff(got, good)}")
-            else:
-                # parts are written as chunks finish: compare the rows in any order
-                got = _sorted([[r[n] for n in ref.header] for r in run.rows])
-                good = _sorted(good)
-                if got != good:
-                    problems.append(f"{where}: rows differ from the reference: {len(got)} vs {len(good)}; "
-                                    f"first difference {_first_diff(got, good)}")
-            if len(run.rejects) != bad_count or len(run.rows) + len(run.rejects) != len(ref.records):
-                problems.append(f"{where}: {len(run.rows)} written + {len(run.rejects)} rejected, the reference "
-                                f"has {len(ref.records)} records ({bad_count} of another width)")
-            whom = "pyarrow.json" if is_json(rel) else "Python csv"
-            agreed = (f"yes ({whom}, {len(ref.records)} records)" if not run.rejects else
-                      f"yes ({whom}): {len(run.rows)} written, {len(run.rejects)} of another width rejected")
+        run = run_tool(rel, strings=not is_json(rel), policy="quarantine", chunk_bytes=chunk, workers=w,
+                       header=ref.header)
+        if "Traceback" in run.err or run.code not in (0, 65, 78):
+            problems.append(f"{where(chunk, w)}: values run exit {run.code}: {run.err.strip()[-300:]}")
+            continue
+        if run.code != 0:
+            if not _names_the_problem(rel, run):
+                problems.append(f"{where(chunk, w)}: exit {run.code} without the file and line or key: "
+                                f"{run.err.strip()}")
+            outcomes.add(_refusal(run))
+            agreed = "no (refused)"
+            continue
+        c = run.counts
+        if c["rows_read"] != c["rows_written"] + c["rows_filtered"] + c["rows_rejected"]:
+            problems.append(f"{where(chunk, w)}: counts do not add up: {c}")
+        # parts are written as chunks finish: compare the rows in any order
+        if is_json(rel):
+            got = _sorted([{k: r.get(k) for k in ref.header} for r in run.rows])
+        else:
+            got = _sorted([[r[n] for n in ref.header] for r in run.rows])
+        if got != _sorted(good):
+            problems.append(f"{where(chunk, w)}: rows differ from the reference: {len(got)} vs {len(good)}; "
+                            f"first difference {_first_diff(got, _sorted(good))}")
+        rejected = _sorted([r for rej in run.rejects for r in _parse_raw(rel, rej["raw"])])
+        if rejected != _sorted(bad) or len(run.rejects) != len(bad):
+            problems.append(f"{where(chunk, w)}: {len(run.rejects)} rejected records, the reference has "
+                            f"{len(bad)} of another width; first difference {_first_diff(rejected, _sorted(bad))}")
+        whom = "pyarrow.json" if is_json(rel) else "Python csv"
+        agreed = (f"yes ({whom}, {len(ref.records)} records)" if not run.rejects else
+                  f"yes ({whom}): {len(run.rows)} written, {len(run.rejects)} of another width rejected")
+    # 2. the defaults as a user runs them: inferred types, fail on a bad row
     for chunk, w in defaults_at:
-            where = f"chunk {chunk or 'default'}, {w} worker{'s' if w > 1 else ''}"
-            # 2. the defaults (inferred types, fail on a bad row)
-            run = run_tool(rel, strings=False, policy="fail", chunk_bytes=chunk, workers=w)
-            if "Traceback" in run.err or run.code not in (0, 65, 78):
-                problems.append(f"{where}: default run exit {run.code}: {run.err.strip()[-300:]}")
-                continue
-            if run.code == 0:
-                if len(run.rows) != len(ref.records):
-                    problems.append(f"{where}: exit 0 with {len(run.rows)} rows; the reference has "
-                                    f"{len(ref.records)}")
-                outcomes.add(f"read, {len(run.rows)} rows")
-            else:
-                if not _names_the_problem(rel, run):
-                    problems.append(f"{where}: exit {run.code} without the file and line or key: {run.err.strip()}")
-                outcomes.add(_refusal(run))
+        run = run_tool(rel, strings=False, policy="fail", chunk_bytes=chunk, workers=w)
+        if "Traceback" in run.err or run.code not in (0, 65, 78):
+            problems.append(f"{where(chunk, w)}: default run exit {run.code}: {run.err.strip()[-300:]}")
+            continue
+        if run.code == 0:
+            if len(run.rows) != len(ref.records):
+                problems.append(f"{where(chunk, w)}: exit 0 with {len(run.rows)} rows; the reference has "
+                                f"{len(ref.records)}")
+            outcomes.add(f"read, {len(run.rows)} rows")
+        else:
+            if not _names_the_problem(rel, run):
+                problems.append(f"{where(chunk, w)}: exit {run.code} without the file and line or key: "
+                                f"{run.err.strip()}")
+            outcomes.add(_refusal(run))
     if len(outcomes) > 1:
         problems.append(f"outcomes differ between chunk sizes or worker counts: {sorted(outcomes)}")
     return Verdict(rel, " / ".join(sorted(outcomes)), agreed, problems)
+
+
+def _parse_raw(rel: str, raw: str) -> list[list[str]]:
+    """A rejected record's raw text, read by the reference with the file's dialect."""
+    o = options(rel)
+    return [r for r in csv.reader(io.StringIO(raw, newline=""), delimiter=o["delimiter"], quotechar=o["quote"] or '"',
+                                  quoting=csv.QUOTE_MINIMAL if o["quote"] else csv.QUOTE_NONE, strict=False) if r]
 
 
 def _names_the_problem(rel: str, run: Run) -> bool:

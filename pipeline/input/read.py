@@ -141,45 +141,68 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
             return value
 
     original = data
-    recs = record_spans(data, dialect)
-    skipped = len(recs.comments)
+    skipped = 0
     to_source = None
-    if skipped:
-        data, to_source = _without(data, recs.comments)
-        recs = record_spans(data, replace(dialect, comment=None))
-    starts, ends = recs.starts, recs.ends
+    index: list = []
+
+    def records():
+        """The state machine's records of ``data`` (comment lines taken out of ``data`` first)."""
+        nonlocal data, skipped, to_source
+        if not index:
+            recs = record_spans(data, dialect)
+            if len(recs.comments):
+                skipped = len(recs.comments)
+                data, to_source = _without(data, recs.comments)
+                recs = record_spans(data, replace(dialect, comment=None))
+            index.append(recs)
+        return index[0]
 
     def source(offsets: np.ndarray) -> np.ndarray:
         return to_source(offsets) if to_source is not None else offsets
 
-    def lines_of(records: np.ndarray) -> np.ndarray:
+    def lines_of(recs: np.ndarray) -> np.ndarray:
         if record_lines is not None:
-            return record_lines[records]
-        return line_numbers(original, source(starts[records]), line_base(), dialect.cr)
+            return record_lines[recs]
+        return line_numbers(original, source(records().starts[recs]), line_base(), dialect.cr)
 
     def offset_of(record: int) -> int | None:
-        return None if record_lines is not None else base_offset + int(source(starts[record:record + 1])[0])
+        return None if record_lines is not None else base_offset + int(source(records().starts[record:record + 1])[0])
 
     def raw_of(s: int, e: int) -> str:
         return data[s:e].rstrip(b"\r\n").decode("utf-8", errors="replace")
 
-    def where(rows: np.ndarray, records: np.ndarray):
-        return [(int(ln), offset_of(int(r)), raw_of(int(starts[r]), int(ends[r])))
-                for ln, r in zip(lines_of(records), records)]
+    def where(recs: np.ndarray):
+        st, en = records().starts, records().ends
+        return [(int(ln), offset_of(int(r)), raw_of(int(st[r]), int(en[r]))) for ln, r in zip(lines_of(recs), recs)]
 
-    open_record = len(starts) - 1 if recs.unterminated else -1
-    if open_record < 0:
+    # Without a quote character (``check_lengths`` off) records cannot merge in the parser: the
+    # record index is built only if a bad row needs it. Otherwise the parse must give one row per
+    # record of the state machine, and a quote left open at the end is a bad row.
+    eager = check_lengths or dialect.comment is not None
+    if eager:
+        records()
+    if not (eager and records().unterminated):
         try:
             table = parse(data)
-            if table.num_rows != len(starts):
-                raise pa.ArrowInvalid(f"expected {len(starts)} records, parsed {table.num_rows}")
+            if eager and table.num_rows != len(records().starts):
+                raise pa.ArrowInvalid(f"expected {len(records().starts)} records, parsed {table.num_rows}")
             if check_lengths and len(data) > max_record and _longest_value(table) > max_record:
                 raise _TooLong()
             table = to_schema(table)
-            return Block(table, [], table.num_rows, lambda rows: where(rows, rows), skipped)
+            rows = table.num_rows
+
+            def locate(recs: np.ndarray):
+                if len(records().starts) != rows:   # cannot happen when eager; a guard for the lazy index
+                    return [(None, None, None)] * len(recs)
+                return where(recs)
+
+            return Block(table, [], rows, locate, skipped)
         except (pa.ArrowInvalid, _TooLong):
             pass
 
+    recs = records()
+    starts, ends = recs.starts, recs.ends
+    open_record = len(starts) - 1 if recs.unterminated else -1
     bad: list[BadRow] = []
     good_pieces: list[tuple[int, pa.Table]] = []
     good_index: list[np.ndarray] = []
@@ -221,9 +244,9 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
     bad.sort(key=lambda b: (b.line or 0, b.offset or 0))
     tables = [to_schema(t) for _, t in sorted(good_pieces, key=lambda p: p[0])]
     table = pa.concat_tables(tables) if tables else to_schema(parse(b""))
-    index = np.concatenate(good_index) if good_index else np.zeros(0, dtype=np.int64)
-    index.sort()
-    return Block(table, bad, len(starts), lambda rows: where(rows, index[rows]), skipped)
+    kept = np.concatenate(good_index) if good_index else np.zeros(0, dtype=np.int64)
+    kept.sort()
+    return Block(table, bad, len(starts), lambda rows: where(kept[rows]), skipped)
 
 
 def _without(data: bytes, spans: np.ndarray) -> tuple[bytes, Callable[[np.ndarray], np.ndarray]]:
