@@ -300,7 +300,7 @@ def _sample_json_array_types(f: InputFile, head: bytes, whole: bool, job) -> dic
 
 
 def chunk_size(job, files: list[InputFile], workers: int) -> int:
-    """``input.chunk_bytes``, or by default about four chunks per worker, between 4 and 64 MiB.
+    """``input.chunk_bytes``, or by default about four chunks per worker, between MIN_AUTO_CHUNK and MAX_AUTO_CHUNK.
 
     Fewer, larger chunks cost less per chunk; more chunks keep every worker busy to the end.
     """
