@@ -174,7 +174,7 @@ def run_tool(rel: str, *, strings: bool, policy: str, chunk_bytes: str | None, w
             if strings:
                 inp["csv"]["null_values"] = []
         if strings and header:
-            inp["schema"] = {n: "string" for n in header}
+            inp["schema"] = dict.fromkeys(header, "string")
         if chunk_bytes:
             inp["chunk_bytes"] = chunk_bytes
         job = {"name": "corpus", "input": inp, "output": {"path": str(tmp_path / "out"), "mode": "overwrite"},

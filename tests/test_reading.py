@@ -25,7 +25,7 @@ def _python_csv(data: bytes) -> list[list[str]]:
 
 
 def _strings(header) -> dict:
-    return {"csv": {"null_values": []}, "schema": {n: "string" for n in header}}
+    return {"csv": {"null_values": []}, "schema": dict.fromkeys(header, "string")}
 
 
 # ------------------------------------------------------------------ no silent truncation (cases 1, 2)
@@ -38,10 +38,10 @@ def test_unterminated_quote_in_a_long_file_is_a_bad_row_never_success(tmp_path, 
     (tmp_path / "in.csv").write_bytes(data)
     reference = _python_csv(data)[1:]   # Python's csv (not strict) joins the rest into one field
     job = basic_job("in.csv", run={"workers": workers, "on_bad_rows": "fail"})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 65 and "in.csv line 4" in err and "unterminated quote" in err
     job["run"]["on_bad_rows"] = "quarantine"
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     counts = manifest_of(tmp_path / "out")["counts"]
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
@@ -59,14 +59,14 @@ def test_unterminated_quote_in_a_long_file_is_a_bad_row_never_success(tmp_path, 
 def test_small_unterminated_field_is_a_bad_row(tmp_path, capsys, data, line, chunk_bytes):
     (tmp_path / "in.csv").write_bytes(data)
     job = basic_job("in.csv", input={"chunk_bytes": chunk_bytes} if chunk_bytes else {})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 65 and f"in.csv line {line}: unterminated quote" in err
 
 
 def test_unterminated_quote_in_a_gzip_stream(tmp_path, capsys):
     import gzip
     (tmp_path / "in.csv.gz").write_bytes(gzip.compress(b'a,b\n1,2\n3,"x\n4,5\n'))
-    code, out, err = _run(tmp_path, basic_job("in.csv.gz"), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.csv.gz"), capsys)
     assert code == 65 and "line 3: unterminated quote" in err
 
 
@@ -88,7 +88,7 @@ def test_quotes_inside_unquoted_fields_give_the_same_rows_at_every_chunk_size(tm
     reference = pacsv.read_csv(pa.py_buffer(data), parse_options=pacsv.ParseOptions(newlines_in_values=True))
     assert reference.num_rows == 200
     job = basic_job("in.csv", input={"chunk_bytes": chunk_bytes} if chunk_bytes else {}, run={"workers": workers})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     got = read_output(tmp_path / "out").sort_by("id")
     assert got.to_pylist() == reference.sort_by("id").to_pylist()
@@ -100,7 +100,7 @@ def test_a_bad_row_takes_no_neighbour_with_it(tmp_path, capsys):
     (tmp_path / "in.csv").write_bytes(data)
     reference = [r for r in _python_csv(data)[1:] if len(r) == 2]
     job = basic_job("in.csv", input=_strings(["id", "note"]), run={"on_bad_rows": "quarantine"})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     assert [[r["id"], r["note"]] for r in read_output(tmp_path / "out").to_pylist()] == reference
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
@@ -111,7 +111,7 @@ def test_a_bad_row_takes_no_neighbour_with_it(tmp_path, capsys):
 def test_quote_in_the_header_name(tmp_path, capsys):
     data = b'id,name"\n1,a\n2,b"\n3,c\n'
     (tmp_path / "in.csv").write_bytes(data)
-    code, out, err = _run(tmp_path, basic_job("in.csv"), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.csv"), capsys)
     assert code == 0, err
     expected = pacsv.read_csv(pa.py_buffer(data))
     assert read_output(tmp_path / "out").to_pylist() == expected.to_pylist()
@@ -124,7 +124,7 @@ def test_a_header_longer_than_the_csv_module_field_limit_is_read(tmp_path, capsy
     names = [f"c{i}_" + "x" * 20 for i in range(7000)]   # about 170,000 characters
     data = (",".join(names) + "\n" + ",".join("1" for _ in names) + "\n").encode()
     (tmp_path / "in.csv").write_bytes(data)
-    code, out, err = _run(tmp_path, basic_job("in.csv"), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.csv"), capsys)
     assert code == 0, err
     assert read_output(tmp_path / "out").column_names == pacsv.read_csv(pa.py_buffer(data)).column_names
 
@@ -135,7 +135,7 @@ def test_a_header_that_never_ends_is_exit_65_with_a_message(tmp_path, capsys, co
     (tmp_path / "huge.csv").write_bytes(b"x" * (3 << 20))
     for name, words in (("open.csv", "opens a quote that is never closed"), ("huge.csv", "does not end within")):
         path = write_job(tmp_path, basic_job(name))
-        code, out, err = run_cli(command, path, *(["--no-progress"] if command == "run" else []), capsys=capsys)
+        code, _out, err = run_cli(command, path, *(["--no-progress"] if command == "run" else []), capsys=capsys)
         assert code == 65, (name, err)
         assert f"{name} line 1: the header {words}" in err and "Traceback" not in err
 
@@ -148,9 +148,9 @@ def _duckdb(path, **options) -> list[str]:
 @pytest.mark.parametrize("data", [b"a,b,\n1,2,3\n", b"a,a,b\n1,2,3\n", b"a,a,a_1,,\n1,2,3,4,5\n"])
 def test_empty_and_duplicate_names_are_refused_unless_renamed_as_duckdb_does(tmp_path, capsys, data):
     (tmp_path / "in.csv").write_bytes(data)
-    code, out, err = _run(tmp_path, basic_job("in.csv"), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.csv"), capsys)
     assert code == 65 and "in.csv line 1: the header has" in err and "csv.rename_duplicates" in err
-    code, out, err = _run(tmp_path, basic_job("in.csv", input={"csv": {"rename_duplicates": True}}), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.csv", input={"csv": {"rename_duplicates": True}}), capsys)
     assert code == 0, err
     got = read_output(tmp_path / "out")
     assert got.column_names == _duckdb(tmp_path / "in.csv")
@@ -162,7 +162,7 @@ def test_headerless_file_gets_duckdb_column_names(tmp_path, capsys, columns):
     row = ",".join("7" for _ in range(columns))
     data = f"{row}\n{row}\n".encode()   # the first row repeats values: no header
     (tmp_path / "in.csv").write_bytes(data)
-    code, out, err = _run(tmp_path, basic_job("in.csv", input={"csv": {"header": False}}), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.csv", input={"csv": {"header": False}}), capsys)
     assert code == 0, err
     got = read_output(tmp_path / "out")
     assert got.column_names == _duckdb(tmp_path / "in.csv", header="false")
@@ -191,9 +191,9 @@ def test_skip_rows_before_the_header(tmp_path, capsys):
     data = b'exported by tool\n"a junk line\nspanning two",x\nid,val\n1,a\n2,b\n'
     (tmp_path / "in.csv").write_bytes(data)
     job = basic_job("in.csv", input={"csv": {"skip_rows": 2}})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     expected = pd.read_csv(io.BytesIO(data), skiprows=2)
     pd.testing.assert_frame_equal(read_output(tmp_path / "out").to_pandas(), expected, check_dtype=False)
-    code, out, err = _run(tmp_path, basic_job("in.csv"), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.csv"), capsys)
     assert code == 65   # without the option the junk line is the header and rows are ragged

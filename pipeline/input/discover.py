@@ -16,6 +16,7 @@ COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd",
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 SNIFF_BYTES = 64 << 10
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"   # the folder of a null partition value (Hive, Spark, pyarrow)
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,6 @@ def hidden(parts: list[str]) -> bool:
 
 def hive_partitions(parts: list[str]) -> tuple[tuple[str, str | None], ...]:
     """(key, value) of every ``key=value`` folder; the writer's null folder gives None."""
-    from pipeline.output.write import NULL_PARTITION
-
     out = []
     for part in parts[:-1]:
         key, eq, value = part.partition("=")

@@ -10,7 +10,7 @@ and goes through the same JSON Lines parser as every other JSON input.
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 from pipeline.errors import InputError
 

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from pipeline.errors import ConfigError, InputError
 from pipeline.input import infer, json_array
 from pipeline.input.discover import InputFile, discover
-from pipeline.errors import ConfigError, InputError
 from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed

@@ -10,8 +10,8 @@ Every format goes through the same two paths:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -115,7 +115,7 @@ def _reason(exc: Exception, names: list[str], record: bytes = b"") -> str:
 
 
 def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, base_offset: int,
-                first_line, dialect: Dialect, max_record: int, names: list[str],
+                first_line: int | Callable[[], int], dialect: Dialect, max_record: int, names: list[str],
                 check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table],
                 record_lines: np.ndarray | None = None) -> Block:
     """Parse ``data`` (whole records) into a Block; see the module docstring for the two paths.
@@ -137,8 +137,10 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
                 counted.append(count())
             return counted[0]
     else:
-        def line_base(value=first_line) -> int:
-            return value
+        fixed = first_line
+
+        def line_base() -> int:
+            return fixed
 
     original = data
     skipped = 0
@@ -361,7 +363,7 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
 
     before = [chunk.lines_skipped]   # comment lines before the header: counted with the first block
 
-    def block(data: bytes, offset: int, line: int, quotes: int, final: bool) -> Block:
+    def block(data: bytes, offset: int, line: int | Callable[[], int], quotes: int, final: bool) -> Block:
         result = parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, dialect=dialect,
                              max_record=spec.max_record_bytes, names=names,
                              check_lengths=quotes != 0, to_schema=to_schema)
@@ -549,6 +551,7 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
             yield line, None, text
         return
     dialect = dialect_of(chunk, spec)
+    blocks: Iterable[tuple[bytes, int, int]]
     if chunk.end >= 0 and not f.compression:
         with open_input(f.path) as fh:
             fh.seek(chunk.start)

@@ -23,8 +23,9 @@ the line is skipped whole, quotes in it included.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import IO
 
 import numpy as np
 
@@ -182,12 +183,13 @@ class Scanner:
     def _next_comment(self, buf: bytes, pos: int, cut: int) -> int:
         """The first offset >= pos in ``buf[:cut]`` where a line starts with the comment prefix."""
         prefix = self.dialect.comment
+        assert prefix is not None
         i = pos
         while True:
             i = buf.find(prefix, i, cut)
             if i < 0:
                 return -1
-            if i == 0 and _is_eol(self.prev) or i > 0 and _is_eol(buf[i - 1]):
+            if (i == 0 and _is_eol(self.prev)) or (i > 0 and _is_eol(buf[i - 1])):
                 return i
             i += 1
 
@@ -198,7 +200,7 @@ class Scanner:
 
 
 def _is_eol(byte: int) -> bool:
-    return byte == LF or byte == CR
+    return byte in (LF, CR)
 
 
 @dataclass
@@ -221,7 +223,8 @@ def record_spans(data: bytes, dialect: Dialect) -> Records:
         is_comment = np.append(is_comment, sc.in_comment)
     starts = np.concatenate(([0], breaks[:-1])).astype(np.int64) if len(breaks) else _EMPTY
     ends = breaks.astype(np.int64)
-    comments = np.stack((starts[is_comment], ends[is_comment]), axis=1) if is_comment.any() else np.zeros((0, 2), np.int64)
+    comments = (np.stack((starts[is_comment], ends[is_comment]), axis=1) if is_comment.any()
+                else np.zeros((0, 2), np.int64))
     keep = ~is_comment
     starts, ends = starts[keep], ends[keep]
     if len(starts):
@@ -236,7 +239,7 @@ def record_spans(data: bytes, dialect: Dialect) -> Records:
     return Records(starts, ends, comments, sc.unterminated)
 
 
-def split_ranges(f: BinaryIO, start: int, end: int, chunk_bytes: int, dialect: Dialect,
+def split_ranges(f: IO[bytes], start: int, end: int, chunk_bytes: int, dialect: Dialect,
                  first_line: int = 1, count_lines: bool = True) -> Iterator[tuple[int, int, int, int]]:
     """Cut ``[start, end)`` of an open binary file into pieces of about ``chunk_bytes``.
 
