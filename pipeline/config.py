@@ -43,9 +43,12 @@ __all__ = [
     "ByteSize",
     "CsvOptions",
     "DaskConfig",
+    "DedupeConfig",
     "Duration",
+    "FinalizeConfig",
     "InputConfig",
     "Job",
+    "LookupConfig",
     "OutputConfig",
     "RunConfig",
     "StageSpec",
@@ -383,6 +386,84 @@ class OutputConfig(_Model):
         return self
 
 
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RESERVED_TABLES = ("chunk", "data")   # the tables sql stages and finalize see besides the lookups
+
+
+class LookupConfig(_Model):
+    """A small reference table visible to sql stages by its name (``lookups: {countries: {path: ...}}``)."""
+
+    path: str
+    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = "auto"
+    csv: Annotated[CsvOptions, _EmptyIsDefault] = Field(default_factory=CsvOptions)
+    schema_: Annotated[dict[str, TypeName], _EmptyIsDefault] = Field(default_factory=dict, alias="schema")
+    max_bytes: ByteSize = 64 * 1024**2   # of the file and of the table in memory (each worker holds a copy)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tsv_delimiter(cls, data: Any) -> Any:
+        return InputConfig._tsv_delimiter(data)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("expected the path of a file, got an empty string")
+        if any(c in value for c in "*?["):
+            raise ValueError(f"a lookup is one file, not a glob: {_show(value)}")
+        return _resolve(value, info)
+
+    def as_input(self) -> InputConfig:
+        """The lookup file as an input section, so that it is read as the job's inputs are."""
+        return InputConfig(paths=(self.path,), format=self.format, csv=self.csv,
+                           schema=dict(self.schema_), max_decompressed_bytes=self.max_bytes)
+
+
+def _check_lookups(value: dict) -> dict:
+    for name in value:
+        if not re.match(_IDENTIFIER, str(name)):
+            raise ValueError(f"lookup name {_show(name)} must be a plain SQL name (letters, digits, _)")
+        if str(name).lower() in RESERVED_TABLES:
+            raise ValueError(f"lookup name {_show(name)} is taken: sql stages see the chunk as 'chunk' and "
+                             f"finalize sees the output as 'data'")
+    return value
+
+
+class DedupeConfig(_Model):
+    keys: StrTuple                       # one row per distinct combination of these columns
+    keep_latest_by: str | None = None    # the row with the greatest value here is kept
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("expected at least one key column")
+        _check_unique(value)
+        return value
+
+
+def _sql_query(value: Any) -> Any:
+    from pipeline.stages.sql import check_query
+
+    return check_query(value)
+
+
+class FinalizeConfig(_Model):
+    """A step over the whole run's output before the publish (see docs/sql.md)."""
+
+    dedupe: DedupeConfig | None = None
+    sql: Annotated[str, AfterValidator(_sql_query)] | None = None
+    sort_by: StrTuple = ()
+    scope: Literal["run", "dataset"] = "run"
+
+    @model_validator(mode="after")
+    def _something(self) -> FinalizeConfig:
+        if self.dedupe is None and self.sql is None and not self.sort_by:
+            raise ValueError("expected sql, dedupe or sort_by (or remove finalize)")
+        _check_unique(self.sort_by)
+        return self
+
+
 class DaskConfig(_Model):
     address: str | None = None          # tcp://host:8786; else DASK_SCHEDULER_ADDRESS; else a LocalCluster
     connect_timeout: Duration = 30.0    # give up on an unreachable scheduler after this long (exit 1)
@@ -417,6 +498,7 @@ class RunConfig(_Model):
     state_dir: str | None = None
     metrics_file: str | None = None
     python_modules: Annotated[tuple[str, ...], BeforeValidator(_str_tuple)] = ()  # installed modules python stages may import
+    memory_limit: ByteSize = 1024**3   # DuckDB's budget: sql stages share it between workers, finalize has all of it
 
     @field_validator("state_dir", "metrics_file")
     @classmethod
@@ -449,7 +531,10 @@ _INTERNAL = ("config_path", "base_dir", "config_hash", "lines")
 class Job(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     input: InputConfig
+    lookups: Annotated[dict[str, LookupConfig], AfterValidator(_check_lookups), _EmptyIsDefault] = Field(
+        default_factory=dict)
     stages: tuple[StageSpec, ...] = ()
+    finalize: FinalizeConfig | None = None
     output: OutputConfig
     run: Annotated[RunConfig, _EmptyIsDefault] = Field(default_factory=RunConfig)
     params: Annotated[dict[str, str], BeforeValidator(_params), _EmptyIsDefault] = Field(default_factory=dict)
@@ -477,6 +562,8 @@ _MODEL_AT = {
     "output": OutputConfig,
     "run": RunConfig,
     "run.dask": DaskConfig,
+    "finalize": FinalizeConfig,
+    "finalize.dedupe": DedupeConfig,
 }
 
 
@@ -502,6 +589,10 @@ def _stage_data(stage: StageSpec) -> Any:
 
 def _config_hash(job: Job) -> str:
     data = job.model_dump(mode="json", by_alias=True, include={"name", "input", "output", "params"})
+    if job.lookups:   # only when present, so that the hash of a job without them stays what it was
+        data["lookups"] = {k: v.model_dump(mode="json", by_alias=True) for k, v in sorted(job.lookups.items())}
+    if job.finalize is not None:
+        data["finalize"] = job.finalize.model_dump(mode="json", by_alias=True)
     data["input"]["schema"] = dict(sorted(data["input"]["schema"].items()))
     data["params"] = dict(sorted(data["params"].items()))
     data["stages"] = [{s.name: _stage_data(s)} for s in job.stages]
@@ -514,7 +605,8 @@ def dump_config(job: Job) -> dict:
     """The validated job as plain data (JSON-serialisable), for the manifest."""
     data = job.model_dump(mode="json", by_alias=True, exclude={"lines", "base_dir", "stages"})
     data["stages"] = [{s.name: _stage_data(s)} for s in job.stages]
-    order = ["name", "input", "stages", "output", "run", "params", "config_path", "config_hash"]
+    order = ["name", "input", "lookups", "stages", "finalize", "output", "run", "params", "config_path",
+             "config_hash"]
     return {k: data[k] for k in order}
 
 

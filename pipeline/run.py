@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from pipeline.state.resume import JOURNAL, find_resumable, start_journal
 from pipeline.state.store import Seen, StateStore, fingerprint
 from pipeline.execution.local import LocalExecutor
 from pipeline.output.lock import JobLock
+from pipeline.input.lookups import fingerprints as lookup_fingerprints, lookup_tables, lookups_of
 from pipeline.input.plan import Plan, build_plan
 from pipeline.output.publish import (REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish,
                               read_manifest, recover)
@@ -121,8 +123,21 @@ class Report:
         return "\n".join(lines)
 
 
+def sql_memory(job: Job, workers: int | None = None) -> int:
+    """DuckDB's memory limit in each worker: run.memory_limit shared by the workers."""
+    return max(64 << 20, job.run.memory_limit // max(1, workers or job.run.workers))
+
+
+def lookups_key(job: Job) -> tuple:
+    return tuple(f["fingerprint"] for f in lookup_fingerprints(lookups_of(job)))
+
+
 def stage_context(job: Job, chunk: str = "") -> StageContext:
-    return StageContext(base_dir=job.base_dir, chunk=chunk, allowed_modules=tuple(job.run.python_modules))
+    lookups = lookups_of(job)
+    key = lookups_key(job) if lookups else ()
+    return StageContext(base_dir=job.base_dir, chunk=chunk, allowed_modules=tuple(job.run.python_modules),
+                        memory_bytes=sql_memory(job), lookups_key=key,
+                        load_lookups=functools.partial(lookup_tables, lookups, key))
 
 
 def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
@@ -170,6 +185,9 @@ def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
         on_bad_rows=job.run.on_bad_rows,
         spool=spool,
         allowed_modules=tuple(job.run.python_modules),
+        memory_bytes=sql_memory(job, plan.workers),
+        lookups=lookups_of(job),
+        lookups_key=lookups_key(job) if job.lookups else (),
     )
 
 
@@ -234,6 +252,12 @@ def transform_hash(job: Job) -> str:
     data = {"schema": config["input"].get("schema"), "csv": config["input"].get("csv"),
             "format": config["input"].get("format"), "stages": config["stages"],
             "partition_by": config["output"].get("partition_by")}
+    # only when present, so that the hash of a job without them stays what it was
+    if job.lookups:
+        data["lookups"] = [{"name": f["name"], "fingerprint": f["fingerprint"]}
+                           for f in lookup_fingerprints(lookups_of(job))]
+    if job.finalize is not None:
+        data["finalize"] = config["finalize"]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -508,6 +532,7 @@ def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: lis
         "partition_by": list(job.output.partition_by),
         "schema": schema_dict(schema),
         "input_schema": schema_dict(plan.read.schema),
+        "lookups": lookup_fingerprints(lookups_of(job)),
         "inputs": this_run["inputs"],
         "files": data,
         "rejects": {"files": rejects, "rows": sum(f["rows"] for f in rejects)},

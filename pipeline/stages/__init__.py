@@ -13,6 +13,7 @@ from pipeline.stages.registry import (
     validate_spec,
 )
 from pipeline.stages import builtin  # noqa: F401  (registers the built-in stages)
+from pipeline.stages import sql  # noqa: F401  (registers the sql stage; DuckDB is imported when used)
 from pipeline.stages.python_stage import PythonSpec, check_python_spec, load_function
 
 __all__ = [
