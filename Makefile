@@ -16,7 +16,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,dask,s3]'
+	$(PY) -m pip install --quiet -e '.[dev,sql,dask,s3]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the package with its test tools
