@@ -142,6 +142,8 @@ def stage_context(job: Job, chunk: str = "") -> StageContext:
 
 def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
     """The output schema after the stages; ConfigError naming the stage for any problem."""
+    if job.lookups:   # read now: a missing, oversized or broken lookup is named as itself
+        lookup_tables(lookups_of(job), lookups_key(job))
     stages = [(s.name, s.spec) for s in job.stages]
     keys = [s.key for s in job.stages]
     try:

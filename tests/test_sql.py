@@ -172,6 +172,26 @@ def test_lookup_over_max_bytes_is_a_config_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_row_in_a_lookup_is_a_data_error(tmp_path, capsys):
+    data = write_sales(tmp_path / "sales.csv", 10)
+    (tmp_path / "rates.csv").write_text("country,rate\nDE,0.19\nFR,0.2,extra\n")
+    job = basic_job(str(data), out=str(tmp_path / "out"),
+                    stages=[{"sql": "SELECT * FROM chunk JOIN rates USING (country)"}])
+    job["lookups"] = {"rates": {"path": "rates.csv"}}
+    code, _, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    assert code == 65
+    assert "lookups.rates" in err and "rates.csv line 3" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_lookup_file_is_a_config_error(tmp_path, capsys):
+    data = write_sales(tmp_path / "sales.csv", 10)
+    job = basic_job(str(data), out=str(tmp_path / "out"), stages=[{"sql": "SELECT * FROM chunk"}])
+    job["lookups"] = {"rates": {"path": "nowhere.csv"}}
+    code, _, err = run_cli("validate", write_job(tmp_path, job), capsys=capsys)
+    assert code == 78 and "lookups.rates" in err and "nowhere.csv" in err
+
+
 @pytest.mark.parametrize("name", ["chunk", "data", "bad-name"])
 def test_lookup_names_are_sql_names_and_not_reserved(tmp_path, capsys, name):
     data = write_sales(tmp_path / "sales.csv", 10)
