@@ -311,7 +311,7 @@ def test_duckdb_missing_gives_exit_78_with_the_install_command(tmp_path, capsys,
 
 def test_one_connection_per_process_and_lookups_read_once(tmp_path, monkeypatch):
     from pipeline.input import lookups as lookups_mod
-    from pipeline.stages import StageContext, apply_stages
+    from pipeline.stages import STAGES, StageContext, apply_stages
     from pipeline.stages import sql as sql_mod
 
     write_countries(tmp_path / "countries.csv")
@@ -320,7 +320,7 @@ def test_one_connection_per_process_and_lookups_read_once(tmp_path, monkeypatch)
     from pipeline.config import load_config
     from pipeline.run import stage_context
 
-    job = load_config(job_file)
+    job = load_config(job_file, stages=STAGES)
     reads = []
     real = lookups_mod.read_lookup
     monkeypatch.setattr(lookups_mod, "read_lookup", lambda lk: reads.append(lk.name) or real(lk))
