@@ -157,3 +157,14 @@ def fingerprints(lookups: tuple[Lookup, ...]) -> list[dict]:
                 _PRINTS[cache_key] = found
         out.append(dict(found))
     return out
+
+
+def lookups_key(lookups: tuple[Lookup, ...]) -> tuple:
+    """What identifies the lookups' contents: their fingerprints, in order."""
+    return tuple(f["fingerprint"] for f in fingerprints(lookups))
+
+
+def job_lookup_tables(job) -> Mapping[str, pa.Table]:
+    """The job's lookups as tables (read once per process); ConfigError or InputError naming the lookup."""
+    lookups = lookups_of(job)
+    return lookup_tables(lookups, lookups_key(lookups)) if lookups else {}
