@@ -256,3 +256,37 @@ def test_a_kill_during_finalize_leaves_the_previous_output(tmp_path, signum):
     run_job(tmp_path, job)
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
     assert read_output(tmp_path / "out").num_rows == 500
+
+
+def test_daily_rollup_equals_duckdb_over_its_map(tmp_path):
+    """The shipped example: its finalize equals DuckDB's dedupe and group-by over the same job's map output."""
+    import shutil
+
+    import yaml
+
+    from pipeline.demo import generate
+    from tests.helpers import ROOT
+
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    generate(tmp_path / "data", rows=3000, seed=7)
+    config = tmp_path / "configs" / "daily_rollup.yaml"
+    job = yaml.safe_load(config.read_text())
+    finalize = job.pop("finalize")
+    job["output"] = {"path": str(tmp_path / "map"), "mode": "overwrite"}
+    write_job(tmp_path / "configs", job, name="map_only.yaml")
+    for path in (config, tmp_path / "configs" / "map_only.yaml"):
+        code, _, err = run_cli("run", path, "--no-progress", "--set", "input.chunk_bytes=16KiB")
+        assert code == 0, err
+    out = tmp_path / "data" / "out" / "daily_rollup"
+    got = read_output(out, partitioning="hive")
+    m = manifest_of(out)
+    staged = [str(tmp_path / "map" / f["path"]) for f in manifest_of(tmp_path / "map")["files"]]
+    con = duckdb.connect()
+    con.execute("CREATE VIEW data AS SELECT * FROM read_parquet(" + repr(staged) + ") "
+                "QUALIFY row_number() OVER (PARTITION BY id ORDER BY ts DESC) = 1")
+    rel = con.sql(finalize["sql"])
+    want = (getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table)()
+    assert got.num_rows == want.num_rows > 3
+    assert rows_of(got.select(want.schema.names).cast(want.schema)) == rows_of(want)
+    assert m["finalize"]["rows_in"] == m["counts"]["rows_written"] == manifest_of(tmp_path / "map")["counts"]["rows_written"]
+    assert {e["name"] for e in m["lookups"]} == {"countries"}
