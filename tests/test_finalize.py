@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from tests.helpers import basic_job, manifest_of, read_output, run_cli, write_job

@@ -153,7 +153,7 @@ def test_a_changed_lookup_changes_the_transform_hash(tmp_path):
     text = (tmp_path / "countries.csv").read_text().replace("DE,EU", "DE,XX")   # same size, other content
     (tmp_path / "countries.csv").write_text(text)
     write_sales(data_dir / "b.csv", 50, first_id=1000)
-    code, _, err = run_cli("run", path, "--no-progress", capsys=None)
+    code = run_cli("run", path, "--no-progress")[0]
     assert code == 78
     assert manifest_of(tmp_path / "out")["transform_hash"] == first
     assert run_cli("run", path, "--no-progress", "--full-refresh")[0] == 0
@@ -166,7 +166,7 @@ def test_lookup_over_max_bytes_is_a_config_error(tmp_path, capsys):
     job = basic_job(str(data), out=str(tmp_path / "out"),
                     stages=[{"sql": "SELECT * FROM chunk JOIN countries USING (country)"}])
     job["lookups"] = {"countries": {"path": "countries.csv", "max_bytes": 100}}
-    code, out, err = run_cli("validate", write_job(tmp_path, job), capsys=capsys)
+    code, _, err = run_cli("validate", write_job(tmp_path, job), capsys=capsys)
     assert code == 78
     assert "lookups.countries" in err and "max_bytes" in err and "line" in err
     assert not (tmp_path / "out").exists()

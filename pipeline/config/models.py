@@ -13,16 +13,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
 from pipeline.config.issues import show
 from pipeline.config.values import (
-    ByteSize,
-    Duration,
     PARAMS_SCHEMA,
     WORKERS_SCHEMA,
+    ByteSize,
+    Duration,
     EmptyIsDefault,
     NonNegativeInt,
     PositiveInt,
@@ -109,6 +118,17 @@ def _check_unique(names: Sequence[str]) -> None:
         seen.add(name)
 
 
+def tab_for_tsv(data: Any) -> Any:
+    """``format: tsv`` without a csv delimiter means a tab."""
+    if isinstance(data, Mapping) and data.get("format") == "tsv":
+        csv = data.get("csv")
+        if csv is None:
+            data = {**data, "csv": {"delimiter": "\t"}}
+        elif isinstance(csv, Mapping) and "delimiter" not in csv:
+            data = {**data, "csv": {**csv, "delimiter": "\t"}}
+    return data
+
+
 class InputConfig(_Model):
     """Where the input files are and how they are read (see docs/data.md)."""
 
@@ -148,13 +168,7 @@ class InputConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _tsv_delimiter(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("format") == "tsv":
-            csv = data.get("csv")
-            if csv is None:
-                data = {**data, "csv": {"delimiter": "\t"}}
-            elif isinstance(csv, Mapping) and "delimiter" not in csv:
-                data = {**data, "csv": {**csv, "delimiter": "\t"}}
-        return data
+        return tab_for_tsv(data)
 
     @field_validator("paths")
     @classmethod
@@ -244,7 +258,7 @@ class LookupConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _tsv_delimiter(cls, data: Any) -> Any:
-        return InputConfig._tsv_delimiter(data)
+        return tab_for_tsv(data)
 
     @field_validator("path")
     @classmethod
@@ -257,8 +271,9 @@ class LookupConfig(_Model):
 
     def as_input(self) -> InputConfig:
         """The lookup file as an input section, so that it is read as the job's inputs are."""
-        return InputConfig(paths=(self.path,), format=self.format, csv=self.csv,
-                           schema=dict(self.schema_), max_decompressed_bytes=self.max_bytes)
+        return InputConfig.model_validate({"paths": (self.path,), "format": self.format, "csv": self.csv,
+                                           "schema": dict(self.schema_),
+                                           "max_decompressed_bytes": self.max_bytes})
 
 
 def _check_lookups(value: dict) -> dict:

@@ -22,8 +22,9 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -149,14 +150,14 @@ def _dataset(root: str, files: list[dict], earlier: list[tuple[str, dict]], sche
 
 def run_finalize(cfg, *, root: str, sources: list[dict], schema: pa.Schema, lookups: Mapping[str, pa.Table],
                  run_id: str, output, threads: int, memory_bytes: int, spill: str | None = None,
-                 earlier: list[tuple[str, dict]] = ()) -> Finalized:
+                 earlier: Sequence[tuple[str, dict]] = ()) -> Finalized:
     """Run finalize over ``sources`` (part files under ``root``) and ``earlier`` ((root, file) pairs, only
     read); write its result under ``root``.
 
     ``output`` is the job's output section (compression, partition_by, file_bytes, row_group_rows).
     The source files are removed once the result is complete; on failure the partial result is.
     """
-    from pipeline.execution.dask import PartSpec, PartWriter   # the part writer for any filesystem
+    from pipeline.execution.dask import PartSpec, PartWriter  # the part writer for any filesystem
 
     duckdb = duckdb_module()
     started = time.monotonic()
@@ -233,7 +234,7 @@ def _noting_signals(noted: list[int]):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {}
+    previous: dict[int, Any] = {}
 
     def handler(signum, frame):
         noted.append(signum)
@@ -247,8 +248,8 @@ def _noting_signals(noted: list[int]):
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _interrupted(signum: int) -> Interrupted:
@@ -299,8 +300,7 @@ def finalize_staged(cfg, *, files: list[dict], schema: pa.Schema, parts_root: st
     earlier: list[tuple[str, dict]] = []
     extends = previous if mode == "append" else None
     publish_mode = mode
-    whole = cfg.scope == "dataset" and previous is not None and mode == "append"
-    if whole:
+    if cfg.scope == "dataset" and previous is not None and mode == "append":
         names = [c["name"] for c in previous.get("schema", [])]
         if names and sorted(names) != sorted(schema.names):
             raise ConfigError(f"finalize.scope dataset reads the output and this run's rows as one table, but the "

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Annotated, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
 
 import pyarrow as pa
 from pydantic import AfterValidator
