@@ -29,14 +29,21 @@ import tempfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import Job
+from pipeline.config import Job, plural
 from pipeline.errors import OutputError, StageError
-from pipeline.output.lock import JobLock
 from pipeline.input.plan import Chunk, Plan
-from pipeline.progress import Progress
+from pipeline.input.storage import (
+    check_remote_target,
+    filesystem,
+    is_url,
+    list_remote,
+    publish_remote,
+    read_remote_manifest,
+    remove_unlisted,
+)
+from pipeline.output.lock import JobLock
 from pipeline.output.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
-from pipeline.input.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
-                              read_remote_manifest, remove_unlisted)
+from pipeline.progress import Progress
 
 log = logging.getLogger("pipeline")
 
@@ -71,8 +78,8 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
             previous = check_target(paths, mode)
             staging = paths.staging(run_id)
             os.makedirs(staging, mode=0o755)
-        log.info("run %s: %d files, %d chunks, %s", run_id, len(plan.files), len(plan.chunks),
-                 "the Dask executor" if job.run.executor == "dask" else f"{plan.workers} workers")
+        log.info("run %s: %s, %s, %s", run_id, plural(len(plan.files), "file"), plural(len(plan.chunks), "chunk"),
+                 "the Dask executor" if job.run.executor == "dask" else plural(plan.workers, "worker"))
         bar = Progress(sum(c.nbytes for c in plan.chunks), len(plan.chunks), enabled=progress,
                        interval=job.run.progress_interval)
         on_result = count_results(job, report, bar)
@@ -143,9 +150,7 @@ def _check_counts(counts, files: list[dict], quarantine: bool) -> None:
 
 def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result, report):
     from pipeline.execution.dask import DaskExecutor, PartSpec, TaskSpec, quarantine_write, scheduler_address
-    from pipeline.run import worker_spec
-
-    from pipeline.run import staged_partition_by
+    from pipeline.run import staged_partition_by, worker_spec
 
     parts = PartSpec(run_id, root, out_schema, staged_partition_by(job), job.output.compression,
                      job.output.compression_level, job.output.row_group_rows, job.output.file_bytes)
@@ -275,8 +280,8 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 
 def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
-    from pipeline.run import local_executor, staged_partition_by, worker_spec
     from pipeline.output.write import WriterSpec
+    from pipeline.run import local_executor, staged_partition_by, worker_spec
 
     local = tempfile.mkdtemp(prefix=f"pipeline-{job.name}-{run_id}-")
     try:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from pipeline.errors import ConfigError, Interrupted, OutputError, StageError
 from pipeline.input.storage import filesystem, is_url
@@ -119,6 +118,8 @@ def _datasets(root: str, files: list[dict], schema: pa.Schema, partition_by: tup
     Files in hive directories get their partition columns from the path (an earlier output); files
     at the top hold every column (this run's parts are staged unpartitioned when there is finalize).
     """
+    import pyarrow.dataset as ds   # imports pandas: only jobs with finalize pay for it
+
     fs = None
     base = root
     if is_url(root):
@@ -140,6 +141,8 @@ def _datasets(root: str, files: list[dict], schema: pa.Schema, partition_by: tup
 
 def _dataset(root: str, files: list[dict], earlier: list[tuple[str, dict]], schema: pa.Schema,
              partition_by: tuple[str, ...]):
+    import pyarrow.dataset as ds
+
     parts = _datasets(root, files, schema, partition_by)
     for other in sorted({r for r, _ in earlier}):
         parts += _datasets(other, [f for r, f in earlier if r == other], schema, partition_by)
