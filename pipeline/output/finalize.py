@@ -118,7 +118,7 @@ def _datasets(root: str, files: list[dict], schema: pa.Schema, partition_by: tup
     Files in hive directories get their partition columns from the path (an earlier output); files
     at the top hold every column (this run's parts are staged unpartitioned when there is finalize).
     """
-    import pyarrow.dataset as ds   # imports pandas: only jobs with finalize pay for it
+    import pyarrow.dataset as ds  # imports pandas: only jobs with finalize pay for it
 
     fs = None
     base = root
