@@ -289,3 +289,22 @@ def test_daily_rollup_equals_duckdb_over_its_map(tmp_path):
     assert rows_of(got.select(want.schema.names).cast(want.schema)) == rows_of(want)
     assert m["finalize"]["rows_in"] == m["counts"]["rows_written"] == manifest_of(tmp_path / "map")["counts"]["rows_written"]
     assert {e["name"] for e in m["lookups"]} == {"countries"}
+
+
+def test_finalize_writes_with_the_output_settings(tmp_path):
+    import pyarrow.parquet as pq
+
+    data = write_sales(tmp_path / "sales.csv", 2000)
+    job = basic_job(str(data), out=str(tmp_path / "out"),
+                    output={"compression": "gzip", "row_group_rows": 300, "file_bytes": "20KiB"})
+    job["finalize"] = {"sort_by": ["id"]}
+    run_job(tmp_path, job)
+    m = manifest_of(tmp_path / "out")
+    assert len(m["files"]) > 1
+    ids = []
+    for f in m["files"]:
+        meta = pq.ParquetFile(tmp_path / "out" / f["path"]).metadata
+        assert all(meta.row_group(i).num_rows <= 300 for i in range(meta.num_row_groups))
+        assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"GZIP"}
+        ids += pq.read_table(tmp_path / "out" / f["path"]).column("id").to_pylist()
+    assert ids == sorted(ids) == list(range(1, 2001))   # sort_by, across the rolled files in manifest order
