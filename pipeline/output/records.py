@@ -38,6 +38,7 @@ class ChunkResult:
     rows_filtered: int = 0
     rows_rejected: int = 0
     rows_added: int = 0
+    lines_skipped: int = 0      # comment lines (csv.comment): not rows, counted apart
     bytes_read: int = 0
     messages: int = 0
     seconds: float = 0.0

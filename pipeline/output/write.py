@@ -32,12 +32,12 @@ import pyarrow.parquet as pq
 
 from pipeline import arrays
 from pipeline.errors import OutputError, StageError
+from pipeline.input.discover import NULL_PARTITION
 from pipeline.log import set_title
 from pipeline.output.records import REJECTS_FILE_SCHEMA, ChunkResult, unspool
 from pipeline.output.resume import append_checkpoint
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
-NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 MAX_PARTITION_VALUE = 200
 DONE_GRACE_SECONDS = 30.0
 
