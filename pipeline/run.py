@@ -377,7 +377,7 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
     wall_started = time.time()
     thash = transform_hash(job)
     previous = target.manifest()
-    mode = job.output.mode
+    mode: str = job.output.mode
     select = None
     pinned = None
     if store is not None and previous is not None:
@@ -455,7 +455,7 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         verify_counts(counts, files, job.run.on_bad_rows == "quarantine")
         schema = committed.schema or out_schema
         extends = staging.previous if mode == "append" else None
-        publish_mode = mode
+        publish_mode: str = mode
         finalized = None
         if job.finalize is not None and schema is not None:
             outcome = finalize_staged(
