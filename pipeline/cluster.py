@@ -30,11 +30,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Job
-from pipeline.errors import OutputError, StageError
+from pipeline.dtypes import type_name
+from pipeline.errors import InputError, OutputError
+from pipeline.preflight import widens
 from pipeline.output.lock import JobLock
 from pipeline.input.plan import Chunk, Plan
 from pipeline.progress import Progress
-from pipeline.output.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
+from pipeline.output.carry import carry_previous
+from pipeline.output.publish import REJECTS, SPOOL, OutputPaths, check_target, publish, recover
 from pipeline.input.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
                               read_remote_manifest, remove_unlisted)
 
@@ -43,9 +46,9 @@ log = logging.getLogger("pipeline")
 
 def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: str, *,
                     out_schema: pa.Schema | None, mode: str, progress: bool | None,
-                    full_refresh: bool):
+                    full_refresh: bool, null_columns: tuple[str, ...] = (), replaced: frozenset[str] = frozenset()):
     """Run the planned chunks and publish; fills and returns ``report`` (see ``run._run``)."""
-    from pipeline.run import build_manifest, count_results, state_dir
+    from pipeline.run import build_manifest, check_not_all_rejected, count_results, state_dir
     from pipeline.state.store import Seen, fingerprint
 
     run_id = report.run_id
@@ -77,18 +80,22 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
 
         try:
             if job.run.executor == "dask":
-                files, schema = _run_dask(job, plan, run_id, staging or url, out_schema, on_result, report)
+                files, schema = _run_dask(job, plan, run_id, staging or url, out_schema, on_result, report,
+                                          null_columns)
             else:
-                files, schema = _run_local_then_upload(job, plan, run_id, url, out_schema, on_result)
+                files, schema = _run_local_then_upload(job, plan, run_id, url, out_schema, on_result, null_columns)
             bar.close()
             _check_counts(counts, files, job.run.on_bad_rows == "quarantine")
-            if not files:
-                files = _empty_part(job, run_id, staging or url, schema)
+            check_not_all_rejected(job, report)
+            if not any(not f["path"].startswith(REJECTS + "/") for f in files):
+                files = files + _empty_part(job, run_id, staging or url, schema)
             keep_previous = previous if mode == "append" else None
             if not remote:
                 _sweep(staging, {f["path"] for f in files})
                 if previous is not None and mode == "append":
-                    link_previous(paths.path, staging)
+                    keep_previous = carry_previous(paths.path, staging, previous, schema,
+                                                   tuple(job.output.partition_by), set(replaced),
+                                                   job.output.compression)
                 manifest = build_manifest(job, plan, run_id, counts, files, schema, keep_previous, thash)
                 publish(paths, staging, manifest, run_id)
             else:
@@ -123,12 +130,13 @@ def _check_counts(counts, files: list[dict], quarantine: bool) -> None:
 # ------------------------------------------------------------------------------------ Dask
 
 
-def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result, report):
+def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result, report, null_columns=()):
     from pipeline.execution.dask import DaskExecutor, PartSpec, TaskSpec, quarantine_write, scheduler_address
     from pipeline.run import worker_spec
 
     parts = PartSpec(run_id, root, out_schema, tuple(job.output.partition_by), job.output.compression,
-                     job.output.compression_level, job.output.row_group_rows, job.output.file_bytes)
+                     job.output.compression_level, job.output.row_group_rows, job.output.file_bytes,
+                     tuple(null_columns))
     spec = TaskSpec(worker_spec(job, plan), parts)
 
     def on_poison(chunk: Chunk, why: str, attempts: int):
@@ -168,17 +176,26 @@ def _unify_parts(root: str, writes, out_schema: pa.Schema | None, partition_by: 
     if not schemas:
         return out_schema
     first = schemas[0]
+    for w in writes:
+        if w.schema is not None and w.schema.names != first.names:
+            raise InputError(f"{w.result.source}: the stages produced columns {w.schema.names}, other chunks "
+                             f"{first.names}; every chunk must give the same columns", file=w.result.source)
     fields = []
     for i, fld in enumerate(first):
-        types = {s.field(i).type for s in schemas if not pa.types.is_null(s.field(i).type)}
-        if len(types) > 1:
-            raise StageError(f"column {fld.name!r} has different types in different chunks "
-                             f"({', '.join(sorted(map(str, types)))}); add a `cast` stage to fix its type")
-        fields.append(pa.field(fld.name, types.pop() if types else fld.type))
-    for s in schemas:
-        if s.names != first.names:
-            raise StageError(f"the chunks produced different columns ({first.names} and {s.names}); "
-                             f"every chunk must give the same columns")
+        found = {}
+        for w in writes:
+            if w.schema is not None and not pa.types.is_null(w.schema.field(i).type):
+                found.setdefault(w.schema.field(i).type, w.result.source)
+        if len(found) > 1:
+            # one type every chunk's values widen to, or exit 65 naming the files and both types
+            wide = [t for t in found if all(widens(u, t) for u in found)]
+            if not wide:
+                (a, fa), (b, fb) = list(found.items())[:2]
+                raise InputError(f"{fb}: column {fld.name!r} is {type_name(b)} here but {type_name(a)} in "
+                                 f"{fa}; add a `cast` stage after the stage that makes it "
+                                 f"(- cast: {{{fld.name}: {type_name(a)}}})", file=fb, column=fld.name)
+            found = {wide[0]: ""}
+        fields.append(pa.field(fld.name, next(iter(found)) if found else fld.type))
     schema = pa.schema(fields)
     in_files = pa.schema([f for f in schema if f.name not in partition_by])
     for w in writes:
@@ -253,7 +270,7 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 # ------------------------------------------------------------------------------------ local + upload
 
 
-def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
+def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result, null_columns=()):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
     from pipeline.run import local_executor, worker_spec
     from pipeline.output.write import WriterSpec
@@ -266,7 +283,7 @@ def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_sche
         executor = local_executor(job, plan, wspec, on_result)
         spec = WriterSpec(job.name, run_id, local, out_schema, tuple(job.output.partition_by),
                           job.output.compression, job.output.compression_level,
-                          job.output.row_group_rows, job.output.file_bytes)
+                          job.output.row_group_rows, job.output.file_bytes, null_columns=tuple(null_columns))
         execution = executor.run(plan.chunks, wspec, spec)
         shutil.rmtree(spool)
         files = [dict(f) for f in execution.writer["files"]]

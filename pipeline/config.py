@@ -320,6 +320,13 @@ class InputConfig(_Model):
     follow_symlinks: bool = False
     allow_missing_columns: bool = False
     incremental: bool = False    # process only files that are new or changed since the last successful run
+    on_changed_file: Literal["fail", "skip", "reprocess"] = Field(
+        "fail", description="incremental runs: what to do with a file an earlier run processed and that has "
+        "changed since: fail (exit 65, nothing written), skip it (it stays as processed), or reprocess it "
+        "(its earlier rows are replaced by its rows now)")
+    min_age: Duration | None = Field(
+        None, description="leave files modified more recently than this (e.g. 5m) for the next run: they "
+        "may still be being written")
 
     @model_validator(mode="before")
     @classmethod
@@ -356,6 +363,10 @@ class OutputConfig(_Model):
     partition_by: StrTuple = ()
     file_bytes: ByteSize = 512 * 1024**2
     row_group_rows: PositiveInt = 1_000_000
+    on_schema_change: Literal["fail", "add_columns"] = Field(
+        "fail", description="append (and incremental) runs whose columns differ from the output's: fail "
+        "(exit 65, the output untouched), or add_columns (new columns are added; every part file is "
+        "given the whole schema, with nulls where a run had no value). A changed type always fails")
 
     @field_validator("path")
     @classmethod

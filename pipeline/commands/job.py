@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 from pipeline.config import Job, format_bytes
 from pipeline.dtypes import type_name
 from pipeline.input.plan import build_plan
-from pipeline.run import check_stages
+from pipeline import preflight
+from pipeline.run import check_stages, stage_check
 
 
 def validate(job: Job) -> int:
+    """Everything `run` checks before it writes: the data, the stages on sampled rows, the output."""
     plan = build_plan(job)
-    schema = check_stages(job, plan)
+    if not plan.files:
+        young = f", {len(plan.young)} younger than input.min_age" if plan.young else ""
+        print(f"{job.config_path}: OK (no input file to check yet{young})")
+        return 0
+    checked = stage_check(job, plan)
     _check_python_stages(job)
+    schema = preflight.target_schema(job, checked, job.output.mode)
     print(f"{job.config_path}: OK")
     print(f"  job       {job.name}")
     print(f"  input     {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks")
-    print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}")
-    cols = ", ".join(f"{f.name}: {type_name(f.type)}" for f in schema) if schema is not None else "(decided by a python stage)"
-    print(f"  output    {job.output.path} ({job.output.mode}); columns {cols}")
+    print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}"
+          + (f" (tried on the first {checked.sample_rows} rows)" if job.stages and checked.sample_rows else ""))
+    if checked.rows_rejected:
+        stage, reason = checked.rejected[0]
+        print(f"  rejects   {checked.rows_rejected} of the first {checked.sample_rows} rows ({stage}: {reason})")
+    shown = dataclasses.replace(checked, schema=schema) if schema is not None else checked
+    print(f"  output    {job.output.path} ({job.output.mode}); columns {preflight.describe_columns(shown)}")
     return 0
 
 
@@ -42,7 +54,7 @@ def _check_python_stages(job: Job) -> None:
 
 def show_plan(job: Job, workers: int | None = None) -> int:
     plan = build_plan(job, workers=workers)
-    schema = check_stages(job, plan)
+    schema = check_stages(job, plan) if plan.files else None
     print(f"plan for {job.name} ({job.config_path})")
     print(f"  {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks, "
           f"{plan.workers} workers (start method {job.run.start_method})")

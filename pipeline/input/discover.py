@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.input.storage import glob as glob_url
 from pipeline.input.storage import is_url
+
+log = logging.getLogger("pipeline")
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -53,10 +57,11 @@ def detect(path: str, configured: str) -> tuple[str, str | None]:
 
 
 def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlinks: bool = False,
-             line_of=None) -> list[InputFile]:
+             line_of=None, allow_empty: bool = False) -> list[InputFile]:
     """Expand every glob (sorted), keep regular files, refuse unmatched globs.
 
-    A glob that matches nothing is a configuration error naming the pattern. Symlinks are
+    A glob that matches nothing is a configuration error naming the pattern, unless
+    ``allow_empty`` (an incremental job's landing folder may be empty tonight). Symlinks are
     refused unless ``follow_symlinks`` is set, so a planted link cannot pull in other files.
     """
     seen: set[str] = set()
@@ -65,10 +70,13 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
         key = f"input.paths[{i}]"
         line = line_of(key) if line_of else None
         if is_url(pattern):
-            files.extend(_discover_url(pattern, configured_format, seen, key, line))
+            files.extend(_discover_url(pattern, configured_format, seen, key, line, allow_empty))
             continue
         matches = sorted(glob.glob(pattern, recursive=True))
         matches = [m for m in matches if not os.path.isdir(m)]
+        if not matches and allow_empty:
+            log.info("no file matches %r yet", pattern)
+            continue
         if not matches:
             raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
         for match in matches:
@@ -93,7 +101,19 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
     return files
 
 
-def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str, line) -> list[InputFile]:
+def old_enough(files: list[InputFile], min_age: float | None, now: float | None = None
+               ) -> tuple[list[InputFile], list[InputFile]]:
+    """(files last modified at least ``min_age`` seconds ago, the younger ones): a file still being
+    written is left for the next run."""
+    if not min_age:
+        return files, []
+    now = time.time() if now is None else now
+    cutoff = (now - min_age) * 1e9
+    return [f for f in files if f.mtime_ns <= cutoff], [f for f in files if f.mtime_ns > cutoff]
+
+
+def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str, line,
+                  allow_empty: bool = False) -> list[InputFile]:
     """The files an fsspec URL glob (s3://bucket/raw/*.csv) matches, sorted."""
     try:
         matches = glob_url(pattern)
@@ -103,6 +123,9 @@ def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str
             exc.context.setdefault("line", line)
         raise
     if not matches:
+        if allow_empty:
+            log.info("no file matches %r yet", pattern)
+            return []
         raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
     files = []
     for url, size, mtime_ns in matches:
