@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import basic_job, manifest_of, run_cli, write_job
+from tests.helpers import basic_job, manifest_of, run_cli, write_job
 
 
 def _tree(path) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import basic_job, manifest_of, read_output, run_cli, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, write_job
 
 TAG = textwrap.dedent("""
     def tag(df):
