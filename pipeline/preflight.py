@@ -1,10 +1,11 @@
 """What a run checks before it writes anything. `validate` and `run --dry-run` run the same checks.
 
-- The output schema of the stage list, from real rows: the stages run on a sample of the first
-  rows of the input (``sample_table``), so a ``python`` stage's new columns get the types its real
-  result has, never the types pandas gives an empty frame (an empty list column is float64).
-  A column that is null in every sampled row has no type yet: the first chunk that has a value
-  decides it.
+- The output schema of the stage list, from real rows, never from the types pandas gives an empty
+  frame (an empty list column is float64). `validate`, `plan` and `--dry-run` run the stages on a
+  sample of the first rows of the input (``sample_table``) and report the types. A run calls no
+  user code before the chunks: the columns a ``python`` stage makes or changes are left open and
+  the first chunk's real rows decide them (the writer widens them while no file is written).
+  A column that is null in every sampled row has no type yet either.
 - The output path: it can be created and written (exit 74), ``mode: error`` against existing output.
 - ``mode: append``: the schema contract with the output it joins (``output.on_schema_change``).
 """
@@ -25,6 +26,7 @@ log = logging.getLogger("pipeline")
 
 SAMPLE_ROWS = 1000          # rows the stages are tried on at plan time
 SAMPLE_CHUNKS = 4           # chunks looked at for them (the first ones may be empty)
+SAMPLE_SECONDS = 120.0      # how long python stages may take on them (or run.chunk_timeout)
 
 
 @dataclass
@@ -78,10 +80,12 @@ def sample_table(plan, limit: int = SAMPLE_ROWS, sample_bytes: int = 1 << 20) ->
     return pa.concat_tables(tables)
 
 
-def stage_schema(job, plan, context) -> StageSchema:
+def stage_schema(job, plan, context, sample: bool = True) -> StageSchema:
     """The output schema: the stages run on an empty table (to check them), then on sampled rows.
 
     ``context`` is the StageContext to run them with. Errors name the stage (ExprError, exit 78).
+    With ``sample`` off (a run), no user code runs before the chunks do: the columns a python stage
+    makes or changes are left open, and the first chunk's real rows decide their types.
     """
     from pipeline.stages import output_schema
 
@@ -91,28 +95,27 @@ def stage_schema(job, plan, context) -> StageSchema:
     if not stages:
         return StageSchema(plan.read.schema)
     has_python = any(name == "python" for name, _ in stages)
-    try:
-        sample = sample_table(plan, sample_bytes=job.input.sample_bytes)
-    except PipelineError as exc:
-        log.info("no sample rows for the stages: %s", exc)
-        sample = None
-    if sample is None or sample.num_rows == 0:
-        if has_python:
-            return StageSchema(_untyped_after_python(empty, plan.read.schema, stages, context, keys), 0,
-                               _null_columns(_untyped_after_python(empty, plan.read.schema, stages, context, keys)))
-        return StageSchema(empty)
-    ctx = dataclasses.replace(context, chunk=f"the first {sample.num_rows} rows of the input (validation)")
+    rows = None
+    if sample:
+        try:
+            rows = sample_table(plan, sample_bytes=job.input.sample_bytes)
+        except PipelineError as exc:
+            log.info("no sample rows for the stages: %s", exc)
+    if rows is None or rows.num_rows == 0:
+        schema = _untyped_after_python(empty, plan.read.schema, stages, context, keys) if has_python else empty
+        return StageSchema(schema, 0, _null_columns(schema))
+    ctx = dataclasses.replace(context, chunk=f"the first {rows.num_rows} rows of the input (validation)")
     if has_python:
-        # user code on real rows runs in a child process: a function that kills its process on some
-        # row must not take the run's driver with it (the run quarantines such a chunk, if allowed)
-        tried = _in_child(lambda: _try_stages(sample, stages, ctx, keys))
+        # user code on real rows runs in a child process: a function that kills its process or
+        # hangs on some row must not take `validate` with it
+        tried = _in_child(lambda: _try_stages(rows, stages, ctx, keys), job.run.chunk_timeout or SAMPLE_SECONDS)
         if tried is None:
-            log.warning("the python stage ended its process on the first %d rows; the types of its columns "
-                        "are decided by the first chunk", sample.num_rows)
+            log.warning("the python stage ended its process or did not finish on the first %d rows; the types "
+                        "of its columns are decided by the first chunk", rows.num_rows)
             schema = _untyped_after_python(empty, plan.read.schema, stages, context, keys)
             return StageSchema(schema, 0, _null_columns(schema))
     else:
-        tried = _try_stages(sample, stages, ctx, keys)
+        tried = _try_stages(rows, stages, ctx, keys)
     out_schema, out_rows, rows_rejected, rejected = tried
     if not has_python:
         # the expression stages type every column on an empty table already
@@ -121,7 +124,7 @@ def stage_schema(job, plan, context) -> StageSchema:
         schema = _untyped_after_python(empty, plan.read.schema, stages, context, keys)
     else:
         schema = out_schema
-    return StageSchema(schema, sample.num_rows, _null_columns(schema), rejected, rows_rejected)
+    return StageSchema(schema, rows.num_rows, _null_columns(schema), rejected, rows_rejected)
 
 
 def _try_stages(sample: pa.Table, stages, ctx, keys) -> tuple[pa.Schema, int, int, list[tuple[str, str]]]:
@@ -132,9 +135,9 @@ def _try_stages(sample: pa.Table, stages, ctx, keys) -> tuple[pa.Schema, int, in
     return out.table.schema.remove_metadata(), out.table.num_rows, out.rows_rejected, rejected
 
 
-def _in_child(fn):
+def _in_child(fn, timeout: float):
     """``fn()`` in a forked child process: its result, its exception re-raised here, or None if the
-    child died. Where fork is not available, ``fn()`` runs here."""
+    child died or took longer than ``timeout`` seconds. Where fork is not available, ``fn()`` runs here."""
     import multiprocessing
 
     if "fork" not in multiprocessing.get_all_start_methods():
@@ -156,6 +159,10 @@ def _in_child(fn):
     proc.start()
     send.close()
     try:
+        if not receive.poll(timeout):
+            proc.kill()
+            proc.join()
+            return None
         kind, value = receive.recv()
     except EOFError:
         proc.join()

@@ -134,11 +134,11 @@ def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
     return stage_check(job, plan).schema
 
 
-def stage_check(job: Job, plan: Plan) -> StageSchema:
+def stage_check(job: Job, plan: Plan, sample: bool = True) -> StageSchema:
     """The output schema after the stages, from sampled rows (see ``preflight``); ConfigError naming
-    the stage for any problem."""
+    the stage for any problem. ``sample`` off: python-stage columns are left to the first chunk."""
     try:
-        checked = stage_schema(job, plan, stage_context(job))
+        checked = stage_schema(job, plan, stage_context(job), sample)
         schema = checked.schema
     except ExprError as exc:
         key = exc.context.get("key")
@@ -361,7 +361,7 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         report.seconds = time.monotonic() - started
         log.info("%s", report.note)
         return report
-    checked = stage_check(job, plan)
+    checked = stage_check(job, plan, sample=dry_run)
     out_schema = checked.schema
     if mode == "append" and previous is not None:
         out_schema = append_schema(job, out_schema, previous, paths.path)

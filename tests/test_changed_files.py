@@ -11,6 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.helpers import basic_job, manifest_of, read_output, run_cli, write_job
 
@@ -171,3 +172,21 @@ def test_every_row_rejected_within_max_bad_rows_publishes_the_schema(tmp_path, c
     assert str(table.schema.field("when").type) == "date32[day]"
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/*.parquet')").fetchall()[0][0] == 0
     assert pq.read_table(out / "_rejects").num_rows == 3
+
+
+def test_reprocess_on_the_dask_executor(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    cfg, landing = _incremental(tmp_path, on_changed_file="reprocess", chunk_bytes="1KiB")
+    job = yaml.safe_load(cfg.read_text())
+    job["run"].update({"executor": "dask", "workers": 2})
+    cfg = write_job(tmp_path, job)
+    feed, other = landing / "feed.csv", landing / "other.csv"
+    feed.write_text("id,name,score\n" + _lines(200))
+    other.write_text("id,name,score\n" + _lines(300, 250))
+    assert run_cli("run", cfg, capsys=capsys)[0] == 0
+    _grow(feed, 400)
+    code, _, err = run_cli("run", cfg, capsys=capsys)
+    assert code == 0, err
+    expected = sorted(list(range(400)) + list(range(250, 300)))
+    assert _ids(tmp_path / "out") == expected
+    assert sorted(pq.read_table(tmp_path / "out").column("id").to_pylist()) == expected

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 
+import pyarrow as pa
+
 from pipeline.config import Job, format_bytes
 from pipeline.dtypes import type_name
 from pipeline.input.plan import build_plan
@@ -75,7 +77,8 @@ def show_plan(job: Job, workers: int | None = None) -> int:
         print("    (decided by a python stage at run time)")
     else:
         for fld in schema:
-            print(f"    {fld.name:<24} {type_name(fld.type)}")
+            known = "not yet known (null in every sampled row)" if pa.types.is_null(fld.type) else type_name(fld.type)
+            print(f"    {fld.name:<24} {known}")
     part = f", partitioned by {', '.join(job.output.partition_by)}" if job.output.partition_by else ""
     print(f"  output: {job.output.path} (mode {job.output.mode}, {job.output.compression}{part})")
     return 0

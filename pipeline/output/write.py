@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.worker import REJECT_SCHEMA, set_title, unspool
-from pipeline.preflight import conform_table
+from pipeline.preflight import conform_table, widens
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -228,6 +228,7 @@ class DatasetWriter(RowGroupWriter):
         self.spec = spec
         self.root = os.path.realpath(spec.staging)
         self.schema = spec.schema
+        self.open_columns = {f.name for f in spec.schema if pa.types.is_null(f.type)} if spec.schema else set()
         self.files: list[WrittenFile] = []
         self.rejects: Partition | None = None
         self.rejected = 0
@@ -240,23 +241,27 @@ class DatasetWriter(RowGroupWriter):
     def _conform(self, table: pa.Table, where: str) -> pa.Table:
         if self.schema is None:
             self.schema = table.schema
+            self.open_columns = set(table.column_names)
             return table
         table = add_null_columns(table, self.spec.null_columns)
         if table.num_rows == 0:
             return empty_like(self.schema)
+        # a column the plan left open (a python stage's) takes the first real type, and widens to
+        # a later chunk's wider type (int64 then float64), until a file is written
         undecided = [i for i, f in enumerate(self.schema)
-                     if pa.types.is_null(f.type) and f.name in table.column_names
-                     and not pa.types.is_null(table.schema.field(f.name).type)]
+                     if f.name in table.column_names and not pa.types.is_null(table.schema.field(f.name).type)
+                     and (pa.types.is_null(f.type) or (
+                         f.name in self.open_columns and table.schema.field(f.name).type != f.type
+                         and widens(f.type, table.schema.field(f.name).type)))]
         if undecided and not self._opened:
-            # a column that was all null so far (say, from a python stage) takes the first real type
             schema = self.schema
             for i in undecided:
                 schema = schema.set(i, pa.field(schema.field(i).name, table.schema.field(schema.field(i).name).type))
             self.schema = schema
             for part in self.partitions.values():
                 part.tables = [t.cast(schema) for t in part.tables]
-        elif undecided:
-            names = [self.schema.field(i).name for i in undecided]
+        elif any(pa.types.is_null(self.schema.field(i).type) for i in undecided):
+            names = [self.schema.field(i).name for i in undecided if pa.types.is_null(self.schema.field(i).type)]
             raise InputError(f"{where}: column(s) {names} were null in every row of earlier chunks and were "
                              f"written with no type; add a `cast` stage after the stage that makes them",
                              file=where, column=names[0])
