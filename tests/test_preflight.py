@@ -91,6 +91,18 @@ def test_a_later_chunk_with_a_wider_type_is_cast(tmp_path, capsys):
     assert first_chunk and all(got[i] == ref["body_mass_g"][i] / 2 for i in first_chunk)
 
 
+def test_an_open_column_widens_to_a_later_chunks_type(tmp_path, capsys, workers):
+    """int64 in the first chunk, float64 later (pandas turns an int column with a NaN into floats)."""
+    cfg, data = _typed_by_chunk(tmp_path, 'df["body_mass_g"]', 'df["body_mass_g"] / 2')
+    code, _, err = run_cli("run", cfg, "--workers", workers, capsys=capsys)
+    assert code == 0, err
+    table = read_output(tmp_path / "out")
+    assert table.schema.field("v").type == pa.float64()
+    ref = pacsv.read_csv(data).to_pandas().set_index("id")["body_mass_g"]
+    got = dict(zip(table.column("id").to_pylist(), table.column("v").to_pylist()))
+    assert all(v in (ref[i], ref[i] / 2) for i, v in got.items()) and len(got) == 3000
+
+
 def test_a_later_chunk_with_another_type_is_exit_65_naming_file_column_types(tmp_path, capsys):
     cfg, data = _typed_by_chunk(tmp_path, 'df["body_mass_g"]', 'df["species"]')
     code, _, err = run_cli("run", cfg, capsys=capsys)
