@@ -123,8 +123,9 @@ def _dispatch(args) -> int:
 
         return inspect_output(args.path, as_json=args.json)
     from pipeline.config import load_config
+    from pipeline.stages import STAGES
 
-    job = load_config(args.config, args.overrides, params=dict(args.params))
+    job = load_config(args.config, args.overrides, params=dict(args.params), stages=STAGES)
     if args.command == "run":
         from pipeline.run import run_job
 

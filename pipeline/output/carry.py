@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import arrays
 from pipeline.errors import InputError
 from pipeline.output.publish import link_previous
 
@@ -53,7 +54,7 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
             continue
         table = pq.read_table(src)
         if drop is not None:
-            table = table.filter(pa.array(~drop))
+            table = table.filter(arrays.array(~drop))
             removed_rows += int(drop.sum())
             entry["sources"] = [s for s in entry.get("sources", []) if s[0] not in replaced]
         if file_schema is not None:
@@ -72,7 +73,7 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
             entry = dict(entry)
             src = os.path.join(previous_dir, entry["path"])
             table = pq.read_table(src)
-            mask = pc.is_in(table.column("file"), pa.array(sorted(replaced), pa.string()))
+            mask = pc.is_in(table.column("file"), arrays.array(sorted(replaced), pa.string()))
             if not pc.any(mask).as_py():
                 kept.append(entry)
                 continue

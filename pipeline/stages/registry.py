@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import TypeAdapter, ValidationError
 
+from pipeline import arrays
 from pipeline.errors import ConfigError, ExprError, PipelineError, StageError
 
 REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string())])
@@ -64,10 +65,20 @@ class StageDef:
     spec_type: Any
     doc: str
     example: str = ""
+    # run at validate time on the typed spec, before the stage runs on an empty table
+    # (the python stage checks that its function can be loaded)
+    check: Callable[[Any, StageContext], None] | None = None
 
     @property
     def adapter(self) -> TypeAdapter:
         return _adapter(self)
+
+    def validate_spec(self, value: Any) -> Any:
+        """The typed spec of ``value`` as written in the job file; ValueError in plain words if invalid."""
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as e:
+            raise ValueError(_plain(e, self, value)) from None
 
 
 STAGES: dict[str, StageDef] = {}
@@ -80,15 +91,21 @@ def _adapter(sdef: StageDef) -> TypeAdapter:
     return _ADAPTERS[sdef.name]
 
 
-def register(name: str, *, example: str = "") -> Callable:
-    """Register a stage function; its ``spec`` parameter's annotation is the config schema."""
+def register(
+    name: str, *, example: str = "", check: Callable[[Any, StageContext], None] | None = None
+) -> Callable:
+    """Register a stage function; its ``spec`` parameter's annotation is the config schema.
+
+    ``check(spec, ctx)``, if given, is run by :func:`output_schema` before the stage runs on an
+    empty table; it raises ExprError for a spec that cannot work (a function that cannot be loaded).
+    """
 
     def decorate(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn, include_extras=True)
         if "spec" not in hints:
             raise TypeError(f"stage {name!r}: the function needs an annotated 'spec' parameter")
         doc = (fn.__doc__ or "").strip()
-        STAGES[name] = StageDef(name=name, fn=fn, spec_type=hints["spec"], doc=doc, example=example)
+        STAGES[name] = StageDef(name=name, fn=fn, spec_type=hints["spec"], doc=doc, example=example, check=check)
         _ADAPTERS.pop(name, None)
         return fn
 
@@ -109,11 +126,7 @@ def validate_spec(name: str, value: Any) -> Any:
         close = difflib.get_close_matches(name, list(STAGES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; the stages are: {', '.join(sorted(STAGES))}"
         raise KeyError(f"unknown stage {name!r}{hint}")
-    sdef = STAGES[name]
-    try:
-        return sdef.adapter.validate_python(value)
-    except ValidationError as e:
-        raise ValueError(_plain(e, sdef, value)) from None
+    return STAGES[name].validate_spec(value)
 
 
 def _plain(err: ValidationError, sdef: StageDef, value: Any = None) -> str:
@@ -215,13 +228,13 @@ def _run_one(name: str, table: pa.Table, spec: Any, ctx: StageContext) -> StageO
     if out.kept is None and out.rejected is not None and out.rejected.num_rows:
         # Rejected rows without a mask: every other row went on.
         keep = np.ones(table.num_rows, dtype=bool)
-        keep[out.rejected.column("row").to_numpy(zero_copy_only=False)] = False
-        out.kept = pa.array(keep)
+        keep[arrays.to_numpy(out.rejected.column("row"))] = False
+        out.kept = arrays.array(keep)
     if out.kept is not None:
         kept = out.kept
         if isinstance(kept, pa.ChunkedArray):
-            kept = kept.combine_chunks() if kept.num_chunks else pa.array([], pa.bool_())
-        out.kept = pc.fill_null(kept, False) if kept.null_count else kept
+            kept = kept.combine_chunks() if kept.num_chunks else arrays.array([], pa.bool_())
+        out.kept = pc.fill_null(kept, arrays.scalar(False)) if kept.null_count else kept
         if len(out.kept) != table.num_rows:
             raise RuntimeError(f"stage {name!r}: kept mask has {len(out.kept)} rows, input has {table.num_rows}")
     return out
@@ -239,7 +252,7 @@ def apply_stages(
     traced to the input; after a ``python`` stage that changes the number of rows the positions
     are unknown (null). ``rows_in == rows_out + rows_filtered + rows_rejected - rows_added``.
     """
-    positions: pa.Array = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    positions: pa.Array = arrays.array(np.arange(table.num_rows, dtype=np.int64))
     filtered = rejected = added = 0
     rejects: list[pa.Table] = []
     for i, (name, spec) in enumerate(stages):
@@ -265,7 +278,7 @@ def apply_stages(
             origin = pc.take(positions, rows) if len(positions) else pa.nulls(n_rej, pa.int64())
             rejects.append(pa.table({
                 "row": pc.cast(origin, pa.int64()),
-                "stage": pa.repeat(pa.scalar(key, pa.string()), n_rej),
+                "stage": pa.repeat(arrays.scalar(key, pa.string()), n_rej),
                 "reason": pc.cast(out.rejected.column("reason"), pa.string()),
             }, schema=REJECTS_SCHEMA))
         rejected += n_rej
@@ -323,16 +336,14 @@ def output_schema(
     Returns None when a ``python`` stage fails on an empty table: the schema from there on is
     unknown, and the stages after it are checked only when the job runs.
     """
-    from pipeline.stages.python_stage import check_python_spec
-
     table = empty_table(schema)
     for i, (name, spec) in enumerate(stages):
         key = _stage_key(i, name, keys)
         sctx = dataclasses.replace(ctx, stage=key, chunk=ctx.chunk or "an empty table (validation)")
         try:
-            if name == "python":
-                check_python_spec(STAGES[name].adapter.validate_python(spec), ctx.base_dir,
-                                  ctx.allowed_modules)
+            sdef = STAGES.get(name)
+            if sdef is not None and sdef.check is not None:
+                sdef.check(sdef.adapter.validate_python(spec), sctx)
             out = _run_one(name, table, spec, sctx)
         except ExprError as e:
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None
