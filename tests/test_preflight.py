@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import basic_job, manifest_of, read_output, run_cli, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
 
 TAG = textwrap.dedent("""
     def tag(df):
@@ -208,3 +208,20 @@ def test_validate_reads_every_column_type_with_a_reference(tmp_path, capsys):
     for f in written:
         assert f"{f.name}: " in out
     assert "heavy: bool" in out
+
+
+def test_ctrl_c_while_the_stages_are_checked_is_130_not_a_config_error(tmp_path):
+    (tmp_path / "stop.py").write_text(textwrap.dedent("""
+        import os, signal
+
+        def stop(df):
+            if len(df) == 0:          # the check on an empty table, before any chunk
+                os.kill(os.getpid(), signal.SIGINT)
+            return df
+    """))
+    data = penguins(tmp_path / "in.csv", rows=10)
+    cfg = write_job(tmp_path, basic_job(str(data), out=str(tmp_path / "out"),
+                                        stages=[{"python": {"function": "stop:stop"}}]))
+    done = run_subprocess("run", cfg, cwd=tmp_path)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted by SIGINT" in done.stderr and "Traceback" not in done.stderr
