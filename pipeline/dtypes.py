@@ -1,4 +1,5 @@
-"""Type names as users write them in the job file (``int64``, ``timestamp[s]``, ``decimal(10,2)``)."""
+"""Type names as users write them in the job file (``int64``, ``timestamp[s]``, ``decimal(10,2)``), and
+which types may be cast to which when chunks or runs of one output meet (``widens``)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ _SIMPLE = {
     "time64[ns]": pa.time64("ns"),
     "timestamp": pa.timestamp("us"),
 }
+# Arrow's own names that type_name prints, accepted back but not listed in messages
+_ARROW_NAMES = {"date32[day]": pa.date32(), "date64[ms]": pa.date64()}
 _TIMESTAMP = re.compile(r"^timestamp\[(s|ms|us|ns)(?:\s*,\s*(?:tz\s*=\s*)?([A-Za-z0-9_/+\-:]+))?\]$")
 _DECIMAL = re.compile(r"^decimal(?:128)?\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 
@@ -48,6 +51,8 @@ def parse_type(name: str) -> pa.DataType:
     text = str(name).strip().lower() if not str(name).strip().startswith("timestamp") else str(name).strip()
     if text in _SIMPLE:
         return _SIMPLE[text]
+    if text in _ARROW_NAMES:
+        return _ARROW_NAMES[text]
     m = _TIMESTAMP.match(text)
     if m:
         return pa.timestamp(m.group(1), tz=m.group(2))
@@ -61,7 +66,12 @@ def parse_type(name: str) -> pa.DataType:
 
 
 def type_name(dtype: pa.DataType) -> str:
-    """The name users write for an Arrow type (inverse of parse_type where possible)."""
+    """The name users write for an Arrow type: ``parse_type(type_name(t)) == t`` for every type
+    parse_type returns (Arrow's "float" is float32, the job file's "float" is float64)."""
+    if pa.types.is_float16(dtype):
+        return "float16"
+    if pa.types.is_float32(dtype):
+        return "float32"
     if pa.types.is_timestamp(dtype):
         return f"timestamp[{dtype.unit}, {dtype.tz}]" if dtype.tz else f"timestamp[{dtype.unit}]"
     if pa.types.is_decimal(dtype):
@@ -69,3 +79,33 @@ def type_name(dtype: pa.DataType) -> str:
     if pa.types.is_boolean(dtype):
         return "bool"
     return str(dtype)
+
+
+# ------------------------------------------------------------------------------------ types that meet
+
+
+def widens(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Whether values of ``src`` may be cast to ``dst`` (checked value by value, ``safe=True``).
+
+    Null to anything; integers to wider integers or floats; floats to floats; string, binary and
+    their large forms; timestamps across units; decimals; a dictionary to its value type.
+    Anything else (text to numbers, floats to integers) is a change of type, not a widening.
+    """
+    t = pa.types
+    if src == dst or t.is_null(src):
+        return True
+    if t.is_dictionary(src):
+        return widens(src.value_type, dst)
+    if t.is_integer(src):
+        return t.is_integer(dst) or t.is_floating(dst) or t.is_decimal(dst)
+    if t.is_floating(src):
+        return t.is_floating(dst)
+    if (t.is_string(src) or t.is_large_string(src)) and (t.is_string(dst) or t.is_large_string(dst)):
+        return True
+    if (t.is_binary(src) or t.is_large_binary(src)) and (t.is_binary(dst) or t.is_large_binary(dst)):
+        return True
+    if t.is_timestamp(src) and t.is_timestamp(dst):
+        return src.tz == dst.tz
+    if t.is_decimal(src) and t.is_decimal(dst):
+        return True
+    return bool(t.is_date(src) and t.is_date(dst))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipeline.dtypes import parse_type, type_name
+from pipeline.dtypes import parse_type, type_name, widens
 from pipeline.errors import InputError, OutputError, PipelineError
 
 log = logging.getLogger("pipeline")
@@ -62,8 +62,8 @@ def sample_table(plan, limit: int = SAMPLE_ROWS, sample_bytes: int = 1 << 20) ->
                 and chunk.end - chunk.start > sample_bytes:
             quote = plan.read.quote.encode() if plan.read.quote and chunk.file.format != "jsonl" else None
             with open_input(chunk.file.path) as fh:
-                start, end, line, quotes = next(split_ranges(fh, chunk.start, chunk.end, sample_bytes, quote,
-                                                             chunk.first_line or 1, count_lines=False))
+                _, end, _, _ = next(split_ranges(fh, chunk.start, chunk.end, sample_bytes, quote,
+                                                 chunk.first_line or 1, count_lines=False))
             head = dataclasses.replace(chunk, end=end, quotes=-1 if quote else 0)
         for block in read_chunk(head, spec):
             if block.table.num_rows:
@@ -195,74 +195,6 @@ def _untyped_after_python(empty: pa.Schema | None, source: pa.Schema, stages, co
     return pa.schema([f if (f.name, f.type) in known else pa.field(f.name, pa.null()) for f in empty])
 
 
-# ------------------------------------------------------------------------------------ types that may meet
-
-
-def widens(src: pa.DataType, dst: pa.DataType) -> bool:
-    """Whether values of ``src`` may be cast to ``dst`` (checked value by value, ``safe=True``).
-
-    Null to anything; integers to wider integers or floats; floats to floats; string, binary and
-    their large forms; timestamps across units; decimals; a dictionary to its value type.
-    Anything else (text to numbers, floats to integers) is a change of type, not a widening.
-    """
-    t = pa.types
-    if src == dst or t.is_null(src):
-        return True
-    if t.is_dictionary(src):
-        return widens(src.value_type, dst)
-    if t.is_integer(src):
-        return t.is_integer(dst) or t.is_floating(dst) or t.is_decimal(dst)
-    if t.is_floating(src):
-        return t.is_floating(dst)
-    if (t.is_string(src) or t.is_large_string(src)) and (t.is_string(dst) or t.is_large_string(dst)):
-        return True
-    if (t.is_binary(src) or t.is_large_binary(src)) and (t.is_binary(dst) or t.is_large_binary(dst)):
-        return True
-    if t.is_timestamp(src) and t.is_timestamp(dst):
-        return src.tz == dst.tz
-    if t.is_decimal(src) and t.is_decimal(dst):
-        return True
-    if t.is_date(src) and t.is_date(dst):
-        return True
-    return False
-
-
-def conform_table(table: pa.Table, schema: pa.Schema, where: str, against: str = "earlier chunks") -> pa.Table:
-    """``table`` in ``schema``: the same columns, each cast where that is a safe widening.
-
-    Otherwise InputError (exit 65) naming ``where`` (a file), the column, both types and the fix.
-    """
-    if table.schema.equals(schema):
-        return table
-    if set(table.column_names) != set(schema.names):
-        missing = [n for n in schema.names if n not in table.column_names]
-        extra = [n for n in table.column_names if n not in schema.names]
-        parts = ([f"lacks {missing}"] if missing else []) + ([f"has extra {extra}"] if extra else [])
-        raise InputError(f"{where}: the stages' result {' and '.join(parts)} compared with {against} "
-                         f"(columns {schema.names}); every chunk must give the same columns", file=where)
-    table = table.select(schema.names)
-    columns = []
-    for want, col in zip(schema, table.columns):
-        if col.type == want.type:
-            columns.append(col)
-            continue
-        if not widens(col.type, want.type):
-            raise InputError(_type_change(where, want.name, col.type, want.type, against), file=where,
-                             column=want.name)
-        try:
-            columns.append(col.cast(want.type, safe=True))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise InputError(_type_change(where, want.name, col.type, want.type, against) + f" ({exc})",
-                             file=where, column=want.name) from exc
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _type_change(where: str, column: str, found: pa.DataType, expected: pa.DataType, against: str) -> str:
-    return (f"{where}: column {column!r} is {type_name(found)} here but {type_name(expected)} in {against}; "
-            f"add a `cast` stage after the stage that makes it (- cast: {{{column}: {type_name(expected)}}}), "
-            f"so that every chunk gives it one type")
-
-
 # ------------------------------------------------------------------------------------ the output
 
 
@@ -304,7 +236,7 @@ def append_schema(job, schema: pa.Schema | None, previous: dict | None, output: 
     A changed type is refused either way. Raises InputError (65) before anything is written.
     """
     old = manifest_schema(previous)
-    if old is None or schema is None:
+    if old is None or schema is None or previous is None:
         return schema
     partition_by = set(previous.get("partition_by") or ())
     new_types = {f.name: f.type for f in schema}

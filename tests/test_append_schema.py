@@ -21,7 +21,8 @@ def _tree(path) -> dict[str, str]:
     for root, _, names in os.walk(path):
         for n in names:
             full = os.path.join(root, n)
-            out[os.path.relpath(full, path)] = hashlib.sha256(open(full, "rb").read()).hexdigest()
+            with open(full, "rb") as fh:
+                out[os.path.relpath(full, path)] = hashlib.sha256(fh.read()).hexdigest()
     return out
 
 

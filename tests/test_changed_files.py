@@ -91,7 +91,7 @@ def test_reprocess_replaces_the_rows_in_parts_shared_with_other_files(tmp_path, 
     os.utime(files[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     code, _, err = run_cli("run", cfg, capsys=capsys)
     assert code == 0, err
-    expected = sorted(sum((pacsv.read_csv(f).column("id").to_pylist() for f in files), []))
+    expected = sorted(i for f in files for i in pacsv.read_csv(f).column("id").to_pylist())
     assert _ids(tmp_path / "out") == expected
     assert sorted(pq.read_table(tmp_path / "out").column("id").to_pylist()) == expected
 
@@ -115,7 +115,7 @@ def test_min_age_leaves_a_file_being_written_for_the_next_run(tmp_path, capsys):
     fresh.write_text("id,name,score\n" + _lines(30, 20))
     hour_ago = time.time() - 3600
     os.utime(old, (hour_ago, hour_ago))
-    code, text, err = run_cli("run", cfg, capsys=capsys)
+    code, _, err = run_cli("run", cfg, capsys=capsys)
     assert code == 0, err
     assert _ids(tmp_path / "out") == list(range(10))
     os.utime(fresh, (hour_ago, hour_ago))

@@ -8,11 +8,11 @@ import os
 
 import pyarrow as pa
 
-from pipeline.config import Job, format_bytes
+from pipeline import preflight
+from pipeline.config import Job, format_bytes, plural
 from pipeline.dtypes import type_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.input.plan import build_plan
-from pipeline import preflight
 from pipeline.run import check_stages, stage_check
 from pipeline.stages import check_python_spec
 
@@ -29,15 +29,25 @@ def validate(job: Job) -> int:
     schema = preflight.target_schema(job, checked, job.output.mode)
     print(f"{job.config_path}: OK")
     print(f"  job       {job.name}")
-    print(f"  input     {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks")
+    print(f"  input     {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
+          f"{plural(len(plan.chunks), 'chunk')}")
     print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}"
           + (f" (tried on the first {checked.sample_rows} rows)" if job.stages and checked.sample_rows else ""))
     if checked.rows_rejected:
         stage, reason = checked.rejected[0]
         print(f"  rejects   {checked.rows_rejected} of the first {checked.sample_rows} rows ({stage}: {reason})")
     shown = dataclasses.replace(checked, schema=schema) if schema is not None else checked
-    print(f"  output    {job.output.path} ({job.output.mode}); columns {preflight.describe_columns(shown)}")
+    print(f"  output    {job.output.path} ({_MODE_WORDS[job.output.mode]}); columns "
+          f"{preflight.describe_columns(shown)}")
     return 0
+
+
+# output.mode as validate shows it: what a run does when the output already holds data
+_MODE_WORDS = {
+    "overwrite": "mode overwrite: a run replaces what is there",
+    "append": "mode append: a run adds its files to what is there",
+    "error": "mode error: a run refuses to replace an existing output",
+}
 
 
 def _check_python_stages(job: Job) -> None:
@@ -53,8 +63,9 @@ def show_plan(job: Job, workers: int | None = None) -> int:
     plan = build_plan(job, workers=workers)
     schema = check_stages(job, plan) if plan.files else None
     print(f"plan for {job.name} ({job.config_path})")
-    print(f"  {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks, "
-          f"{plan.workers} workers (start method {job.run.start_method})")
+    print(f"  {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
+          f"{plural(len(plan.chunks), 'chunk')}, "
+          f"{plural(plan.workers, 'worker')} (start method {job.run.start_method})")
     print()
     print(f"  {'file':<48} {'format':<8} {'size':>10} {'chunks':>7}")
     per_file: dict[str, int] = {}

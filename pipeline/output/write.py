@@ -24,6 +24,7 @@ import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +32,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import arrays
+from pipeline.dtypes import type_name, widens
 from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.worker import REJECT_SCHEMA, set_title, unspool
-from pipeline.preflight import conform_table, widens
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -92,7 +93,7 @@ class Partition:
     tables: list = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
-    open: object | None = None     # has write(table, row_group_rows), size() and a ``sources`` list
+    open: Any = None     # the part file being written: has write(table, row_group_rows), size(), ``sources``
     seq: int = 0
     segments: list = field(default_factory=list)   # [input file, rows] of the buffered rows, in order
 
@@ -331,6 +332,42 @@ class DatasetWriter(RowGroupWriter):
         return self.files
 
 
+def conform_table(table: pa.Table, schema: pa.Schema, where: str, against: str = "earlier chunks") -> pa.Table:
+    """``table`` in ``schema``: the same columns, each cast where that is a safe widening.
+
+    Otherwise InputError (exit 65) naming ``where`` (a file), the column, both types and the fix.
+    """
+    if table.schema.equals(schema):
+        return table
+    if set(table.column_names) != set(schema.names):
+        missing = [n for n in schema.names if n not in table.column_names]
+        extra = [n for n in table.column_names if n not in schema.names]
+        parts = ([f"lacks {missing}"] if missing else []) + ([f"has extra {extra}"] if extra else [])
+        raise InputError(f"{where}: the stages' result {' and '.join(parts)} compared with {against} "
+                         f"(columns {schema.names}); every chunk must give the same columns", file=where)
+    table = table.select(schema.names)
+    columns = []
+    for want, col in zip(schema, table.columns):
+        if col.type == want.type:
+            columns.append(col)
+            continue
+        if not widens(col.type, want.type):
+            raise InputError(_type_change(where, want.name, col.type, want.type, against), file=where,
+                             column=want.name)
+        try:
+            columns.append(col.cast(want.type, safe=True))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(_type_change(where, want.name, col.type, want.type, against) + f" ({exc})",
+                             file=where, column=want.name) from exc
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _type_change(where: str, column: str, found: pa.DataType, expected: pa.DataType, against: str) -> str:
+    return (f"{where}: column {column!r} is {type_name(found)} here but {type_name(expected)} in {against}; "
+            f"add a `cast` stage after the stage that makes it (- cast: {{{column}: {type_name(expected)}}}), "
+            f"so that every chunk gives it one type")
+
+
 def add_null_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
     """``table`` with the named columns added as nulls where it lacks them (schema evolution on append)."""
     for name in names:
@@ -417,7 +454,7 @@ def writer_main(queue, events, spec: WriterSpec) -> None:
         events.put(("error", OutputError(f"cannot write the output: {exc}", path=getattr(exc, "filename", None))))
     except PipelineError as exc:
         events.put(("error", exc))
-    except BaseException as exc:  # reported to the parent, which fails the run with exit 1
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run with exit 1
         events.put(("error", RuntimeError(f"writer failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
 
 
@@ -430,12 +467,12 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
     since_checkpoint: list = []
     last_checkpoint = time.monotonic()
 
-    def checkpoint() -> None:
+    def checkpoint(journal: str) -> None:
         nonlocal last_checkpoint, since_checkpoint
         closed = out.checkpoint()
         line = {"kind": "checkpoint", "files": [f.__dict__ for f in closed],
                 "chunks": [_result_dict(r) for r in since_checkpoint]}
-        with open(spec.journal, "a", encoding="utf-8") as fh:
+        with open(journal, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -446,7 +483,8 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
         try:
             msg = queue.get(timeout=DONE_GRACE_SECONDS) if expected is not None else queue.get()
         except queue_mod.Empty:
-            raise RuntimeError(f"the writer received {len(committed)} of {expected} chunks; the rest never arrived")
+            raise RuntimeError(
+                f"the writer received {len(committed)} of {expected} chunks; the rest never arrived") from None
         kind = msg[0]
         if kind in ("data", "rejects"):
             pending.setdefault((msg[1], msg[2]), []).append((kind, msg[3]))
@@ -473,7 +511,7 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
             if spec.journal:
                 since_checkpoint.append(result)
                 if time.monotonic() - last_checkpoint >= spec.checkpoint_seconds:
-                    checkpoint()
+                    checkpoint(spec.journal)
             events.put(("ack", chunk_id, attempt, written, result))
         elif kind == "done":
             expected = msg[1]
