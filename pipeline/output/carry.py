@@ -38,7 +38,6 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
         file_schema = pa.schema([f for f in schema if f.name not in partition_by])
     done: set[str] = set()
     files = []
-    removed_rows = 0
     for entry in manifest.get("files", []):
         entry = dict(entry)
         rel = entry["path"]
@@ -47,7 +46,6 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
         needs_columns = file_schema is not None and not _has_columns(src, file_schema)
         if drop is not None and drop.all():
             done.add(rel)             # every row came from a replaced file: the part goes
-            removed_rows += entry["rows"]
             continue
         if drop is None and not needs_columns:
             files.append(entry)
@@ -55,7 +53,6 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
         table = pq.read_table(src)
         if drop is not None:
             table = table.filter(arrays.array(~drop))
-            removed_rows += int(drop.sum())
             entry["sources"] = [s for s in entry.get("sources", []) if s[0] not in replaced]
         if file_schema is not None:
             table = _widen(table, file_schema)
@@ -88,7 +85,6 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
             kept.append(entry)
         rejects = {"files": kept, "rows": sum(f["rows"] for f in kept)}
     manifest["rejects"] = rejects
-    manifest["replaced_rows"] = removed_rows
     link_previous(previous_dir, staging, skip=done)
     return manifest
 
