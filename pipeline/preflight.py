@@ -49,7 +49,7 @@ def sample_table(plan, limit: int = SAMPLE_ROWS, sample_bytes: int = 1 << 20) ->
     Reads only the head of a chunk (about ``sample_bytes``); bad rows are left out here, the run
     counts them.
     """
-    from pipeline.input.read import read_chunk
+    from pipeline.input.read import dialect_of, read_chunk
     from pipeline.input.split import split_ranges
     from pipeline.input.storage import open_input
 
@@ -58,13 +58,13 @@ def sample_table(plan, limit: int = SAMPLE_ROWS, sample_bytes: int = 1 << 20) ->
     rows = 0
     for chunk in plan.chunks[:SAMPLE_CHUNKS]:
         head = chunk
-        if chunk.file.format != "parquet" and chunk.end >= 0 and not chunk.file.compression \
+        if chunk.file.format in ("csv", "tsv", "jsonl") and chunk.end >= 0 and not chunk.file.compression \
                 and chunk.end - chunk.start > sample_bytes:
-            quote = plan.read.quote.encode() if plan.read.quote and chunk.file.format != "jsonl" else None
             with open_input(chunk.file.path) as fh:
-                _, end, _, _ = next(split_ranges(fh, chunk.start, chunk.end, sample_bytes, quote,
-                                                 chunk.first_line or 1, count_lines=False))
-            head = dataclasses.replace(chunk, end=end, quotes=-1 if quote else 0)
+                _, end, _, quotes = next(split_ranges(fh, chunk.start, chunk.end, sample_bytes,
+                                                      dialect_of(chunk, plan.read), chunk.first_line or 1,
+                                                      count_lines=False))
+            head = dataclasses.replace(chunk, end=end, quotes=quotes)
         for block in read_chunk(head, spec):
             if block.table.num_rows:
                 tables.append(block.table.slice(0, limit - rows))
@@ -317,11 +317,11 @@ def describe_columns(checked: StageSchema) -> str:
     return ", ".join(cols)
 
 
-def target_schema(job, checked: StageSchema, mode: str) -> pa.Schema | None:
+def target_schema(job, checked: StageSchema, mode: str, contract: bool = True) -> pa.Schema | None:
     """`validate` and `--dry-run`: the output checks, the sampled rows, and the schema the run would
     write (the append contract applied). Raises what the run would raise before writing."""
     previous = check_output(job, mode)
     check_sample(job, checked)
-    if mode == "append" and previous is not None:
+    if contract and mode == "append" and previous is not None:
         return append_schema(job, checked.schema, previous, job.output.path)
     return checked.schema

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,16 +21,20 @@ from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, Loc
 from pipeline.execution.local import LocalExecutor
 from pipeline.execution.worker import ChunkResult, WorkerSpec, rejects_table
 from pipeline.execution.worker import spool as spool_table
+from pipeline.input.lookups import fingerprints as lookup_fingerprints
+from pipeline.input.lookups import job_lookup_tables, lookup_tables, lookups_key, lookups_of
 from pipeline.input.plan import Chunk, Plan, build_plan
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import is_url, read_remote_manifest
 from pipeline.output.carry import carry_previous
+from pipeline.output.finalize import finalize_schema, finalize_staged
 from pipeline.output.lock import JobLock
 from pipeline.output.publish import (
     REJECTS,
     SPOOL,
     OutputPaths,
     check_target,
+    link_previous,
     new_run_id,
     publish,
     read_manifest,
@@ -63,6 +68,7 @@ class Counts:
     rows_filtered: int = 0
     rows_rejected: int = 0
     rows_added: int = 0
+    lines_skipped: int = 0     # comment lines (csv.comment)
 
     def add(self, r: ChunkResult) -> None:
         self.rows_read += r.rows_read
@@ -70,6 +76,7 @@ class Counts:
         self.rows_filtered += r.rows_filtered
         self.rows_rejected += r.rows_rejected
         self.rows_added += r.rows_added
+        self.lines_skipped += r.lines_skipped
 
     def balanced(self) -> bool:
         return self.rows_read + self.rows_added == self.rows_written + self.rows_filtered + self.rows_rejected
@@ -95,6 +102,7 @@ class Report:
     exit_code: int | None = None
     note: str = ""
     skip_metrics: bool = False
+    finalize: dict | None = None      # the manifest's finalize entry: scope, rows in and out
 
     def succeeded(self, files: list[dict], started: float) -> Report:
         """Fill in a published run's figures from the files it wrote."""
@@ -118,8 +126,13 @@ class Report:
             f"  input     {plural(self.input_files, 'file')}, {format_bytes(self.input_bytes)}, "
             f"{plural(self.chunks, 'chunk')}{workers}",
             f"  rows      {c.rows_read:,} read, {c.rows_written:,} written, {c.rows_filtered:,} filtered, "
-            f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else ""),
+            f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else "")
+            + (f"; {c.lines_skipped:,} comment lines skipped" if c.lines_skipped else ""),
         ]
+        if self.finalize:
+            f = self.finalize
+            lines.append(f"  finalize  {f['rows_in']:,} rows in, {f['rows_out']:,} rows out (scope {f['scope']}, "
+                         f"{f['seconds']:.2f} s)")
         if c.rows_read:
             lines.append(f"  speed     {rate:,.0f} rows/s, {format_bytes(byte_rate)}/s")
         if self.note:
@@ -138,8 +151,17 @@ class Report:
         return "\n".join(lines)
 
 
+def sql_memory(job: Job, workers: int | None = None) -> int:
+    """DuckDB's memory limit in each worker: run.memory_limit shared by the workers."""
+    return max(64 << 20, job.run.memory_limit // max(1, workers or job.run.workers))
+
+
 def stage_context(job: Job, chunk: str = "") -> StageContext:
-    return StageContext(base_dir=job.base_dir, chunk=chunk, allowed_modules=tuple(job.run.python_modules))
+    lookups = lookups_of(job)
+    key = lookups_key(lookups) if lookups else ()
+    return StageContext(base_dir=job.base_dir, chunk=chunk, allowed_modules=tuple(job.run.python_modules),
+                        memory_bytes=sql_memory(job), lookups_key=key,
+                        load_lookups=functools.partial(lookup_tables, lookups, key))
 
 
 def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
@@ -150,6 +172,7 @@ def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
 def stage_check(job: Job, plan: Plan, sample: bool = True) -> StageSchema:
     """The output schema after the stages, from sampled rows (see ``preflight``); ConfigError naming
     the stage for any problem. ``sample`` off: python-stage columns are left to the first chunk."""
+    job_lookup_tables(job)   # read now: a missing, oversized or broken lookup is named as itself
     try:
         checked = stage_schema(job, plan, stage_context(job), sample)
         schema = checked.schema
@@ -162,17 +185,32 @@ def stage_check(job: Job, plan: Plan, sample: bool = True) -> StageSchema:
         elif not exc.context.get("file"):
             exc.context["file"] = str(job.config_path)
         raise
-    if schema is not None:
-        missing = [p for p in job.output.partition_by if p not in schema.names]
-        if missing:
-            raise ConfigError(f"partition column {missing[0]!r} is not among the output columns {schema.names}",
-                              file=str(job.config_path), key="output.partition_by",
-                              line=job.line_of("output.partition_by"))
-        if job.output.partition_by and len(job.output.partition_by) == len(schema.names):
-            raise ConfigError("every output column is a partition column; no data would be left in the files",
-                              file=str(job.config_path), key="output.partition_by",
-                              line=job.line_of("output.partition_by"))
+    if schema is not None and job.finalize is None:   # with finalize, its result is partitioned
+        check_partitions(job, schema)
     return checked
+
+
+def check_partitions(job: Job, schema: pa.Schema, what: str = "the output columns") -> None:
+    missing = [p for p in job.output.partition_by if p not in schema.names]
+    if missing:
+        raise ConfigError(f"partition column {missing[0]!r} is not among {what} {schema.names}",
+                          file=str(job.config_path), key="output.partition_by",
+                          line=job.line_of("output.partition_by"))
+    if job.output.partition_by and len(job.output.partition_by) == len(schema.names):
+        raise ConfigError("every output column is a partition column; no data would be left in the files",
+                          file=str(job.config_path), key="output.partition_by",
+                          line=job.line_of("output.partition_by"))
+
+
+def check_finalize(job: Job, schema: pa.Schema | None) -> pa.Schema | None:
+    """The output schema after finalize (``schema``, the stages' output, without it); ConfigError naming
+    the finalize key and line for any problem. None when the stages' output is known only at run time."""
+    if job.finalize is None or schema is None:
+        return schema
+    out = finalize_schema(job.finalize, schema, job_lookup_tables(job), file=str(job.config_path),
+                          line_of=job.line_of)
+    check_partitions(job, out, "finalize's output columns")
+    return out
 
 
 def _stage_line(job: Job, key: str) -> int | None:
@@ -192,7 +230,18 @@ def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
         on_bad_rows=job.run.on_bad_rows,
         spool=spool,
         allowed_modules=tuple(job.run.python_modules),
+        memory_bytes=sql_memory(job, plan.workers),
+        lookups=lookups_of(job),
+        lookups_key=lookups_key(lookups_of(job)) if job.lookups else (),
     )
+
+
+FINALIZE_SPILL = "_finalize_spill"   # DuckDB's spill files during finalize, inside staging
+
+
+def staged_partition_by(job: Job) -> tuple[str, ...]:
+    """How the map's parts are staged: unpartitioned when finalize will write the output."""
+    return () if job.finalize is not None else tuple(job.output.partition_by)
 
 
 def bad_row_cap(job: Job) -> int | None:
@@ -270,6 +319,12 @@ def transform_hash(job: Job) -> str:
     data = {"schema": config["input"].get("schema"), "csv": config["input"].get("csv"),
             "format": config["input"].get("format"), "stages": config["stages"],
             "partition_by": config["output"].get("partition_by")}
+    # only when present, so that the hash of a job without them stays what it was
+    if job.lookups:
+        data["lookups"] = [{"name": f["name"], "fingerprint": f["fingerprint"]}
+                           for f in lookup_fingerprints(lookups_of(job))]
+    if job.finalize is not None:
+        data["finalize"] = config["finalize"]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -376,7 +431,8 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         return report
     checked = stage_check(job, plan, sample=dry_run)
     out_schema = checked.schema
-    if mode == "append" and previous is not None:
+    check_finalize(job, out_schema)
+    if mode == "append" and previous is not None and job.finalize is None:
         out_schema = append_schema(job, out_schema, previous, paths.path)
         old = manifest_schema(previous)
         if is_url(job.output.path) and (replaced or (old is not None and out_schema is not None
@@ -385,12 +441,16 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
                               "under output.on_schema_change: add_columns, or input.on_changed_file: reprocess); "
                               "write to a local or mounted output.path, or rebuild with --full-refresh",
                               file=str(job.config_path), key="output.path")
+    if replaced and job.finalize is not None:
+        raise ConfigError("input.on_changed_file: reprocess cannot be combined with finalize yet; use fail or "
+                          "skip, or rebuild with --full-refresh", file=str(job.config_path),
+                          key="input.on_changed_file", line=job.line_of("input.on_changed_file"))
     null_columns = tuple(n for n in (out_schema.names if out_schema is not None else ())
                          if checked.schema is not None and n not in checked.schema.names)
     report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
     report.chunks, report.workers = len(plan.chunks), plan.workers
     if dry_run:
-        target_schema(job, checked, mode)
+        target_schema(job, checked, mode, contract=job.finalize is None)
         report.status = "dry-run"
         report.seconds = time.monotonic() - started
         return report
@@ -441,7 +501,7 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             if cap is not None and counts.rows_rejected > cap:
                 raise InputError(f"{counts.rows_rejected} bad rows, more than run.max_bad_rows ({cap})")
             executor = local_executor(job, plan, wspec, on_result)
-            spec = WriterSpec(job.name, run_id, staging, out_schema, tuple(job.output.partition_by),
+            spec = WriterSpec(job.name, run_id, staging, out_schema, staged_partition_by(job),
                               job.output.compression, job.output.compression_level,
                               job.output.row_group_rows, job.output.file_bytes,
                               journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0,
@@ -460,14 +520,26 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + info["files"]
             os.unlink(journal)
             schema = info.get("schema") or out_schema
-            if previous_manifest is not None and mode == "append":
-                previous_manifest = carry_previous(paths.path, staging, previous_manifest, schema,
-                                                   tuple(job.output.partition_by), replaced,
-                                                   job.output.compression)
+            extends = previous_manifest if mode == "append" else None
+            publish_mode: str = mode
+            finalized = None
+            if job.finalize is not None:
+                outcome = finalize_staged(
+                    job.finalize, files=files, schema=schema, parts_root=staging, output_path=paths.path,
+                    previous=previous_manifest, mode=mode, run_id=run_id, output=job.output,
+                    threads=plan.workers, memory_bytes=job.run.memory_limit, lookups=job_lookup_tables(job),
+                    spill=os.path.join(staging, FINALIZE_SPILL))
+                files, schema, extends = outcome.files, outcome.schema, outcome.previous
+                publish_mode, finalized = outcome.publish_mode, outcome.record
+                report.finalize = finalized
+                if previous_manifest is not None and publish_mode == "append":
+                    link_previous(paths.path, staging)
+            elif previous_manifest is not None and mode == "append":
+                extends = carry_previous(paths.path, staging, previous_manifest, schema,
+                                         tuple(job.output.partition_by), replaced, job.output.compression)
             prints = {f.path: fingerprint(f.path, f.size) for f in plan.files}
-            manifest = build_manifest(job, plan, run_id, counts, files, schema,
-                                      previous_manifest if mode == "append" else None, thash,
-                                      fingerprints=prints, mode=mode, started=wall_started)
+            manifest = build_manifest(job, plan, run_id, counts, files, schema, extends, thash,
+                                      fingerprints=prints, mode=mode, started=wall_started, finalize=finalized)
             publish(paths, staging, manifest, run_id)
         except BaseException as exc:
             bar.close()
@@ -517,7 +589,7 @@ def _nothing_to_do(job: Job, plan: Plan, select: Selection | None) -> str:
 def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: list[dict],
                    schema: pa.Schema | None, previous: dict | None, thash: str = "",
                    fingerprints: dict[str, str] | None = None, mode: str | None = None,
-                   started: float | None = None) -> dict:
+                   started: float | None = None, finalize: dict | None = None) -> dict:
     data = [dict(f) for f in files if not f["path"].startswith(REJECTS + "/")]
     rejects = [dict(f) for f in files if f["path"].startswith(REJECTS + "/")]
     prints = fingerprints or {}
@@ -534,6 +606,8 @@ def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: lis
         "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": prints.get(f.path, "")}
                    for f in plan.files],
     }
+    if finalize is not None:
+        this_run["finalize"] = finalize
     runs = []
     if previous is not None:
         data = previous.get("files", []) + data
@@ -551,10 +625,12 @@ def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: lis
         "partition_by": list(job.output.partition_by),
         "schema": schema_dict(schema),
         "input_schema": schema_dict(plan.read.schema),
+        "lookups": lookup_fingerprints(lookups_of(job)),
         "inputs": this_run["inputs"],
         "files": data,
         "rejects": {"files": rejects, "rows": sum(f["rows"] for f in rejects)},
         "counts": this_run["counts"],
+        **({"finalize": finalize} if finalize is not None else {}),
         "chunks": len(plan.chunks),
         "runs": runs + [this_run],
     }

@@ -13,7 +13,7 @@ from pipeline.config import Job, format_bytes, plural
 from pipeline.dtypes import type_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.input.plan import build_plan
-from pipeline.run import check_stages, stage_check
+from pipeline.run import check_finalize, check_stages, stage_check
 from pipeline.stages import check_python_spec
 
 
@@ -25,8 +25,11 @@ def validate(job: Job) -> int:
         print(f"{job.config_path}: OK (no input file to check yet{young})")
         return 0
     checked = stage_check(job, plan)
+    final = check_finalize(job, checked.schema)
     _check_python_stages(job)
-    schema = preflight.target_schema(job, checked, job.output.mode)
+    schema = preflight.target_schema(job, checked, job.output.mode, contract=job.finalize is None)
+    if job.finalize is not None:
+        schema = final
     print(f"{job.config_path}: OK")
     print(f"  job       {job.name}")
     print(f"  input     {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
@@ -61,7 +64,7 @@ def _check_python_stages(job: Job) -> None:
 
 def show_plan(job: Job, workers: int | None = None) -> int:
     plan = build_plan(job, workers=workers)
-    schema = check_stages(job, plan) if plan.files else None
+    schema = check_finalize(job, check_stages(job, plan)) if plan.files else None
     print(f"plan for {job.name} ({job.config_path})")
     print(f"  {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
           f"{plural(len(plan.chunks), 'chunk')}, "

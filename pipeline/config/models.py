@@ -6,6 +6,7 @@ import codecs
 import hashlib
 import importlib.util
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -54,15 +56,28 @@ class CsvOptions(_Model):
 
     delimiter: str = Field(",", description=(
         'One character; write "\\t" for a tab. The default for `format: tsv` is a tab.'))
-    header: bool = Field(True, description="The first line holds the column names.")
+    header: bool = Field(True, description=(
+        "The first record (after `skip_rows`) holds the column names. With `false`, the columns are named by "
+        "`column_names`, or else `column0`, `column1`, ... as DuckDB names them."))
     column_names: StrTuple | None = Field(None, description=(
-        "The column names, in order, when `header: false` (required then); ignored when `header: true`."))
+        "The column names, in order, when `header: false`; ignored when `header: true`."))
     quote: str | None = Field('"', description=(
-        "The quote character (RFC 4180 quoting: quoted fields may hold the delimiter, doubled quotes "
-        "and newlines); null turns quoting off."))
+        "The quote character, special only at the start of a field (as in Arrow, Python's csv and DuckDB): "
+        "a quoted field may hold the delimiter, doubled quotes and newlines; elsewhere a quote is text. "
+        "null turns quoting off."))
     null_values: StrTuple = Field(("", "NA", "NULL", "null"), description="Field values read as null.")
     encoding: str = Field("utf-8", description=(
-        "The text encoding: any Python codec name (`latin-1`, `cp1252`, ...). Text invalid in it makes bad rows."))
+        "The text encoding: a Python codec name that keeps ASCII bytes as they are (`latin-1`, `cp1252`, ...; "
+        "not UTF-16). Text invalid in it makes bad rows."))
+    comment: str | None = Field(None, description=(
+        "A prefix such as `#`: a line that starts a record with it is skipped whole and counted apart "
+        "(`lines_skipped` in the manifest's counts)."))
+    skip_rows: int = Field(0, ge=0, description=(
+        "Records to skip before the header (or before the data when `header: false`); a quoted field over "
+        "two lines is one record, blank and comment lines do not count."))
+    rename_duplicates: bool = Field(False, description=(
+        "Read a header with empty or repeated names, named as DuckDB does (`a,a,,b` reads as "
+        "`a, a_1, column2, b`). Otherwise such a header is refused (exit 65)."))
 
     @field_validator("delimiter", mode="before")
     @classmethod
@@ -71,6 +86,8 @@ class CsvOptions(_Model):
             return "\t"
         if not isinstance(value, str) or len(value) != 1 or value in "\r\n":
             raise ValueError(f'expected exactly one character (use "\\t" for a tab), got {show(value)}')
+        if not value.isascii():
+            raise ValueError(f"expected an ASCII character (the CSV parser splits on one byte), got {show(value)}")
         return value
 
     @field_validator("quote", mode="before")
@@ -78,6 +95,15 @@ class CsvOptions(_Model):
     def _quote(cls, value: Any) -> Any:
         if value is not None and (not isinstance(value, str) or len(value) != 1 or value in "\r\n"):
             raise ValueError(f"expected one character, or null for no quoting, got {show(value)}")
+        if value is not None and not value.isascii():
+            raise ValueError(f"expected an ASCII character (the CSV parser reads it as one byte), got {show(value)}")
+        return value
+
+    @field_validator("comment")
+    @classmethod
+    def _comment(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "\n" in value or "\r" in value):
+            raise ValueError(f"expected a non-empty prefix on one line, such as '#', got {show(value)}")
         return value
 
     @field_validator("encoding")
@@ -89,6 +115,14 @@ class CsvOptions(_Model):
             raise ValueError(
                 f"unknown encoding {show(value)}; expected a name such as utf-8, latin-1 or cp1252"
             ) from None
+        sample = ',;|\t"\'\r\n#abc'
+        try:
+            compatible = sample.encode(value) == sample.encode("ascii")
+        except (UnicodeError, LookupError):
+            compatible = False
+        if not compatible:
+            raise ValueError(f"encoding {show(value)} does not keep ASCII bytes as they are (records are found "
+                             f"byte by byte); convert the files to UTF-8 first")
         return value
 
     @field_validator("column_names")
@@ -102,8 +136,6 @@ class CsvOptions(_Model):
 
     @model_validator(mode="after")
     def _cross(self) -> CsvOptions:
-        if not self.header and self.column_names is None:
-            raise ValueError("header: false requires column_names (the names of the columns, in order)")
         if self.quote is not None and self.quote == self.delimiter:
             raise ValueError(f"quote and delimiter must differ, both are {show(self.quote)}")
         return self
@@ -117,6 +149,17 @@ def _check_unique(names: Sequence[str]) -> None:
         seen.add(name)
 
 
+def tab_for_tsv(data: Any) -> Any:
+    """``format: tsv`` without a csv delimiter means a tab."""
+    if isinstance(data, Mapping) and data.get("format") == "tsv":
+        csv = data.get("csv")
+        if csv is None:
+            data = {**data, "csv": {"delimiter": "\t"}}
+        elif isinstance(csv, Mapping) and "delimiter" not in csv:
+            data = {**data, "csv": {**csv, "delimiter": "\t"}}
+    return data
+
+
 class InputConfig(_Model):
     """Where the input files are and how they are read (see docs/data.md)."""
 
@@ -124,10 +167,11 @@ class InputConfig(_Model):
         "One glob or a list of globs (`**` matches folders recursively), relative to the job file's "
         "folder, or URLs. The matches are sorted; duplicates, folders and names starting with `_` or `.` "
         "are skipped. A glob that matches nothing is an error (exit 78)."))
-    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = Field("auto", description=(
-        "`auto` tells the format by the extension (`.csv`; `.tsv`/`.tab`; `.jsonl`/`.ndjson`/`.json`; "
+    format: Literal["csv", "tsv", "jsonl", "json", "parquet", "auto"] = Field("auto", description=(
+        "`auto` tells the format by the extension (`.csv`; `.tsv`/`.tab`; `.jsonl`/`.ndjson`; `.json`; "
         "`.parquet`/`.pq`) after stripping `.gz`/`.gzip`/`.zst`/`.zstd`/`.bz2`. Compression is always told "
-        "by the extension."))
+        "by the extension. `json` (and a `.json` file whose first non-blank byte is `[`) is one JSON array "
+        "of objects, read whole (at most 512 MiB); any other `.json` file is JSON Lines."))
     csv: Annotated[CsvOptions, EmptyIsDefault] = Field(default_factory=CsvOptions, description=(
         "How CSV and TSV files are read."))
     schema_: Annotated[dict[str, TypeName], EmptyIsDefault] = Field(default_factory=dict, alias="schema", description=(
@@ -140,7 +184,7 @@ class InputConfig(_Model):
         "that every worker stays busy to the end."))
     sample_bytes: ByteSize = Field(1024**2, description="How much of each text file is read to infer column types.")
     max_record_bytes: ByteSize = Field(16 * 1024**2, description=(
-        "A longer record is a bad row (usually an unterminated quote)."))
+        "A longer record is a bad row. (A quote that is never closed is a bad row whatever its length.)"))
     max_decompressed_bytes: ByteSize | None = Field(None, description=(
         "Fail the run (exit 65) when a compressed file inflates past this size: a guard against "
         "decompression bombs. None: no limit."))
@@ -149,6 +193,9 @@ class InputConfig(_Model):
     allow_missing_columns: bool = Field(False, description=(
         "Let CSV, TSV and Parquet files have different columns: the schema is the union and a missing "
         "column reads as nulls. Otherwise different columns stop the run (exit 65)."))
+    hive_partitioning: bool = Field(True, description=(
+        "`key=value` folders below the wildcards of a glob become columns (`key`) of the rows of the files "
+        "under them, as pyarrow and DuckDB read hive-partitioned data."))
     incremental: bool = Field(False, description=(
         "Read only the files that are new since the job's last successful run, and append their rows to "
         "the output; `run --full-refresh` rebuilds from every file (see docs/cron.md). An empty landing "
@@ -164,13 +211,7 @@ class InputConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _tsv_delimiter(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("format") == "tsv":
-            csv = data.get("csv")
-            if csv is None:
-                data = {**data, "csv": {"delimiter": "\t"}}
-            elif isinstance(csv, Mapping) and "delimiter" not in csv:
-                data = {**data, "csv": {**csv, "delimiter": "\t"}}
-        return data
+        return tab_for_tsv(data)
 
     @field_validator("paths")
     @classmethod
@@ -242,6 +283,97 @@ class OutputConfig(_Model):
         return self
 
 
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RESERVED_TABLES = ("chunk", "data")   # the tables sql stages and finalize see besides the lookups
+
+
+class LookupConfig(_Model):
+    """A small reference table visible to sql stages and finalize by its name (see docs/sql.md)."""
+
+    path: str = Field(description=(
+        "The lookup's file, relative to the job file's folder (or a URL): one file, not a glob."))
+    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = Field("auto", description=(
+        "The file's format; `auto` tells it by the extension (`.gz`, `.zst`, `.bz2` too), as for `input`."))
+    csv: Annotated[CsvOptions, EmptyIsDefault] = Field(default_factory=CsvOptions, description=(
+        "How a CSV or TSV lookup is read, as `input.csv`."))
+    schema_: Annotated[dict[str, TypeName], EmptyIsDefault] = Field(default_factory=dict, alias="schema",
+                                                                    description=(
+        "Column types, as `input.schema`; other columns are inferred."))
+    max_bytes: ByteSize = Field(64 * 1024**2, description=(
+        "The largest the file, and the table it gives in memory, may be (every worker holds a copy); "
+        "past it the run stops with exit 78."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tsv_delimiter(cls, data: Any) -> Any:
+        return tab_for_tsv(data)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("expected the path of a file, got an empty string")
+        if any(c in value for c in "*?["):
+            raise ValueError(f"a lookup is one file, not a glob: {show(value)}")
+        return resolve_path(value, info)
+
+    def as_input(self) -> InputConfig:
+        """The lookup file as an input section, so that it is read as the job's inputs are."""
+        return InputConfig.model_validate({"paths": (self.path,), "format": self.format, "csv": self.csv,
+                                           "schema": dict(self.schema_),
+                                           "max_decompressed_bytes": self.max_bytes})
+
+
+def _check_lookups(value: dict) -> dict:
+    for name in value:
+        if not re.match(_IDENTIFIER, str(name)) or str(name).startswith("__"):
+            raise ValueError(f"lookup name {show(name)} must be a plain SQL name (letters, digits, _; "
+                             f"not starting with __)")
+        if str(name).lower() in RESERVED_TABLES:
+            raise ValueError(f"lookup name {show(name)} is taken: sql stages see the chunk as 'chunk' and "
+                             f"finalize sees the output as 'data'")
+    return value
+
+
+class DedupeConfig(_Model):
+    """finalize's shorthand for one row per key."""
+
+    keys: StrTuple = Field(description="One row is kept for each distinct combination of these columns.")
+    keep_latest_by: str | None = Field(None, description=(
+        "The row kept is the one with the greatest value in this column (nulls last). None: any one."))
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("expected at least one key column")
+        _check_unique(value)
+        return value
+
+
+class FinalizeConfig(_Model):
+    """A step over the whole run's output before the publish (see docs/sql.md)."""
+
+    dedupe: DedupeConfig | None = Field(None, description=(
+        "`{keys: [id], keep_latest_by: ts}`: the table `data` holds one row per key."))
+    sql: str | None = Field(None, description=(
+        "One DuckDB SELECT over the table `data` (and the lookups); its result is the output. "
+        "None: `SELECT * FROM data`."))
+    sort_by: StrTuple = Field((), description="Columns the result is sorted by (ascending, nulls last).")
+    scope: Literal["run", "dataset"] = Field("run", description=(
+        "`run`: `data` is this run's rows. `dataset`: when the run appends (mode append, or an incremental "
+        "run), `data` is also every row of the output so far, and the whole output is rewritten."))
+
+    @model_validator(mode="after")
+    def _something(self) -> FinalizeConfig:
+        if self.dedupe is None and self.sql is None and not self.sort_by:
+            raise ValueError("expected sql, dedupe or sort_by (or remove finalize)")
+        if self.sql is not None and not self.sql.strip():
+            raise ValueError("sql: expected a SELECT query over the table data, got an empty string")
+        _check_unique(self.sort_by)
+        return self
+
+
 class DaskConfig(_Model):
     """The Dask cluster of `run.executor: dask` (see docs/cluster.md)."""
 
@@ -308,6 +440,9 @@ class RunConfig(_Model):
         (), description=(
             "Installed modules that `python` stages may import (`[numpy, mypackage]`); listing a package "
             "allows its submodules. Modules beside the job file need no listing."))
+    memory_limit: ByteSize = Field(1024**3, description=(
+        "DuckDB's memory budget: `sql` stages share it between the workers (at least 64 MiB each); "
+        "finalize has all of it and spills to disk past it."))
 
     @field_validator("state_dir", "metrics_file")
     @classmethod
@@ -344,9 +479,16 @@ class Job(_Model):
         "The job's name: letters, digits, `_`, `.`, `-`, starting with a letter or digit. It names the "
         "job in log lines, the lock message, process titles, the manifest and the state store."))
     input: InputConfig = Field(description="Where the input files are and how they are read.")
+    lookups: Annotated[dict[str, LookupConfig], AfterValidator(_check_lookups), EmptyIsDefault] = Field(
+        default_factory=dict, description=(
+            "Small reference tables, `{countries: {path: ref/countries.csv}}`, visible to `sql` stages and "
+            "finalize by name (see docs/sql.md)."))
     stages: tuple[StageSpec, ...] = Field((), description=(
         "The stages, run in order on every chunk: each item is a mapping with one key, the stage name "
         "(see docs/stages.md)."))
+    finalize: FinalizeConfig | None = Field(None, description=(
+        "One DuckDB query over the whole run's output, after every chunk and before the publish: "
+        "dedupe, aggregates, sort order (see docs/sql.md)."))
     output: OutputConfig = Field(description="Where and how the Parquet dataset is written.")
     run: Annotated[RunConfig, EmptyIsDefault] = Field(default_factory=RunConfig, description=(
         "How the job runs: workers, bad rows, retries, state and metrics."))
@@ -382,6 +524,8 @@ MODEL_AT: dict[str, type[BaseModel]] = {
     "output": OutputConfig,
     "run": RunConfig,
     "run.dask": DaskConfig,
+    "finalize": FinalizeConfig,
+    "finalize.dedupe": DedupeConfig,
 }
 
 
@@ -408,6 +552,10 @@ def _stage_data(stage: StageSpec) -> Any:
 
 def _config_hash(job: Job) -> str:
     data = job.model_dump(mode="json", by_alias=True, include={"name", "input", "output", "params"})
+    if job.lookups:   # only when present, so that the hash of a job without them stays what it was
+        data["lookups"] = {k: v.model_dump(mode="json", by_alias=True) for k, v in sorted(job.lookups.items())}
+    if job.finalize is not None:
+        data["finalize"] = job.finalize.model_dump(mode="json", by_alias=True)
     data["input"]["schema"] = dict(sorted(data["input"]["schema"].items()))
     data["params"] = dict(sorted(data["params"].items()))
     data["stages"] = [{s.name: _stage_data(s)} for s in job.stages]
@@ -420,5 +568,6 @@ def dump_config(job: Job) -> dict:
     """The validated job as plain data (JSON-serialisable), for the manifest."""
     data = job.model_dump(mode="json", by_alias=True, exclude={"lines", "base_dir", "stages"})
     data["stages"] = [{s.name: _stage_data(s)} for s in job.stages]
-    order = ["name", "input", "stages", "output", "run", "params", "config_path", "config_hash"]
+    order = ["name", "input", "lookups", "stages", "finalize", "output", "run", "params", "config_path",
+             "config_hash"]
     return {k: data[k] for k in order}
