@@ -37,7 +37,9 @@ from pipeline.input.lookups import fingerprints as lookup_fingerprints
 from pipeline.input.lookups import job_lookup_tables, lookup_tables, lookups_key, lookups_of
 from pipeline.input.plan import Plan, build_plan
 from pipeline.input.read import BadRow
+from pipeline.input.storage import is_url
 from pipeline.log import set_context
+from pipeline.output.carry import carry_previous
 from pipeline.output.finalize import finalize_schema, finalize_staged
 from pipeline.output.lock import JobLock
 from pipeline.output.publish import REJECTS, SPOOL, new_run_id
@@ -45,8 +47,17 @@ from pipeline.output.records import BAD_ROW_SAMPLES, ChunkResult
 from pipeline.output.resume import has_checkpoint
 from pipeline.output.target import OutputTarget, output_target
 from pipeline.output.write import WriterSettings
+from pipeline.preflight import (
+    StageSchema,
+    append_schema,
+    check_output_path,
+    manifest_schema,
+    stage_schema,
+    target_schema,
+)
 from pipeline.progress import Progress
-from pipeline.stages import StageContext, output_schema
+from pipeline.stages import StageContext
+from pipeline.state.incremental import Selection
 from pipeline.state.metrics import write_metrics
 from pipeline.state.store import Seen, StateStore, fingerprint
 
@@ -163,11 +174,16 @@ def stage_context(job: Job, chunk: str = "") -> StageContext:
 
 def stage_output_schema(job: Job, plan: Plan) -> pa.Schema | None:
     """The output schema after the stages; ConfigError naming the stage for any problem."""
+    return stage_check(job, plan).schema
+
+
+def stage_check(job: Job, plan: Plan, sample: bool = True) -> StageSchema:
+    """The output schema after the stages, from sampled rows (see ``preflight``); ConfigError naming
+    the stage for any problem. ``sample`` off: python-stage columns are left to the first chunk."""
     job_lookup_tables(job)   # read now: a missing, oversized or broken lookup is named as itself
-    stages = [(s.name, s.spec) for s in job.stages]
-    keys = [s.key for s in job.stages]
     try:
-        schema = output_schema(plan.read.schema, stages, stage_context(job), keys)
+        checked = stage_schema(job, plan, stage_context(job), sample)
+        schema = checked.schema
     except ExprError as exc:
         key = exc.context.get("key")
         if key and not exc.context.get("line"):
@@ -179,7 +195,7 @@ def stage_output_schema(job: Job, plan: Plan) -> pa.Schema | None:
         raise
     if schema is not None and job.finalize is None:   # with finalize, its result is partitioned
         check_partitions(job, schema)
-    return schema
+    return checked
 
 
 def check_partitions(job: Job, schema: pa.Schema, what: str = "the output columns") -> None:
@@ -237,11 +253,12 @@ def staged_partition_by(job: Job) -> tuple[str, ...]:
 
 
 def writer_settings(job: Job, run_id: str, root: str, schema: pa.Schema | None,
-                    journal: str | None = None) -> WriterSettings:
+                    journal: str | None = None, null_columns: tuple[str, ...] = ()) -> WriterSettings:
     return WriterSettings(job.name, run_id, root, schema, staged_partition_by(job),
                           job.output.compression, job.output.compression_level,
                           job.output.row_group_rows, job.output.file_bytes,
-                          journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0)
+                          journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0,
+                          null_columns=null_columns)
 
 
 def bad_row_cap(job: Job) -> int | None:
@@ -262,6 +279,20 @@ def count_results(job: Job, report: Report, bar: Progress):
                              f"nothing was published", rows_rejected=counts.rows_rejected)
 
     return on_result
+
+
+def check_not_all_rejected(job: Job, report: Report) -> None:
+    """A run whose every row was rejected is a failure (exit 65), unless run.max_bad_rows allows that many."""
+    c = report.counts
+    if c.rows_written or not c.rows_rejected or job.run.max_bad_rows is not None:
+        return
+    first = report.bad_samples[0] if report.bad_samples else None
+    why = ""
+    if first is not None:
+        where = f"{first.file} line {first.line}" if first.line else first.file
+        why = f" (the first: {where}: {first.reason})"
+    raise InputError(f"every row was rejected: {c.rows_rejected:,} of {c.rows_read:,} read{why}; nothing was "
+                     f"published. Set run.max_bad_rows to allow it", rows_rejected=c.rows_rejected)
 
 
 def make_executor(job: Job, plan: Plan) -> Executor:
@@ -394,29 +425,45 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
                 f"it reads values changed); run with --full-refresh to rebuild it from all inputs",
                 file=str(job.config_path), key="stages")
         seen = store.seen_files(job.name) if store is not None else {}
-        select = lambda files: _new_or_changed(files, seen)  # noqa: E731
+        select = Selection(seen, job.input.on_changed_file)
         pinned = {c["name"]: parse_type(c["type"]) for c in previous.get("input_schema", [])}
         mode = "append"
     plan = build_plan(job, workers=workers, select=select, pinned=pinned)
-    if select is not None and not plan.files:
+    replaced = select.replaced if select is not None else set()
+    if not plan.files:
         report.status = "up to date"
-        report.note = (f"nothing new: {plural(len(plan.discovered), 'input file')} "
-                       f"{'was' if len(plan.discovered) == 1 else 'were'} processed by earlier runs")
+        report.note = _nothing_to_do(job, plan, select)
         report.seconds = time.monotonic() - started
         log.info("%s", report.note)
         return
-    out_schema = stage_output_schema(job, plan)
+    checked = stage_check(job, plan, sample=dry_run)
+    out_schema = checked.schema
     check_finalize(job, out_schema)
-    if mode == "append" and previous is not None and previous.get("schema") and out_schema is not None \
-            and job.finalize is None:
-        out_schema = _append_schema(out_schema, previous["schema"])
+    if mode == "append" and previous is not None and job.finalize is None:
+        out_schema = append_schema(job, out_schema, previous, target.path)
+        old = manifest_schema(previous)
+        if is_url(job.output.path) and (replaced or (old is not None and out_schema is not None
+                                                     and out_schema.names != old.names)):
+            raise ConfigError("an object-store output cannot yet have its earlier parts rewritten (a new column "
+                              "under output.on_schema_change: add_columns, or input.on_changed_file: reprocess); "
+                              "write to a local or mounted output.path, or rebuild with --full-refresh",
+                              file=str(job.config_path), key="output.path")
+    if replaced and job.finalize is not None:
+        raise ConfigError("input.on_changed_file: reprocess cannot be combined with finalize yet; use fail or "
+                          "skip, or rebuild with --full-refresh", file=str(job.config_path),
+                          key="input.on_changed_file", line=job.line_of("input.on_changed_file"))
+    null_columns = tuple(n for n in (out_schema.names if out_schema is not None else ())
+                         if checked.schema is not None and n not in checked.schema.names)
     report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
     report.chunks, report.workers = len(plan.chunks), plan.workers
     if dry_run:
+        target_schema(job, checked, mode, contract=job.finalize is None)
         report.status = "dry-run"
         report.seconds = time.monotonic() - started
         return
 
+    if not is_url(target.path):
+        check_output_path(target.path)
     executor = make_executor(job, plan)
     resume = (job.config_hash, [c.id for c in plan.chunks]) if job.run.checkpoint_interval else None
     staging = target.prepare(run_id, mode, parts_on_url=executor.writes_urls, resume=resume)
@@ -440,7 +487,8 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         os.makedirs(spool, exist_ok=True)
         task = TaskSettings(worker_settings(job, plan, spool),
                             writer_settings(job, run_id, staging.parts, out_schema,
-                                            journal=staging.journal if resume is not None else None))
+                                            journal=staging.journal if resume is not None else None,
+                                            null_columns=null_columns))
         committed = Committed()
         if todo or resumed is None:
             with executor:
@@ -453,6 +501,7 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         # files kept from the killed run are this run's output now
         files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + committed.files
         verify_counts(counts, files, job.run.on_bad_rows == "quarantine")
+        check_not_all_rejected(job, report)
         schema = committed.schema or out_schema
         extends = staging.previous if mode == "append" else None
         publish_mode: str = mode
@@ -466,6 +515,11 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
             files, schema, extends = outcome.files, outcome.schema, outcome.previous
             publish_mode, finalized = outcome.publish_mode, outcome.record
             report.finalize = finalized
+        elif staging.previous is not None and mode == "append" and not is_url(target.path):
+            # the earlier parts into staging: linked, or rewritten where this run's schema changed them
+            extends = carry_previous(target.path, staging.directory, staging.previous, schema,
+                                     tuple(job.output.partition_by), set(replaced), job.output.compression)
+            publish_mode = "carried"
         prints = {f.path: fingerprint(f.path, f.size) for f in plan.files}
         manifest = build_manifest(job, plan, run_id, counts, files, schema, extends, thash,
                                   fingerprints=prints, mode=mode, started=wall_started, finalize=finalized)
@@ -489,32 +543,19 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
     report.mark_succeeded(files, started)
 
 
-def _new_or_changed(files, seen) -> list:
-    chosen = []
-    for f in files:
-        old = seen.get(f.path)
-        if old is None:
-            chosen.append(f)
-        elif (old.size, old.mtime_ns) != (f.size, f.mtime_ns) and fingerprint(f.path, f.size) != old.fingerprint:
-            log.warning("%s changed since run %s: its rows are appended again (the earlier ones stay; "
-                        "use --full-refresh to rebuild)", f.path, old.run_id)
-            chosen.append(f)
-    return chosen
-
-
-def _append_schema(schema: pa.Schema, previous: list[dict]) -> pa.Schema:
-    """Appended parts take the column types of the output they join."""
-    types = {c["name"]: c["type"] for c in previous}
-    fields = []
-    for f in schema:
-        if f.name in types:
-            try:
-                fields.append(pa.field(f.name, parse_type(types[f.name])))
-                continue
-            except ValueError:
-                pass
-        fields.append(f)
-    return pa.schema(fields)
+def _nothing_to_do(job: Job, plan: Plan, select: Selection | None) -> str:
+    """Why a run has no file to read (exit 0, the output left as it is)."""
+    parts = []
+    if plan.discovered:
+        parts.append(f"{plural(len(plan.discovered), 'input file')} "
+                     f"{'was' if len(plan.discovered) == 1 else 'were'} processed by earlier runs")
+        if select is not None and select.skipped:
+            parts[-1] += f" ({len(select.skipped)} changed since, skipped: input.on_changed_file is skip)"
+    elif not plan.young:
+        parts.append("no input file yet")
+    if plan.young:
+        parts.append(f"{len(plan.young)} file(s) modified less than input.min_age ago, left for the next run")
+    return "nothing new: " + "; ".join(parts)
 
 
 def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: list[dict],

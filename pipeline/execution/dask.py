@@ -27,7 +27,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError, OutputError, PipelineError, StageError
+from pipeline.dtypes import type_name, widens
+from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.executor import Committed, OnResult, TaskSettings
 from pipeline.execution.worker import chunk_tables
 from pipeline.input.plan import Chunk
@@ -63,7 +64,7 @@ def write_chunk(chunk: Chunk, spec: TaskSettings) -> ChunkWrite:
             if kind == "rejects":
                 out.write_rejects(table)
             else:
-                out.write(table, where)
+                out.write(table, where, chunk.file.path)
         files = out.close()
     except PipelineError:
         out.abort()
@@ -265,8 +266,7 @@ class DaskExecutor:
         return quarantine_write(chunk, task, f"the task {why}")
 
 
-def unify_parts(root: str, writes: Sequence[ChunkWrite], out_schema: pa.Schema | None,
-                partition_by: tuple[str, ...]) -> pa.Schema | None:
+def unify_parts(root: str, writes, out_schema: pa.Schema | None, partition_by: tuple[str, ...]) -> pa.Schema | None:
     """One schema for the whole output; part files of a chunk whose column stayed untyped are rewritten.
 
     A column the plan could not type (a python stage's column that is null in every row of a
@@ -277,17 +277,26 @@ def unify_parts(root: str, writes: Sequence[ChunkWrite], out_schema: pa.Schema |
     if not schemas:
         return out_schema
     first = schemas[0]
+    for w in writes:
+        if w.schema is not None and w.schema.names != first.names:
+            raise InputError(f"{w.result.source}: the stages produced columns {w.schema.names}, other chunks "
+                             f"{first.names}; every chunk must give the same columns", file=w.result.source)
     fields = []
     for i, fld in enumerate(first):
-        types = {s.field(i).type for s in schemas if not pa.types.is_null(s.field(i).type)}
-        if len(types) > 1:
-            raise StageError(f"column {fld.name!r} has different types in different chunks "
-                             f"({', '.join(sorted(map(str, types)))}); add a `cast` stage to fix its type")
-        fields.append(pa.field(fld.name, types.pop() if types else fld.type))
-    for s in schemas:
-        if s.names != first.names:
-            raise StageError(f"the chunks produced different columns ({first.names} and {s.names}); "
-                             f"every chunk must give the same columns")
+        found: dict[pa.DataType, str] = {}
+        for w in writes:
+            if w.schema is not None and not pa.types.is_null(w.schema.field(i).type):
+                found.setdefault(w.schema.field(i).type, w.result.source)
+        if len(found) > 1:
+            # one type every chunk's values widen to, or exit 65 naming the files and both types
+            wide = [t for t in found if all(widens(u, t) for u in found)]
+            if not wide:
+                (a, fa), (b, fb) = list(found.items())[:2]
+                raise InputError(f"{fb}: column {fld.name!r} is {type_name(b)} here but {type_name(a)} in "
+                                 f"{fa}; add a `cast` stage after the stage that makes it "
+                                 f"(- cast: {{{fld.name}: {type_name(a)}}})", file=fb, column=fld.name)
+            found = {wide[0]: ""}
+        fields.append(pa.field(fld.name, next(iter(found)) if found else fld.type))
     schema = pa.schema(fields)
     in_files = pa.schema([f for f in schema if f.name not in partition_by])
     for w in writes:

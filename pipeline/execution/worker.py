@@ -92,6 +92,7 @@ def chunk_tables(chunk: Chunk, spec: WorkerSettings, result: ChunkResult) -> Ite
                        lookups_key=spec.lookups_key,
                        load_lookups=functools.partial(lookup_tables, spec.lookups, spec.lookups_key))
     stage_list = [(name, s) for name, s in spec.stages]
+    result.source = chunk.file.path
     try:
         for block in read_chunk(chunk, spec.read):
             result.rows_read += block.rows_read

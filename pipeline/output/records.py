@@ -43,6 +43,7 @@ class ChunkResult:
     messages: int = 0
     seconds: float = 0.0
     bad_samples: list[BadRow] = field(default_factory=list)
+    source: str = ""                   # the input file the chunk is part of (named in type errors)
 
     def to_dict(self) -> dict:
         data = dict(self.__dict__)

@@ -106,6 +106,7 @@ class DirectoryTarget:
         return Staging(run_id, directory, directory, journal, previous, resumed)
 
     def publish(self, staging: Staging, manifest: dict, mode: str) -> None:
+        """``mode`` append: the earlier output's parts are linked in; "carried": they are in staging already."""
         listed = {f["path"] for f in manifest["files"]} | {f["path"] for f in manifest["rejects"]["files"]}
         if os.path.exists(staging.journal):
             os.unlink(staging.journal)
