@@ -360,6 +360,8 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
     store: StateStore | None = None
     try:
         if not dry_run:
+            if not is_url(target.path):
+                check_output_path(target.path)   # a path under a file is exit 74, before the lock beside it
             lock = target.lock(job.name, run_id).acquire()
             store = StateStore(state_dir(job))
             store.run_started(run_id, job.name, job.config_hash, transform_hash(job), dict(job.params),
@@ -462,8 +464,6 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         report.seconds = time.monotonic() - started
         return
 
-    if not is_url(target.path):
-        check_output_path(target.path)
     executor = make_executor(job, plan)
     resume = (job.config_hash, [c.id for c in plan.chunks]) if job.run.checkpoint_interval else None
     staging = target.prepare(run_id, mode, parts_on_url=executor.writes_urls, resume=resume)
