@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
         sp.add_argument("--param", dest="params", action="append", default=[], type=_param, metavar="NAME=VALUE",
                         help="set a job parameter (repeatable); see params: in the job file")
+        sp.add_argument("-v", "--verbose", action="store_true",
+                        help="more detail on the terminal: a failing python stage's traceback")
         if run_options:
             sp.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: run.workers)")
 
@@ -44,7 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     common(pl, run_options=True)
     h = sub.add_parser("history", help="list the past runs of a job from its state store")
     common(h)
-    h.add_argument("--limit", type=_positive, default=20, help="how many runs (newest first)")
+    h.add_argument("--limit", type=_positive, default=20, help="how many runs (newest first; default 20)")
+    h.add_argument("--status", choices=["succeeded", "failed", "running", "died", "up to date"],
+                   help="only runs that ended so")
+    h.add_argument("--json", action="store_true", help="one JSON object a run, a line each")
+    rp = sub.add_parser("report", help="write one self-contained HTML page: the last run and the job's history")
+    rp.add_argument("target", metavar="OUTPUT_OR_CONFIG", help="an output directory, or the job file")
+    rp.add_argument("-o", "--output", dest="out_file", metavar="FILE",
+                    help="where to write the page (default: JOB-report.html in the current folder)")
+    rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key by its dotted path (repeatable)")
+    rp.add_argument("--param", dest="params", action="append", default=[], type=_param, metavar="NAME=VALUE",
+                    help="set a job parameter (repeatable), to find a dated job's output")
     i = sub.add_parser("inspect", help="show an output: schema, rows, files, counts")
     i.add_argument("path", metavar="PATH")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -82,24 +95,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline: error: --log-file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
         return EX_USAGE
     previous = signal.signal(signal.SIGTERM, _on_signal), signal.signal(signal.SIGINT, _on_signal)
+    verbose = getattr(args, "verbose", False)
     try:
         return _dispatch(args)
     except PipelineError as exc:
         if isinstance(exc, ConfigError) and not exc.context.get("file") and getattr(args, "config", None):
             exc.context["file"] = args.config
         _print_report(exc)
-        print(f"pipeline: error: {exc}", file=sys.stderr)
-        logmod.to_file_only(logging.ERROR, f"error: {exc}")
+        _final_error(f"error: {exc}", exc.exit_code, exc.context.get("traceback"), verbose, type(exc).__name__)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("pipeline: interrupted by SIGINT; nothing was published", file=sys.stderr)
+        _final_error("interrupted by SIGINT; nothing was published", EX_SIGINT, None, verbose, "Interrupted")
         return EX_SIGINT
     except BrokenPipeError:
         return EX_FAILURE
     except Exception as exc:  # a bug: say so, with the traceback in the log
         _print_report(exc)
-        log.error("unexpected failure:\n%s", traceback.format_exc())
-        print(f"pipeline: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _final_error(f"unexpected failure: {type(exc).__name__}: {exc}", EX_FAILURE, traceback.format_exc(),
+                     True, type(exc).__name__)
         return EX_FAILURE
     finally:
         signal.signal(signal.SIGTERM, previous[0])
@@ -109,6 +122,27 @@ def main(argv: list[str] | None = None) -> int:
 def _on_signal(signum, frame):
     name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
     raise Interrupted(f"interrupted by {name}; nothing was published", signum=signum)
+
+
+def _final_error(message: str, code: int, trace: str | None, verbose: bool, kind: str) -> None:
+    """The last words of a failed command: one line on stderr (a JSON line with --log-format json).
+
+    A traceback (a user function's, limited to the job's own frames, or a bug's) goes to the log
+    file, and to the terminal with ``-v``.
+    """
+    from pipeline import log as logmod
+
+    text = message if message.startswith("unexpected") else message.removeprefix("error: ")
+    fields = {"event": "error", "error": kind, "exit_code": code}
+    if logmod.is_json():
+        with_trace = dict(fields, traceback=trace) if trace else fields
+        logmod.emit(logging.ERROR, text, with_trace if verbose else fields, files=False)
+        logmod.emit(logging.ERROR, text, with_trace, terminal=False)
+        return
+    if trace and verbose:
+        print(trace, file=sys.stderr)
+    print(f"pipeline: {message}", file=sys.stderr, flush=True)
+    logmod.to_file_only(logging.ERROR, message + (f"\n{trace}" if trace else ""))
 
 
 def _print_report(exc: BaseException) -> None:
@@ -122,6 +156,10 @@ def _dispatch(args) -> int:
         from pipeline.commands.inspect_output import inspect_output
 
         return inspect_output(args.path, as_json=args.json)
+    if args.command == "report":
+        from pipeline.commands.report import report
+
+        return report(args.target, args.out_file, overrides=args.overrides, params=dict(args.params))
     from pipeline.config import load_config
 
     job = load_config(args.config, args.overrides, params=dict(args.params))
@@ -135,7 +173,8 @@ def _dispatch(args) -> int:
     if args.command == "history":
         from pipeline.commands.job import history
 
-        return history(job, limit=args.limit)
+        return history(job, limit=args.limit, status=args.status, as_json=args.json,
+                       params={name for name, _ in args.params})
     if args.command == "validate":
         from pipeline.commands.job import validate
 
