@@ -56,6 +56,7 @@ class ChunkResult:
     rows_added: int = 0
     bytes_read: int = 0
     messages: int = 0
+    started: float = 0.0               # wall-clock time (epoch seconds) the worker began the chunk
     seconds: float = 0.0
     bad_samples: list[BadRow] = field(default_factory=list)
 
@@ -193,7 +194,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     # process holds even if the chunk kills it a moment later
     _STATE["events"].put(("start", chunk.id, attempt, os.getpid(), time.time()))
     started = time.monotonic()
-    result = ChunkResult(chunk.id, attempt, os.getpid())
+    result = ChunkResult(chunk.id, attempt, os.getpid(), started=time.time())
     messages = 0
 
     def send(kind: str, table: pa.Table) -> None:
