@@ -44,12 +44,24 @@ def _parser() -> argparse.ArgumentParser:
     common(v)
     pl = sub.add_parser("plan", help="show the files, chunks and schema a run would use; writes nothing")
     common(pl, run_options=True)
+    pv = sub.add_parser("preview", help="run the stages on the first rows and show them; writes nothing")
+    common(pv)
+    pv.add_argument("--rows", type=_positive, metavar="N",
+                    help="read chunks until N rows were read, and show up to N rows (default: the first chunk, "
+                         "10 rows shown)")
     h = sub.add_parser("history", help="list the past runs of a job from its state store")
     common(h)
     h.add_argument("--limit", type=_positive, default=20, help="how many runs (newest first; default 20)")
     h.add_argument("--status", choices=["succeeded", "failed", "running", "died", "up to date"],
                    help="only runs that ended so")
     h.add_argument("--json", action="store_true", help="one JSON object a run, a line each")
+    st = sub.add_parser("init", help="write a starter job (and a Makefile snippet) for some input files")
+    st.add_argument("directory", metavar="DIR", nargs="?", default=".",
+                    help="the folder for NAME.yaml and NAME.mk (default: the current folder)")
+    st.add_argument("--from", dest="sources", metavar="GLOB", nargs="+", required=True,
+                    help="the input files: globs (quote them) or paths")
+    st.add_argument("--name", type=_job_name, help="the job's name (default: from the first file's name)")
+    st.add_argument("--force", action="store_true", help="replace NAME.yaml and NAME.mk if they exist")
     rp = sub.add_parser("report", help="write one self-contained HTML page: the last run and the job's history")
     rp.add_argument("target", metavar="OUTPUT_OR_CONFIG", help="an output directory, or the job file")
     rp.add_argument("-o", "--output", dest="out_file", metavar="FILE",
@@ -69,6 +81,14 @@ def _param(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name.strip(), value
+
+
+def _job_name(text: str) -> str:
+    import re
+
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", text):
+        raise argparse.ArgumentTypeError(f"a job name is letters, digits, '_', '.' and '-', got {text!r}")
+    return text
 
 
 def _positive(text: str) -> int:
@@ -156,6 +176,10 @@ def _dispatch(args) -> int:
         from pipeline.commands.inspect_output import inspect_output
 
         return inspect_output(args.path, as_json=args.json)
+    if args.command == "init":
+        from pipeline.commands.starter import init
+
+        return init(args.directory, args.sources, name=args.name, force=args.force)
     if args.command == "report":
         from pipeline.commands.report import report
 
@@ -163,6 +187,20 @@ def _dispatch(args) -> int:
     from pipeline.config import load_config
 
     job = load_config(args.config, args.overrides, params=dict(args.params))
+    if args.command == "run" and args.dry_run:
+        from pipeline.commands.job import show_plan, validate
+
+        validate(job)
+        print()
+        show_plan(job, workers=args.workers)
+        print()
+        print("dry run: the job was validated and planned (as `pipeline validate` and `pipeline plan` do); "
+              "nothing was run or written")
+        return 0
+    if args.command == "preview":
+        from pipeline.commands.preview import preview
+
+        return preview(job, rows=args.rows)
     if args.command == "run":
         from pipeline.run import run_job
 
