@@ -126,9 +126,9 @@ def test_report_figures_match_the_state_store_manifest_and_rejects(reported):
         shown_runs = re.findall(r'data-run="([^"]+)" data-status="([^"]+)"', svg)
         assert shown_runs == [(r["run_id"], r["status"]) for r in reversed(runs)]
         assert svg.count('class="failed"') == 1
-    written = re.findall(r'data-status="[^"]+" data-value="(\d+)"',
-                         re.search(r'<svg[^>]*id="chart-history-rows".*?</svg>', html, re.S).group(0))
-    assert [int(w) for w in written] == [r["rows_written"] or 0 for r in reversed(runs)]
+    read = re.findall(r'data-status="[^"]+" data-value="(\d+)"',
+                      re.search(r'<svg[^>]*id="chart-history-rows".*?</svg>', html, re.S).group(0))
+    assert [int(n) for n in read] == [r["rows_read"] or 0 for r in reversed(runs)]
     failed = runs[1]
     assert failed["status"] == "failed" and failed["error"].splitlines()[0] in html.replace("&#x27;", "'")
 

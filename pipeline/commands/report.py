@@ -138,7 +138,9 @@ def render(sources: Sources) -> str:
         _section("History", _history(sources.runs)),
     ]
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    return PAGE.format(title=_e(f"{sources.job}: run report"), job=_e(sources.job), output=_e(sources.output),
+    from pipeline.commands.job import _short
+
+    return PAGE.format(title=_e(f"{sources.job}: run report"), job=_e(sources.job), output=_e(_short(sources.output)),
                        generated=_e(generated), body="\n".join(parts))
 
 
@@ -318,9 +320,9 @@ def _history(runs: list[dict]) -> str:
         return "<p>No runs are recorded in the job's state store.</p>"
     ordered = list(reversed(runs))      # oldest first, left to right
     durations = [((r["finished"] or r["started"]) - r["started"]) for r in ordered]
-    written = [r["rows_written"] or 0 for r in ordered]
+    read = [r["rows_read"] or 0 for r in ordered]
     charts = (_columns("history-duration", "duration (s)", ordered, durations, lambda v: f"{v:.2f} s")
-              + _columns("history-rows", "rows written", ordered, written, lambda v: f"{v:,}"))
+              + _columns("history-rows", "rows read", ordered, read, lambda v: f"{v:,}"))
     failed = sum(1 for r in runs if r["status"] in ("failed", "died"))
     from pipeline.commands.job import first_line
 
@@ -392,6 +394,7 @@ dd.status {{ font-weight: 600; }}
 .status-succeeded dd.status {{ color: #2e7d32; }}
 svg.chart {{ display: block; max-width: 100%; height: auto; margin: 6px 0; font-size: 12px; }}
 svg text {{ fill: #333; }}
+svg text.failed {{ fill: #c0392b; font-weight: 700; }}
 table {{ border-collapse: collapse; margin: 6px 0; font-size: 13px; }}
 th, td {{ text-align: left; padding: 3px 10px 3px 0; border-bottom: 1px solid #eee; vertical-align: top; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
