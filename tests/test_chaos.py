@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import basic_job, manifest_of, read_output, run_subprocess, sort_rows, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_subprocess, sort_rows, write_job
 
 
 def _published(out) -> tuple[str, list[dict]] | None:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pipeline.demo import generate
-from tests.conftest import ROOT, basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
+from tests.helpers import ROOT, basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
 
 SALES = "id,price,qty,status\n1,2.5,2,ok\n2,1.0,0,ok\n3,4.0,1,refunded\n"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import basic_job, manifest_of, read_output, run_cli, run_subprocess, sort_rows, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, run_subprocess, sort_rows, write_job
 
 
 def _csv(path: Path, start: int, n: int) -> None:

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from tests.conftest import basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
 
 CASES = {
     "quoted_delimiters": b'id,name,note\n1,"a, b","x"\n2,c,"d,e,f"\n',

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.demo import generate
-from tests.conftest import ROOT, basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
+from tests.helpers import ROOT, basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
 
 distributed = pytest.importorskip("distributed")
 

@@ -17,7 +17,7 @@ from pipeline import demo
 
 ROWS = 600
 SEED = 7
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 SALES = ("sales-2026-11-01.csv", "sales-2026-11-02.csv", "sales-2026-11-03.csv.gz")
 
 

@@ -8,7 +8,6 @@ import datetime as dt
 import math
 import pickle
 import re
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from pipeline.errors import ExprError, StageError
 from pipeline.stages.expr import FUNCTIONS, Expr, broadcast, compile_expr
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import basic_job, manifest_of, read_output, sort_rows, write_job
+from tests.helpers import basic_job, manifest_of, read_output, sort_rows, write_job
 
 SLOW_STAGE = '''
 import os, time, pathlib

@@ -9,7 +9,7 @@ import io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
 
 FIELD = st.text(alphabet=st.sampled_from(list('ab,"\n x\u00e9;')), max_size=10)
 SETTINGS = dict(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

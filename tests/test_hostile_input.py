@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tests.conftest import basic_job, manifest_of, read_output, run_cli, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, write_job
 
 
 def _run(tmp_path, job, capsys, *extra):

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import load_config
 from pipeline.input.plan import build_plan
-from tests.conftest import basic_job, write_job
+from tests.helpers import basic_job, write_job
 
 
 def _plan(tmp_path, job):

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tests.conftest import basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
 
 SALES = b"""id,country,price,qty,status
 1,DE,10.5,2,ok

@@ -26,7 +26,7 @@ from pipeline.stages import (
 from pipeline.stages import builtin
 from pipeline.stages.registry import REJECTS_SCHEMA
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.fixture
