@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.output.lock import JobLock
 from pipeline.output.publish import OutputPaths
-from tests.conftest import basic_job, run_cli, write_job
+from tests.helpers import basic_job, run_cli, write_job
 
 USER_CODE = '''
 import pandas as pd

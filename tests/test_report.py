@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import basic_job, manifest_of, run_cli, write_job
+from tests.helpers import basic_job, manifest_of, run_cli, write_job
 
 CHROMIUM = "/usr/bin/chromium"
 

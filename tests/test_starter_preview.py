@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.demo import generate
 from pipeline.dtypes import parse_type
-from tests.conftest import ROOT, basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
+from tests.helpers import ROOT, basic_job, manifest_of, read_output, run_cli, sort_rows, write_job
 
 CORPUS = Path(os.environ.get("PIPELINE_CORPUS", ROOT.parent / "shared" / "corpus"))
 
