@@ -185,8 +185,9 @@ def _dispatch(args) -> int:
 
         return report(args.target, args.out_file, overrides=args.overrides, params=dict(args.params))
     from pipeline.config import load_config
+    from pipeline.stages import STAGES
 
-    job = load_config(args.config, args.overrides, params=dict(args.params))
+    job = load_config(args.config, args.overrides, params=dict(args.params), stages=STAGES)
     if args.command == "run" and args.dry_run:
         from pipeline.commands.job import show_plan, validate
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
 import textwrap
-import types
 
 import pyarrow as pa
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline import config as cfg
 from pipeline.config import (
     Job,
     StageSpec,
@@ -23,7 +20,9 @@ from pipeline.config import (
     parse_byte_size,
     parse_duration,
 )
+from pipeline.config.yaml_lines import parse_yaml
 from pipeline.errors import ConfigError
+from pipeline.stages import STAGES
 
 MINIMAL = """\
 name: job
@@ -35,46 +34,33 @@ output:
 
 
 # ---------------------------------------------------------------------------------------------
-# a small stage registry standing in for pipeline.stages
+# a small stage registry standing in for pipeline.stages.STAGES
 
 
-def _fake_validate_spec(name, value):
-    if name == "filter":
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError("expected an expression string such as \"qty > 0\"")
-        return value
-    if name == "select":
-        value = [value] if isinstance(value, str) else value
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise ValueError("expected a list of column names")
-        return tuple(value)
-    if name == "derive":
-        return TypeAdapter(dict[str, str]).validate_python(value)
-    if name == "python":
-        if not isinstance(value, dict) or "function" not in value:
-            raise ValueError("expected {function: 'module:function'}")
-        return dict(value)
-    raise AssertionError(name)
+class FakeStage:
+    def __init__(self, name):
+        self.name = name
+
+    def validate_spec(self, value):
+        if self.name == "filter":
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError("expected an expression string such as \"qty > 0\"")
+            return value
+        if self.name == "select":
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of column names")
+            return tuple(value)
+        if self.name == "derive":
+            return TypeAdapter(dict[str, str]).validate_python(value)
+        if self.name == "python":
+            if not isinstance(value, dict) or "function" not in value:
+                raise ValueError("expected {function: 'module:function'}")
+            return dict(value)
+        raise AssertionError(self.name)
 
 
-@pytest.fixture(autouse=True)
-def fake_stages(request, monkeypatch):
-    """Tests use a tiny registry unless they ask for the real one with the real_stages fixture."""
-    if "real_stages" in request.fixturenames:
-        return
-    module = types.ModuleType("pipeline.stages")
-    module.STAGES = {"filter": object(), "select": object(), "derive": object(), "python": object()}
-    module.validate_spec = _fake_validate_spec
-    monkeypatch.setitem(sys.modules, "pipeline.stages", module)
-
-
-@pytest.fixture
-def real_stages():
-    try:
-        from pipeline.stages import STAGES, validate_spec  # noqa: F401
-    except ImportError:
-        pytest.skip("pipeline.stages is not available")
-    return STAGES
+FAKE_STAGES = {name: FakeStage(name) for name in ("filter", "select", "derive", "python")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,13 +73,13 @@ def write(tmp_path, text, name="job.yaml"):
     return path
 
 
-def load(tmp_path, text, overrides=(), env=None, name="job.yaml"):
-    return load_config(write(tmp_path, text, name), overrides, env={} if env is None else env)
+def load(tmp_path, text, overrides=(), env=None, name="job.yaml", stages=FAKE_STAGES):
+    return load_config(write(tmp_path, text, name), overrides, env={} if env is None else env, stages=stages)
 
 
-def error(tmp_path, text, overrides=(), env=None, name="job.yaml") -> ConfigError:
+def error(tmp_path, text, overrides=(), env=None, name="job.yaml", stages=FAKE_STAGES) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        load(tmp_path, text, overrides, env, name)
+        load(tmp_path, text, overrides, env, name, stages)
     err = info.value
     assert err.exit_code == 78
     assert name in str(err)
@@ -238,7 +224,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
         """,
     )
     monkeypatch.chdir(tmp_path)
-    job = load_config("configs/job.yaml", env={})
+    job = load_config("configs/job.yaml", env={}, stages=FAKE_STAGES)
     assert job.config_path == sub / "job.yaml"
     assert job.config_path.is_absolute()
     assert job.base_dir == sub
@@ -346,7 +332,7 @@ def test_no_yes_on_off_stay_strings(tmp_path):
 
 
 def test_yaml_scalars_without_1_1_surprises():
-    data, _ = cfg._parse_yaml(
+    data, _ = parse_yaml(
         "a: TRUE\nb: False\nc: 010\nd: 1:30\ne: 2024-01-01\nf: 1_000\ng: 0x10\nh: ~\ni: 1.5\nj: NO\nk: '123'\n"
     )
     assert data == {
@@ -475,7 +461,7 @@ def test_top_level_must_be_a_mapping(tmp_path, text, word):
 
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError) as info:
-        load_config(tmp_path / "nope.yaml")
+        load_config(tmp_path / "nope.yaml", stages=FAKE_STAGES)
     assert info.value.exit_code == 78
     assert "nope.yaml" in str(info.value)
     assert "cannot read" in str(info.value)
@@ -483,7 +469,7 @@ def test_missing_file(tmp_path):
 
 def test_directory_instead_of_file(tmp_path):
     with pytest.raises(ConfigError) as info:
-        load_config(tmp_path)
+        load_config(tmp_path, stages=FAKE_STAGES)
     assert info.value.exit_code == 78
     assert "cannot read" in str(info.value)
 
@@ -492,7 +478,7 @@ def test_not_utf8(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_bytes(b"name: job\ninput: {paths: \xff}\n")
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_config(path, stages=FAKE_STAGES)
     assert info.value.exit_code == 78
     assert "UTF-8" in str(info.value)
     assert info.value.context["line"] == 2
@@ -681,9 +667,7 @@ def test_empty_stages(tmp_path):
     assert load(tmp_path, MINIMAL + "stages: []\n").stages == ()
 
 
-def test_real_filter_and_select_stages(tmp_path, real_stages):
-    if "filter" not in real_stages or "select" not in real_stages:
-        pytest.skip("filter/select are not registered yet")
+def test_real_filter_and_select_stages(tmp_path):
     job = load(
         tmp_path,
         """\
@@ -694,12 +678,15 @@ def test_real_filter_and_select_stages(tmp_path, real_stages):
           - select: [id, qty]
         output: {path: out}
         """,
+        stages=STAGES,
     )
     assert [s.name for s in job.stages] == ["filter", "select"]
     assert [s.line for s in job.stages] == [4, 5]
-    err = error(tmp_path, "name: job\ninput: {paths: a.csv}\nstages:\n  - fliter: 'qty > 0'\noutput: {path: out}\n")
+    err = error(tmp_path, "name: job\ninput: {paths: a.csv}\nstages:\n  - fliter: 'qty > 0'\noutput: {path: out}\n",
+                stages=STAGES)
     check(err, key="stages[0].fliter", line=4, parts=["did you mean 'filter'?"])
-    err = error(tmp_path, "name: job\ninput: {paths: a.csv}\nstages:\n  - select: {a: 1}\noutput: {path: out}\n")
+    err = error(tmp_path, "name: job\ninput: {paths: a.csv}\nstages:\n  - select: {a: 1}\noutput: {path: out}\n",
+                stages=STAGES)
     assert err.context["key"].startswith("stages[0].select")
     assert err.context["line"] == 4
 
@@ -734,7 +721,7 @@ def test_empty_variable_uses_default(tmp_path):
 def test_environ_is_the_default(tmp_path, monkeypatch):
     monkeypatch.setenv("ENV_NAME", "fromenv")
     monkeypatch.setenv("OUT", "o")
-    assert load_config(write(tmp_path, ENV_JOB)).name == "job-fromenv"
+    assert load_config(write(tmp_path, ENV_JOB), stages=FAKE_STAGES).name == "job-fromenv"
 
 
 def test_missing_variable_is_an_error(tmp_path):
@@ -757,7 +744,7 @@ def test_params_are_substituted_in_values_and_paths(tmp_path):
     job = load(tmp_path, text.replace("paths: data/*.csv", "paths: 'logs/${params.day:%Y/%m/%d}/*.gz'"))
     assert job.stages[0].spec == "country == 'DE'"
     assert job.input.paths[0].endswith("logs/2026/11/23/*.gz")
-    job = load_config(tmp_path / "job.yaml", params={"country": "FR", "day": "2025-01-02"})
+    job = load_config(tmp_path / "job.yaml", params={"country": "FR", "day": "2025-01-02"}, stages=FAKE_STAGES)
     assert job.stages[0].spec == "country == 'FR'" and job.input.paths[0].endswith("logs/2025/01/02/*.gz")
     assert job.params == {"country": "FR", "day": "2025-01-02"}
 
@@ -765,7 +752,7 @@ def test_params_are_substituted_in_values_and_paths(tmp_path):
 def test_unknown_and_undated_params_are_config_errors(tmp_path):
     load(tmp_path, MINIMAL + "params: {day: today}\n")
     with pytest.raises(ConfigError, match="unknown parameter 'dya' \\(did you mean 'day'\\?\\)") as info:
-        load_config(tmp_path / "job.yaml", params={"dya": "x"})
+        load_config(tmp_path / "job.yaml", params={"dya": "x"}, stages=FAKE_STAGES)
     assert info.value.exit_code == 78
     with pytest.raises(ConfigError, match="unknown parameter 'nope'"):
         load(tmp_path, MINIMAL + "stages:\n  - filter: \"x == '${params.nope}'\"\n")

@@ -114,10 +114,11 @@ def test_a_retried_task_replaces_its_own_files(tmp_path):
     from pipeline.execution.dask import PartSpec, TaskSpec, write_chunk
     from pipeline.input.plan import build_plan
     from pipeline.run import check_stages, worker_spec
+    from pipeline.stages import STAGES
 
     (tmp_path / "in.csv").write_text("id,c\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(500)))
     path = write_job(tmp_path, basic_job("in.csv", output={"partition_by": ["c"]}))
-    job = load_config(path)
+    job = load_config(path, stages=STAGES)
     plan = build_plan(job)
     staging = tmp_path / "staging"
     staging.mkdir()

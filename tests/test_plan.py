@@ -8,12 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import load_config
+from pipeline.stages import STAGES
 from pipeline.input.plan import build_plan
 from tests.helpers import basic_job, write_job
 
 
 def _plan(tmp_path, job):
-    return build_plan(load_config(write_job(tmp_path, job)))
+    return build_plan(load_config(write_job(tmp_path, job), stages=STAGES))
 
 
 def test_text_chunks_cover_the_file_and_ids_are_stable(tmp_path):
@@ -69,9 +70,9 @@ def test_default_chunk_size_gives_every_worker_several_chunks(tmp_path):
     from pipeline.input.plan import MAX_AUTO_CHUNK, MIN_AUTO_CHUNK, chunk_size
 
     (tmp_path / "a.csv").write_text("id\n" + "1234567\n" * 3_000_000)   # 24 MB
-    job = load_config(write_job(tmp_path, basic_job("a.csv", run={"workers": 2})))
+    job = load_config(write_job(tmp_path, basic_job("a.csv", run={"workers": 2})), stages=STAGES)
     size = chunk_size(job, build_plan(job).files, 2)
     assert MIN_AUTO_CHUNK <= size <= MAX_AUTO_CHUNK
     assert len(build_plan(job).chunks) >= 4
-    pinned = load_config(write_job(tmp_path, basic_job("a.csv", input={"chunk_bytes": "1MiB"})))
+    pinned = load_config(write_job(tmp_path, basic_job("a.csv", input={"chunk_bytes": "1MiB"})), stages=STAGES)
     assert chunk_size(pinned, [], 2) == 1 << 20

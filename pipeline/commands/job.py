@@ -7,8 +7,10 @@ import os
 
 from pipeline.config import Job, format_bytes
 from pipeline.dtypes import type_name
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.input.plan import build_plan
 from pipeline.run import check_stages
+from pipeline.stages import check_python_spec
 
 
 def validate(job: Job) -> int:
@@ -25,17 +27,10 @@ def validate(job: Job) -> int:
 
 
 def _check_python_stages(job: Job) -> None:
-    from pipeline import stages as stage_mod
-
-    check = getattr(stage_mod, "check_python_spec", None)
-    if check is None:
-        return
-    from pipeline.errors import ConfigError, PipelineError
-
     for s in job.stages:
         if s.name == "python":
             try:
-                check(s.spec, job.base_dir, tuple(job.run.python_modules))
+                check_python_spec(s.spec, job.base_dir, tuple(job.run.python_modules))
             except PipelineError as exc:
                 raise ConfigError(exc.message, file=str(job.config_path), line=s.line, key=s.key) from exc
 

@@ -69,8 +69,9 @@ def _sources(target: str, overrides: list[str], params: dict) -> Sources:
         from pipeline.config import load_config
         from pipeline.input.storage import is_url, read_remote_manifest
         from pipeline.run import state_dir
+        from pipeline.stages import STAGES
 
-        job = load_config(target, overrides, params=params)
+        job = load_config(target, overrides, params=params, stages=STAGES)
         output = job.output.path
         if is_url(output):
             manifest = read_remote_manifest(output)

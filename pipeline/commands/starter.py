@@ -65,13 +65,14 @@ def _plan(directory: str, text: str):
     from pipeline.config import load_config
     from pipeline.input.plan import build_plan
     from pipeline.run import check_stages
+    from pipeline.stages import STAGES
 
     fd, tmp = tempfile.mkstemp(prefix=".init-", suffix=".yaml", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         try:
-            job = load_config(tmp)
+            job = load_config(tmp, stages=STAGES)
             plan = build_plan(job)
             check_stages(job, plan)
         except ConfigError as exc:

@@ -200,7 +200,12 @@ def _restore_types(result: pa.Table, source: pa.Schema) -> pa.Table:
     return result.replace_schema_metadata(None)
 
 
-@register("python", example="python: {function: \"transforms:enrich\", api: pandas, params: {salt: x}}")
+def _check(spec: PythonSpec, ctx: StageContext) -> None:
+    check_python_spec(spec, ctx.base_dir, ctx.allowed_modules)
+
+
+@register("python", example="python: {function: \"transforms:enrich\", api: pandas, params: {salt: x}}",
+          check=_check)
 def python(table: pa.Table, spec: PythonSpec, ctx: StageContext) -> pa.Table:
     """Call a user function on each chunk (a pandas DataFrame or an Arrow table) with params."""
     fn = load_function(spec.function, ctx.base_dir, ctx.allowed_modules)

@@ -65,10 +65,20 @@ class StageDef:
     spec_type: Any
     doc: str
     example: str = ""
+    # run at validate time on the typed spec, before the stage runs on an empty table
+    # (the python stage checks that its function can be loaded)
+    check: Callable[[Any, StageContext], None] | None = None
 
     @property
     def adapter(self) -> TypeAdapter:
         return _adapter(self)
+
+    def validate_spec(self, value: Any) -> Any:
+        """The typed spec of ``value`` as written in the job file; ValueError in plain words if invalid."""
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as e:
+            raise ValueError(_plain(e, self, value)) from None
 
 
 STAGES: dict[str, StageDef] = {}
@@ -81,15 +91,21 @@ def _adapter(sdef: StageDef) -> TypeAdapter:
     return _ADAPTERS[sdef.name]
 
 
-def register(name: str, *, example: str = "") -> Callable:
-    """Register a stage function; its ``spec`` parameter's annotation is the config schema."""
+def register(
+    name: str, *, example: str = "", check: Callable[[Any, StageContext], None] | None = None
+) -> Callable:
+    """Register a stage function; its ``spec`` parameter's annotation is the config schema.
+
+    ``check(spec, ctx)``, if given, is run by :func:`output_schema` before the stage runs on an
+    empty table; it raises ExprError for a spec that cannot work (a function that cannot be loaded).
+    """
 
     def decorate(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn, include_extras=True)
         if "spec" not in hints:
             raise TypeError(f"stage {name!r}: the function needs an annotated 'spec' parameter")
         doc = (fn.__doc__ or "").strip()
-        STAGES[name] = StageDef(name=name, fn=fn, spec_type=hints["spec"], doc=doc, example=example)
+        STAGES[name] = StageDef(name=name, fn=fn, spec_type=hints["spec"], doc=doc, example=example, check=check)
         _ADAPTERS.pop(name, None)
         return fn
 
@@ -110,11 +126,7 @@ def validate_spec(name: str, value: Any) -> Any:
         close = difflib.get_close_matches(name, list(STAGES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; the stages are: {', '.join(sorted(STAGES))}"
         raise KeyError(f"unknown stage {name!r}{hint}")
-    sdef = STAGES[name]
-    try:
-        return sdef.adapter.validate_python(value)
-    except ValidationError as e:
-        raise ValueError(_plain(e, sdef, value)) from None
+    return STAGES[name].validate_spec(value)
 
 
 def _plain(err: ValidationError, sdef: StageDef, value: Any = None) -> str:
@@ -342,16 +354,14 @@ def output_schema(
     Returns None when a ``python`` stage fails on an empty table: the schema from there on is
     unknown, and the stages after it are checked only when the job runs.
     """
-    from pipeline.stages.python_stage import check_python_spec
-
     table = empty_table(schema)
     for i, (name, spec) in enumerate(stages):
         key = _stage_key(i, name, keys)
         sctx = dataclasses.replace(ctx, stage=key, chunk=ctx.chunk or "an empty table (validation)")
         try:
-            if name == "python":
-                check_python_spec(STAGES[name].adapter.validate_python(spec), ctx.base_dir,
-                                  ctx.allowed_modules)
+            sdef = STAGES.get(name)
+            if sdef is not None and sdef.check is not None:
+                sdef.check(sdef.adapter.validate_python(spec), sctx)
             out = _run_one(name, table, spec, sctx)
         except ExprError as e:
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None

@@ -1,0 +1,184 @@
+"""Value types of the job file: byte sizes, durations, strict integers, worker counts, paths.
+
+Each is a pydantic ``Annotated`` type whose validator raises ValueError with the accepted forms.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, ValidationInfo
+
+from pipeline.config.issues import show
+from pipeline.dtypes import parse_type
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+_BYTES_EXPECTED = "expected a size in bytes such as 100, 512kB, 64MiB or 1.5GiB (greater than 0)"
+
+
+def parse_byte_size(value: Any) -> int:
+    """``64MiB``, ``64 MiB``, ``1GB``, ``512kB``, ``1.5GiB``, ``100`` -> bytes (int > 0).
+
+    KiB/MiB/GiB/TiB are powers of 1024, kB/MB/GB/TB powers of 1000.
+    """
+    amount: Fraction | None = None
+    if isinstance(value, bool):
+        amount = None
+    elif isinstance(value, int):
+        amount = Fraction(value)
+    elif isinstance(value, float) and value.is_integer():
+        amount = Fraction(int(value))
+    elif isinstance(value, str):
+        m = _BYTES_RE.match(value)
+        if m and m.group(2).lower() in _BYTE_UNITS:
+            unit = _BYTE_UNITS[m.group(2).lower()]
+            amount = Fraction(m.group(1)) * unit
+            if unit == 1 and amount.denominator != 1:  # a fraction of a byte
+                amount = None
+    if amount is None or int(amount) <= 0:
+        raise ValueError(f"{_BYTES_EXPECTED}, got {show(value)}")
+    return int(amount)
+
+
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+_DURATION_EXPECTED = 'expected a duration such as 30, "30s", "5m", "1h" or "500ms" (greater than 0)'
+
+
+def parse_duration(value: Any) -> float:
+    """``30``, ``"30s"``, ``"5m"``, ``"1h"``, ``"500ms"`` -> seconds (float > 0)."""
+    seconds: float | None = None
+    if isinstance(value, bool):
+        seconds = None
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m and m.group(2).lower() in _DURATION_UNITS:
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+    if seconds is None or not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{_DURATION_EXPECTED}, got {show(value)}")
+    return seconds
+
+
+def _integer(minimum: int):
+    """A strict integer (no booleans, no fractions); numeric strings come from ${VAR}."""
+
+    def check(value: Any) -> int:
+        n: int | None = None
+        if isinstance(value, bool):
+            n = None
+        elif isinstance(value, int):
+            n = value
+        elif isinstance(value, float) and value.is_integer():
+            n = int(value)
+        elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            n = int(value)
+        if n is None or n < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ValueError(f"expected {what}, got {show(value)}")
+        return n
+
+    return BeforeValidator(check)
+
+
+def auto_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(value: Any) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return auto_workers()
+    if not isinstance(value, bool):
+        if isinstance(value, int) and value >= 1:
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value) and int(value) >= 1:
+            return int(value)
+    raise ValueError(f'expected a positive integer or "auto", got {show(value)}')
+
+
+def str_tuple(value: Any) -> Any:
+    """A single string stands for a one-element list."""
+    return (value,) if isinstance(value, str) else value
+
+
+def _check_type_name(value: str) -> str:
+    parse_type(value)  # ValueError names the accepted forms
+    return value
+
+
+def params_as_text(value: Any) -> Any:
+    """params are strings; scalars written without quotes are turned into their text."""
+    if not isinstance(value, Mapping):
+        return value
+    out = {}
+    for k, v in value.items():
+        if v is True or v is False:
+            v = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            v = str(v)
+        out[k] = v
+    return out
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_path(path: str, info: ValidationInfo) -> str:
+    """Relative paths are relative to the config file's folder; URLs are kept as they are."""
+    if path.startswith("file://"):
+        path = path[len("file://"):]  # a local path
+    elif _is_url(path):
+        return path
+    base = (info.context or {}).get("base_dir")
+    path = os.path.expanduser(path)
+    if base is not None and not os.path.isabs(path):
+        path = os.path.join(str(base), path)
+    return os.path.normpath(path) if os.path.isabs(path) else path
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveInt = Annotated[int, _integer(1)]
+NonNegativeInt = Annotated[int, _integer(0)]
+TypeName = Annotated[str, AfterValidator(_check_type_name)]
+StrTuple = Annotated[tuple[str, ...], BeforeValidator(str_tuple)]
+# an empty section (`run:` with every line commented out) means the defaults
+EmptyIsDefault = BeforeValidator(lambda value: {} if value is None else value)
+
+
+def format_bytes(n: int | float) -> str:
+    """``67108864`` -> ``"64.0 MiB"``."""
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
