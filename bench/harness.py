@@ -2,7 +2,7 @@
 
 Environment variables:
 
-    BENCH_SCALE    sizes relative to issue 4's (1.0: W1 5,000,000 rows; W3 2,000 files)   [1.0]
+    BENCH_SCALE    sizes relative to the defaults (1.0: W1 5,000,000 rows; W3 2,000 files) [1.0]
     BENCH_REPEAT   runs of each engine on each workload; the table shows medians          [3]
     BENCH_ONLY     workloads to run, e.g. "W1,W5"                                         [all]
     BENCH_ENGINES  engines to run, e.g. "pipeline,duckdb"                                 [all]
@@ -10,12 +10,13 @@ Environment variables:
     BENCH_WORKDIR  inputs, job files, outputs and logs                                    [bench/work]
     BENCH_RESULTS  folder receiving results.md and results.json                          [bench]
 
-Exit code 0 when every run finished and wrote the expected rows, 1 otherwise. A target that is
-not met does not change the exit code: it is a measurement, shown in the table.
+Exit code 0 when every run finished and wrote the expected rows, 1 otherwise. The table shows
+measurements and ratios to a peer measured in the same run; it judges nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import check, data, measure, report
+from bench.cluster import Cluster
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -38,8 +40,10 @@ SALT = "bench"
 W1_ROWS = 5_000_000
 W3_FILES = 2_000
 W3_ROWS_PER_FILE = 1_000
-W4_FACTOR = 4
+W4_FACTOR = 4          # the scale curve: W6, W1, W4 at 0.2x, 1x and 4x W1's rows
+W6_FACTOR = 0.2
 W5_ROWS = 10
+W5_MIN_REPEAT = 5      # start-up is short and noisy: at least this many runs (unless BENCH_REPEAT=1)
 
 W1_STAGES = """\
   - filter: "status == 'ok' and qty > 0"
@@ -69,6 +73,7 @@ stages:
 class Engine:
     name: str
     command: Callable[[Path], list[str]]   # output folder -> argv
+    cluster: bool = False                  # runs on the benchmark's running Dask cluster
 
 
 @dataclass
@@ -119,6 +124,14 @@ def pipeline_engine(wid: str, title: str, dataset: data.DataSet, stages: str, jo
     if "bench_udf:" in stages:
         _write_if_changed(folder / "bench_udf.py", (BENCH_DIR / "udf.py").read_text())
     return Engine("pipeline", lambda _out: [sys.executable, "-m", "pipeline", "run", str(job), "--no-progress"])
+
+
+def pipeline_dask_engine(local: Engine, cluster: dict) -> Engine:
+    """The same job on the running Dask cluster (``cluster["address"]``), into its own folder."""
+    def command(out: Path) -> list[str]:
+        return local.command(out) + ["--set", "run.executor=dask", "--set", f"run.dask.address={cluster['address']}",
+                                     "--set", f"output.path={out}"]
+    return Engine("pipeline-dask", command, cluster=True)
 
 
 def peer(name: str, kind: str, dataset: data.DataSet) -> Engine:
@@ -173,15 +186,16 @@ def _tail(path: Path, lines: int = 12) -> str:
 
 
 def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, env: dict,
-            timeout: float) -> dict:
+            timeout: float, cluster_pids: tuple[int, ...] = ()) -> dict:
     out = out_root / w.wid / engine.name
     shutil.rmtree(out, ignore_errors=True)
-    if engine.name != "pipeline":
+    if not engine.name.startswith("pipeline"):
         out.mkdir(parents=True)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
     log = logs / f"{w.wid}-{engine.name}-{rep + 1}.log"
-    m = measure.run(engine.command(out), cwd=str(ROOT), env=env, log_path=str(log), timeout=timeout)
+    m = measure.run(engine.command(out), cwd=str(ROOT), env=env, log_path=str(log), timeout=timeout,
+                    extra_pids=cluster_pids if engine.cluster else ())
     problem = None
     if m.timed_out:
         problem = f"timed out after {timeout:g} s"
@@ -196,13 +210,15 @@ def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, e
     if m.extra.get("left_behind"):
         problem = (problem + "; " if problem else "") + f"{m.extra['left_behind']} process(es) left behind"
     result = {
-        "rep": rep + 1, "wall": m.wall, "cpu": m.cpu, "peak_rss": m.peak_rss, "procs": m.max_procs,
+        "rep": rep + 1, "wall": m.wall, "cpu": m.cpu, "peak_rss": m.peak_rss, "peak_pss": m.peak_pss,
+        "pss_at_peak": {k: {"mib": round(v[0] / 2**20, 1), "processes": v[1]} for k, v in m.pss_at_peak.items()},
+        "procs": m.max_procs,
         "returncode": m.returncode, "ok": problem is None, "problem": problem, "log": _rel(log, ROOT),
         "load1": _load()[0],
     }
     status = "ok" if problem is None else f"FAIL: {problem}"
     print(f"  {w.wid} run {rep + 1:<2} {engine.name:<9} "
-          f"{m.wall:8.2f} s wall {m.cpu:8.2f} s cpu {m.peak_rss / 2**20:8.0f} MiB peak "
+          f"{m.wall:8.2f} s wall {m.cpu:8.2f} s cpu {m.peak_pss / 2**20:6.0f} MiB PSS {m.peak_rss / 2**20:6.0f} MiB RSS "
           f"{m.max_procs:3d} procs  {status}", flush=True)
     if problem and m.returncode != 0:
         print(_tail(log), flush=True)
@@ -217,10 +233,13 @@ def summarise(w: Workload) -> list[dict]:
             continue
         good = [r for r in runs if r["ok"]] or runs
         wall = statistics.median(r["wall"] for r in good)
+        by_pss = sorted(good, key=lambda r: r["peak_pss"])
         rows.append({
-            "workload": w.wid, "engine": engine.name, "runs": len(runs),
+            "workload": w.wid, "engine": engine.name, "runs": len(runs), "rows": w.dataset.rows,
             "wall": wall, "cpu": statistics.median(r["cpu"] for r in good),
+            "peak_pss_mib": statistics.median(r["peak_pss"] for r in good) / 2**20,
             "peak_mib": statistics.median(r["peak_rss"] for r in good) / 2**20,
+            "pss_at_peak": by_pss[len(by_pss) // 2]["pss_at_peak"],    # of the run with the median peak
             "rows_per_s": w.dataset.rows / wall if wall > 0 else 0.0,
             "mb_per_s": w.dataset.bytes / 1e6 / wall if wall > 0 else 0.0,
             "ok": all(r["ok"] for r in runs),
@@ -230,6 +249,7 @@ def summarise(w: Workload) -> list[dict]:
         ref = next((r for r in rows if r["engine"] == w.reference), None)
         for r in rows:
             r["ratio"] = r["wall"] / ref["wall"] if ref and ref["wall"] > 0 else None
+            r["pss_ratio"] = r["peak_pss_mib"] / ref["peak_pss_mib"] if ref and ref["peak_pss_mib"] > 0 else None
             r["ratio_to"] = w.reference
     return rows
 
@@ -241,6 +261,7 @@ def build(scale: float, work: Path, only: set[str] | None = None) -> list[Worklo
     specs = {
         "sales": data.DataSpec("sales", 1, rows),
         "sales4x": data.DataSpec("sales4x", 1, rows * W4_FACTOR),
+        "sales02x": data.DataSpec("sales02x", 1, max(1_000, round(rows * W6_FACTOR))),
         "small": data.DataSpec("small", max(2, round(W3_FILES * scale)), W3_ROWS_PER_FILE),
         "tiny": data.DataSpec("tiny", 1, W5_ROWS),
     }
@@ -250,17 +271,25 @@ def build(scale: float, work: Path, only: set[str] | None = None) -> list[Worklo
         ("W2", "python stage: blake2b + string normalisation per row", "sales", "w2", W2_STAGES,
          ["pandas", "polars", "duckdb", "dask", "pool"], "pandas"),
         ("W3", "many small files, W1's stages", "small", "w1", W1_STAGES, ["duckdb", "polars"], "duckdb"),
-        ("W4", "memory: W1 on 4x the input", "sales4x", "w1", W1_STAGES, [], None),
+        ("W4", "scale curve: W1 on 4x the rows", "sales4x", "w1", W1_STAGES, ["duckdb"], "duckdb"),
         ("W5", "start-up: W1 on a 10-row file", "tiny", "w1", W1_STAGES, [], None),
+        ("W6", "scale curve: W1 on 0.2x the rows", "sales02x", "w1", W1_STAGES, ["duckdb"], "duckdb"),
     ]
     workloads = []
     for wid, title, key, kind, stages, peers, reference in plans:
         if only and wid.lower() not in only:
             continue
         ds = data.ensure(specs[key], data_root)
-        engines = [pipeline_engine(wid, title, ds, stages, jobs, out)] + [peer(p, kind, ds) for p in peers]
+        local = pipeline_engine(wid, title, ds, stages, jobs, out)
+        engines = [local]
+        if wid == "W1":  # beside the local executor: the Dask executor on a running 2-worker cluster
+            engines.append(pipeline_dask_engine(local, CLUSTER))
+        engines += [peer(p, kind, ds) for p in peers]
         workloads.append(Workload(wid, title, ds, kind, engines, reference))
     return workloads
+
+
+CLUSTER: dict = {"address": None}    # the running cluster's address, while there is one
 
 
 def main() -> int:
@@ -301,17 +330,26 @@ def main() -> int:
             continue
         print(f"{w.wid}: {w.title} ({w.dataset.rows:,} rows, {w.dataset.bytes / 1e6:,.1f} MB, "
               f"{len(w.dataset.paths):,} file(s))", flush=True)
-        for rep in range(repeat):
-            # every engine once per repetition, the order rotated from one repetition to the next
-            k = rep % len(w.engines)
-            for engine in w.engines[k:] + w.engines[:k]:
-                w.runs.setdefault(engine.name, []).append(run_one(w, engine, rep, work / "out", logs, env, timeout))
+        with contextlib.ExitStack() as stack:
+            pids: tuple[int, ...] = ()
+            if any(e.cluster for e in w.engines):
+                cluster = stack.enter_context(Cluster(work / "cluster", env))
+                CLUSTER["address"], pids = cluster.address, cluster.pids
+                print(f"  a Dask cluster of {cluster.workers} single-threaded workers at {cluster.address}",
+                      flush=True)
+                stack.callback(CLUSTER.update, address=None)
+            runs = max(repeat, W5_MIN_REPEAT) if w.wid == "W5" and repeat > 1 else repeat
+            for rep in range(runs):
+                # every engine once per repetition, the order rotated from one repetition to the next
+                k = rep % len(w.engines)
+                for engine in w.engines[k:] + w.engines[:k]:
+                    w.runs.setdefault(engine.name, []).append(
+                        run_one(w, engine, rep, work / "out", logs, env, timeout, pids))
 
     if not any(w.runs for w in workloads):
         print("bench: nothing to run (see BENCH_ONLY and BENCH_ENGINES)", file=sys.stderr)
         return 2
     rows = [r for w in workloads for r in summarise(w)]
-    targets = report.evaluate(rows)
     info["load_end"] = _load()
     info["seconds"] = round(time.time() - started, 1)
     inputs = {}
@@ -319,17 +357,21 @@ def main() -> int:
         loads = [r["load1"] for runs in w.runs.values() for r in runs]
         inputs[w.wid] = {"rows": w.dataset.rows, "bytes": w.dataset.bytes, "files": len(w.dataset.paths),
                          "load1": [min(loads), max(loads)] if loads else None}
-    table = report.text_table(rows, targets)
+    table = report.text_table(rows)
     print()
     print(table)
+    curve = report.scale_curve(rows)
+    if curve:
+        print()
+        print(curve)
     print()
     print(report.footer(info))
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "results.md").write_text(report.markdown(rows, targets, info, inputs))
+    (results_dir / "results.md").write_text(report.markdown(rows, info, inputs))
     raw = {w.wid: w.runs for w in workloads}
     (results_dir / "results.json").write_text(json.dumps(
-        {"info": info, "inputs": inputs, "table": rows, "targets": targets, "runs": raw}, indent=2, default=str)
+        {"info": info, "inputs": inputs, "table": rows, "runs": raw}, indent=2, default=str)
         + "\n")
     print(f"wrote {_shown(results_dir / 'results.md')} and {_shown(results_dir / 'results.json')}")
     failed = [f"{r['workload']} {r['engine']}" for r in rows if not r["ok"]]

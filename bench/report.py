@@ -1,121 +1,54 @@
-"""The targets of issue 4, judged on the summary rows, and the table as text and as markdown."""
+"""The summary rows as a text table and as markdown, and the scale curve (W6, W1, W4)."""
 
 from __future__ import annotations
 
-MIB = 2**20
+COLUMNS = ("workload", "engine", "wall s", "CPU s", "PSS MiB", "RSS MiB", "rows/s", "MB/s", "wall ratio",
+           "PSS ratio", "check")
+_RIGHT = {2, 3, 4, 5, 6, 7, 8, 9}
 
-# workload -> (text, reference engine of the ratio column)
-TARGETS = {
-    "W1": "wall <= 1.3x duckdb; < polars, pandas, pool",
-    "W2": "wall <= 0.55x pandas; < every peer",
-    "W3": "wall <= 1.0x duckdb",
-    "W4": "peak <= 1024 MiB; <= 1.1x W1 peak",
-    "W5": "wall <= 1.0 s",
-}
-
-COLUMNS = ("workload", "engine", "wall s", "CPU s", "peak MiB", "rows/s", "MB/s", "ratio", "check",
-           "target", "met")
+SCALE_WORKLOADS = ("W6", "W1", "W4")      # W1's stages on 0.2x, 1x and 4x its rows
+SCALE_COLUMNS = ("engine", "rows", "wall s", "rows/s", "PSS MiB", "PSS / at W1's rows")
 
 
-def _find(rows: list[dict], wid: str, engine: str) -> dict | None:
-    return next((r for r in rows if r["workload"] == wid and r["engine"] == engine), None)
+def _ratio(value) -> str:
+    return "" if value is None else f"{value:.2f}x"
 
 
-def evaluate(rows: list[dict]) -> dict:
-    """workload -> {target, met (True/False/None), detail}; sets W4's peak ratio on its row."""
-    out = {}
-    for wid, text in TARGETS.items():
-        p = _find(rows, wid, "pipeline")
-        if p is None:
-            continue
-        checks: list[tuple[str, bool]] = []
-        unjudged: list[str] = []
-
-        def wall_vs(engine: str, factor: float | None = None) -> None:
-            peer = _find(rows, wid, engine)
-            if peer is None:
-                return
-            if not peer["ok"]:
-                unjudged.append(f"{engine} FAILed")
-                return
-            if factor is None:
-                checks.append((f"{p['wall']:.2f} s < {engine} {peer['wall']:.2f} s", p["wall"] < peer["wall"]))
-            else:
-                ratio = p["wall"] / peer["wall"] if peer["wall"] > 0 else float("inf")
-                checks.append((f"{ratio:.2f}x {engine} (<= {factor:g}x)", ratio <= factor))
-
-        if wid == "W1":
-            wall_vs("duckdb", 1.3)
-            for e in ("polars", "pandas", "pool"):
-                wall_vs(e)
-        elif wid == "W2":
-            wall_vs("pandas", 0.55)
-            for e in ("polars", "duckdb", "dask", "pool"):
-                wall_vs(e)
-        elif wid == "W3":
-            wall_vs("duckdb", 1.0)
-        elif wid == "W4":
-            checks.append((f"peak {p['peak_mib']:.0f} MiB (<= 1024)", p["peak_mib"] <= 1024))
-            w1 = _find(rows, "W1", "pipeline")
-            if w1 is not None and w1["peak_mib"] > 0:
-                ratio = p["peak_mib"] / w1["peak_mib"]
-                p["ratio"], p["ratio_to"] = ratio, "W1 pipeline peak"
-                checks.append((f"{ratio:.2f}x W1 peak (<= 1.1x)", ratio <= 1.1))
-            else:
-                unjudged.append("no W1 pipeline run to compare with")
-        elif wid == "W5":
-            checks.append((f"{p['wall']:.2f} s (<= 1.0 s)", p["wall"] <= 1.0))
-
-        if not p["ok"]:
-            met = False
-            detail = "pipeline FAILed"
-        elif checks:
-            met = all(ok for _, ok in checks)
-            detail = "; ".join(f"{what}: {'yes' if ok else 'NO'}" for what, ok in checks)
-        else:
-            met = None
-            detail = "not judged"
-        if unjudged:
-            detail += " (" + "; ".join(unjudged) + ")"
-        out[wid] = {"target": text, "met": met, "detail": detail}
-    return out
-
-
-def _met(value) -> str:
-    return {True: "yes", False: "NO", None: "n/a"}[value]
-
-
-def cells(rows: list[dict], targets: dict) -> list[list[str]]:
+def cells(rows: list[dict]) -> list[list[str]]:
     table = []
     for r in rows:
-        t = targets.get(r["workload"]) if r["engine"] == "pipeline" else None
-        ratio = r.get("ratio")
-        if t is not None:
-            target, met = t["target"], _met(t["met"])
-        elif r.get("ratio_to") == r["engine"]:
-            target, met = "(reference)", ""
-        else:
-            target, met = "", ""
+        reference = r.get("ratio_to") == r["engine"]
         table.append([
-            r["workload"], r["engine"], f"{r['wall']:.2f}", f"{r['cpu']:.2f}", f"{r['peak_mib']:.0f}",
-            f"{r['rows_per_s']:,.0f}", f"{r['mb_per_s']:.1f}",
-            "" if ratio is None else f"{ratio:.2f}x", "ok" if r["ok"] else "FAIL", target, met,
+            r["workload"], r["engine"] + (" (reference)" if reference else ""), f"{r['wall']:.2f}",
+            f"{r['cpu']:.2f}", f"{r['peak_pss_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['rows_per_s']:,.0f}",
+            f"{r['mb_per_s']:.1f}", _ratio(r.get("ratio")), _ratio(r.get("pss_ratio")),
+            "ok" if r["ok"] else "FAIL",
         ])
     return table
 
 
-_RIGHT = {2, 3, 4, 5, 6, 7}
+def scale_cells(rows: list[dict]) -> list[list[str]]:
+    """One line per engine and size of the scale curve, for the engines measured at every size."""
+    found = {(r["workload"], r["engine"]): r for r in rows if r["workload"] in SCALE_WORKLOADS}
+    engines = [e for w, e in found if w == "W1" and all((s, e) in found for s in SCALE_WORKLOADS)]
+    out = []
+    for engine in engines:
+        base = found[("W1", engine)]["peak_pss_mib"]
+        for wid in SCALE_WORKLOADS:
+            r = found[(wid, engine)]
+            out.append([engine, f"{r['rows']:,}", f"{r['wall']:.2f}", f"{r['rows_per_s']:,.0f}",
+                        f"{r['peak_pss_mib']:.0f}", _ratio(r["peak_pss_mib"] / base if base > 0 else None)])
+    return out
 
 
-def text_table(rows: list[dict], targets: dict) -> str:
-    body = cells(rows, targets)
-    widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(COLUMNS)]
+def _text(columns, body, right) -> str:
+    widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(columns)]
 
     def line(values):
-        return "  ".join(v.rjust(w) if i in _RIGHT else v.ljust(w)
+        return "  ".join(v.rjust(w) if i in right else v.ljust(w)
                          for i, (v, w) in enumerate(zip(values, widths))).rstrip()
 
-    out = [line(COLUMNS), line(["-" * w for w in widths])]
+    out = [line(columns), line(["-" * w for w in widths])]
     previous = None
     for row in body:
         if previous is not None and row[0] != previous:
@@ -125,14 +58,35 @@ def text_table(rows: list[dict], targets: dict) -> str:
     return "\n".join(out)
 
 
+def text_table(rows: list[dict]) -> str:
+    return _text(COLUMNS, cells(rows), _RIGHT)
+
+
+def scale_curve(rows: list[dict]) -> str:
+    body = scale_cells(rows)
+    if not body:
+        return ""
+    return "scale curve (W1's stages):\n" + _text(SCALE_COLUMNS, body, {1, 2, 3, 4, 5})
+
+
+def _markdown_table(columns, body, right) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |",
+           "|" + "|".join("---:" if i in right else "---" for i in range(len(columns))) + "|"]
+    return out + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+
+
 def _notes() -> list[str]:
     return [
         "wall: median over the runs, from the start of the command to its exit (all of `pipeline run`,",
-        "  start-up included). CPU: user + system seconds of the whole process tree. peak MiB: the",
-        "  largest sum of RSS over all processes of the run, sampled every 20 ms. rows/s and MB/s: input",
-        "  rows and bytes over wall. ratio: wall / the reference peer's wall (W1, W3: duckdb; W2: pandas);",
-        "  W4: peak / W1's pipeline peak. check: the output has the expected rows (count, sum of id, a",
-        "  hash of the key columns, sum of total) in every run.",
+        "  start-up included). CPU: user + system seconds of the whole process tree. PSS MiB: the largest",
+        "  sum over all processes of the run of their proportional set size (a page shared by n processes",
+        "  counts 1/n in each: what the run costs the machine), sampled every 20 ms; RSS MiB: the same with",
+        "  resident set sizes (a shared page counts once per process). pipeline-dask: the same job with",
+        "  run.executor=dask on a Dask cluster (a scheduler and 2 single-threaded worker processes) started",
+        "  before the run; the cluster's processes' CPU and memory during the run are included. rows/s and",
+        "  MB/s: input rows and bytes over wall. wall ratio and PSS ratio: over the reference engine's, measured",
+        "  in the same run (W1, W3, W4, W6: duckdb; W2: pandas). check: the output has the expected rows",
+        "  (count, sum of id, a hash of the key columns, sum of total) in every run.",
     ]
 
 
@@ -148,8 +102,20 @@ def footer(info: dict) -> str:
     return "\n".join(lines + _notes())
 
 
-def markdown(rows: list[dict], targets: dict, info: dict, inputs: dict) -> str:
-    body = cells(rows, targets)
+def _breakdown(rows: list[dict]) -> list[str]:
+    """Where the pipeline's memory is at its peak: PSS by process."""
+    out = []
+    for r in rows:
+        if not r["engine"].startswith("pipeline") or not r.get("pss_at_peak"):
+            continue
+        parts = sorted(r["pss_at_peak"].items(), key=lambda kv: -kv[1]["mib"])
+        shown = ", ".join(f"{name}{' x' + str(v['processes']) if v['processes'] > 1 else ''} {v['mib']:.0f}"
+                          for name, v in parts)
+        out.append(f"- {r['workload']} {r['engine']}: {shown}")
+    return out
+
+
+def markdown(rows: list[dict], info: dict, inputs: dict) -> str:
     out = [
         "# Benchmark results",
         "",
@@ -157,13 +123,15 @@ def markdown(rows: list[dict], targets: dict, info: dict, inputs: dict) -> str:
         f"{info['cores']} cores, load average {' '.join(map(str, info['load_start']))} at the start and "
         f"{' '.join(map(str, info['load_end']))} at the end.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---:" if i in _RIGHT else "---" for i in range(len(COLUMNS))) + "|",
+        *_markdown_table(COLUMNS, cells(rows), _RIGHT),
     ]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    out += ["", "Targets:", ""]
-    for wid, t in targets.items():
-        out.append(f"- {wid}: {t['target']}: **{_met(t['met'])}** ({t['detail']})")
+    scale = scale_cells(rows)
+    if scale:
+        out += ["", "Scale curve (W1's stages on 0.2x, 1x and 4x the rows):", "",
+                *_markdown_table(SCALE_COLUMNS, scale, {1, 2, 3, 4, 5})]
+    breakdown = _breakdown(rows)
+    if breakdown:
+        out += ["", "PSS at the peak, by process (MiB, the run with the median peak):", "", *breakdown]
     out += ["", "Inputs:", ""]
     for wid, i in inputs.items():
         load = i.get("load1")

@@ -1,19 +1,38 @@
-"""A small version of `make bench`: the harness runs, the pipeline and DuckDB agree on every workload."""
+"""A small version of `make bench`: the harness runs, every engine it starts agrees with DuckDB's
+expected rows, the local and the Dask executor included, and the table reports PSS and the scale curve."""
 
+import json
 import os
 import subprocess
 import sys
+
+import psutil
 
 from tests.helpers import ROOT
 
 
 def test_bench_smoke(tmp_path):
-    env = dict(os.environ, BENCH_SCALE="0.002", BENCH_REPEAT="1", BENCH_ENGINES="pipeline,duckdb",
+    env = dict(os.environ, BENCH_SCALE="0.002", BENCH_REPEAT="1", BENCH_ENGINES="pipeline,pipeline-dask,duckdb",
                BENCH_WORKDIR=str(tmp_path / "work"), BENCH_RESULTS=str(tmp_path))
     done = subprocess.run([sys.executable, "-m", "bench"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = (tmp_path / "results.md").read_text()
-    for workload in ("W1", "W2", "W3", "W4", "W5"):
+    for workload in ("W1", "W2", "W3", "W4", "W5", "W6"):
         assert f"| {workload} | pipeline |" in table
+    assert "| W1 | pipeline-dask |" in table
     assert "FAIL" not in table
+    assert "target" not in table.lower() and "met" not in table.split("|")
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["workload"], r["engine"]): r for r in results["table"]}
+    for key in [("W1", "pipeline"), ("W1", "pipeline-dask"), ("W1", "duckdb")]:
+        assert rows[key]["ok"] and 0 < rows[key]["peak_pss_mib"] <= rows[key]["peak_mib"]
+    # the pipeline's processes are all in the breakdown; the Dask run counts the cluster's processes too
+    local = rows[("W1", "pipeline")]["pss_at_peak"]
+    assert any(name.endswith(" worker") for name in local) and any(name.endswith(" writer") for name in local)
+    assert "dask worker" in rows[("W1", "pipeline-dask")]["pss_at_peak"]
+    assert "Scale curve" in table
+    # the cluster was stopped: no dask process of this test is left
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not left

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from pipeline import arrays
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
 from pipeline.input.plan import Chunk, ReadSpec
 from pipeline.input.read import BadRow, read_chunk
@@ -111,7 +112,7 @@ def _pieces(table: pa.Table) -> list[pa.Table]:
 
 
 def rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
-    return pa.table({
+    columns = {
         "file": [b.file for b in bad],
         "line": [b.line for b in bad],
         "offset": [b.offset for b in bad],
@@ -119,19 +120,21 @@ def rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
         "reason": [b.reason for b in bad],
         "raw": [b.raw for b in bad],
         "chunk": [chunk.id] * len(bad),
-    }, schema=REJECT_SCHEMA)
+    }
+    return pa.Table.from_arrays([arrays.array(columns[f.name], f.type) for f in REJECT_SCHEMA],
+                                schema=REJECT_SCHEMA)
 
 
 def _stage_rejects(block, rejects: pa.Table, file: str) -> list[BadRow]:
     if rejects.num_rows == 0:
         return []
-    rows = rejects.column("row").to_numpy(zero_copy_only=False)
+    rows = rejects.column("row").to_pylist()
     stages = rejects.column("stage").to_pylist()
     reasons = rejects.column("reason").to_pylist()
-    known = ~np.isnan(rows.astype(float)) if rows.dtype.kind == "f" else np.ones(len(rows), dtype=bool)
+    known = np.array([r is not None for r in rows], dtype=bool)
     located: list = [(None, None, None)] * len(rows)
     if known.any():
-        idx = rows[known].astype(np.int64)
+        idx = np.array([r for r in rows if r is not None], dtype=np.int64)
         for i, loc in zip(np.flatnonzero(known), block.locate(idx)):
             located[i] = loc
     return [BadRow(file, loc[0], loc[1], st, reason, loc[2]) for loc, st, reason in zip(located, stages, reasons)]

@@ -25,10 +25,12 @@ import traceback
 import urllib.parse
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import arrays
 from pipeline.errors import OutputError, StageError
 from pipeline.execution.worker import REJECT_SCHEMA, set_title, unspool
 
@@ -314,19 +316,25 @@ def _split_partitions(table: pa.Table, keys: tuple[str, ...]):
         indices = encoded.indices
         dictionary = encoded.dictionary.to_pylist()
         if indices.null_count:
-            indices = pc.fill_null(indices, len(dictionary))
+            indices = pc.fill_null(indices, arrays.scalar(len(dictionary), indices.type))
             dictionary.append(None)
         for code in pc.unique(indices).to_pylist():
-            yield (dictionary[code],), data.filter(pc.equal(indices, code))
+            yield (dictionary[code],), data.filter(pc.equal(indices, arrays.scalar(code, indices.type)))
         return
-    groups = table.select(list(keys)).group_by(list(keys), use_threads=False).aggregate([])
-    for row in groups.to_pylist():
-        mask = None
-        for k in keys:
-            v = row[k]
-            m = pc.is_null(table.column(k)) if v is None else pc.fill_null(pc.equal(table.column(k), v), False)
-            mask = m if mask is None else pc.and_(mask, m)
-        yield tuple(row[k] for k in keys), data.filter(mask)
+    codes, dictionaries = [], []
+    for k in keys:
+        encoded = pc.dictionary_encode(table.column(k)).combine_chunks()
+        indices, dictionary = encoded.indices, encoded.dictionary.to_pylist()
+        if indices.null_count:
+            indices = pc.fill_null(indices, arrays.scalar(len(dictionary), indices.type))
+            dictionary.append(None)
+        codes.append(arrays.to_numpy(indices))
+        dictionaries.append(dictionary)
+    groups, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    for g, group in enumerate(groups):
+        values = tuple(d[int(c)] for d, c in zip(dictionaries, group))
+        yield values, data.filter(arrays.array(inverse == g))
 
 
 def _result_dict(result) -> dict:

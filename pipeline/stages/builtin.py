@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       StrictFloat, StrictInt, model_validator)
 
+from pipeline import arrays
 from pipeline.dtypes import parse_type, type_name
 from pipeline.errors import ExprError, StageError
 from pipeline.stages.expr import broadcast, compile_expr, unknown_column
@@ -31,7 +32,7 @@ def _check_type(name: str) -> str:
 
 def _check_regex(pattern: str) -> str:
     try:
-        pc.match_substring_regex(pa.array([""]), pattern=pattern)
+        pc.match_substring_regex(arrays.array([""]), pattern=pattern)
     except pa.ArrowException as e:
         raise ValueError(f"invalid regular expression {pattern!r}: {e}") from None
     return pattern
@@ -130,8 +131,8 @@ def _mask(value, length: int) -> pa.Array:
     if pa.types.is_null(arr.type):
         arr = pc.cast(arr, pa.bool_())
     if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.bool_())
-    return pc.fill_null(arr, False) if arr.null_count else arr
+        arr = arr.combine_chunks() if arr.num_chunks else arrays.array([], pa.bool_())
+    return pc.fill_null(arr, arrays.scalar(False)) if arr.null_count else arr
 
 
 def _set_column(table: pa.Table, name: str, values) -> pa.Table:
@@ -149,21 +150,23 @@ def _render(values: pa.Array) -> pa.Array:
     try:
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
             cut = pc.utf8_slice_codeunits(values, 0, 60)
-            shown = pc.binary_join_element_wise("'", cut, "'", "")
+            quote = arrays.scalar("'")
+            shown = pc.binary_join_element_wise(quote, cut, quote, arrays.scalar(""))
         else:
             shown = pc.cast(values, pa.string())
-        return pc.fill_null(pc.cast(shown, pa.string()), "null")
+        return pc.fill_null(pc.cast(shown, pa.string()), arrays.scalar("null"))
     except pa.ArrowException:
-        return pa.repeat(pa.scalar("(value)"), len(values))
+        return pa.repeat(arrays.scalar("(value)"), len(values))
 
 
 def _with_value(prefix: str, values: pa.Array, suffix: str) -> pa.Array:
-    return pc.binary_join_element_wise(prefix, _render(values), suffix, "")
+    return pc.binary_join_element_wise(arrays.scalar(prefix), _render(values), arrays.scalar(suffix),
+                                       arrays.scalar(""))
 
 
 def _literal_scalar(value: Any, dtype: pa.DataType, what: str, key: str) -> pa.Scalar:
     try:
-        scalar = pa.scalar(value)
+        scalar = arrays.scalar(value)
         return scalar if scalar.type == dtype else pc.cast(scalar, dtype, safe=True)
     except (pa.ArrowException, ValueError, TypeError) as e:
         raise ExprError(f"{what} {value!r} does not fit the column's type {type_name(dtype)}: {e}",
@@ -175,10 +178,10 @@ def _bound(bound: Any, dtype: pa.DataType, what: str, key: str) -> pa.Scalar:
     if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
         if not isinstance(bound, str):
             raise ExprError(f"the {what} {bound!r} is not text, but the column is {type_name(dtype)}", key=key)
-        return pa.scalar(bound)
+        return arrays.scalar(bound)
     if pa.types.is_temporal(dtype) or pa.types.is_decimal(dtype):
         return _literal_scalar(bound, dtype, what, key)
-    return pa.scalar(bound)
+    return arrays.scalar(bound)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,13 +248,13 @@ def cast(table: pa.Table, spec: dict[str, TypeName], ctx: StageContext) -> Stage
     keep = np.ones(table.num_rows, dtype=bool)
     rows = sorted(reasons)
     keep[rows] = False
-    kept = pa.array(keep)
+    kept = arrays.array(keep)
     table = table.filter(kept)
     for name, dtype in targets.items():
         if table.column(name).type != dtype:
             table = _set_column(table, name, pc.cast(table.column(name), dtype, safe=True))
-    rejected = pa.table({"row": pa.array(rows, pa.int64()),
-                         "reason": pa.array([reasons[r] for r in rows], pa.string())},
+    rejected = pa.table({"row": arrays.array(rows, pa.int64()),
+                         "reason": arrays.array([reasons[r] for r in rows], pa.string())},
                         schema=REJECTED_SCHEMA)
     return StageOutput(table, kept=kept, rejected=rejected)
 
@@ -271,7 +274,7 @@ def _failing_rows(column, dtype: pa.DataType) -> list[int]:
     bad = _bisect(distinct, dtype)
     if not bad:
         return []
-    hits = pc.is_in(column, value_set=distinct.take(pa.array(bad, pa.int64())))
+    hits = pc.is_in(column, value_set=distinct.take(arrays.array(bad, pa.int64())))
     return pc.indices_nonzero(hits).to_pylist()
 
 
@@ -324,7 +327,7 @@ def fill_null(table: pa.Table, spec: dict[str, Literal_], ctx: StageContext) -> 
     for name, value in spec.items():
         column = table.column(name)
         if pa.types.is_null(column.type):
-            table = _set_column(table, name, pa.repeat(pa.scalar(value), table.num_rows))
+            table = _set_column(table, name, pa.repeat(arrays.scalar(value), table.num_rows))
             continue
         scalar = _literal_scalar(value, column.type, "the fill value", name)
         table = _set_column(table, name, pc.fill_null(column, scalar))
@@ -340,7 +343,7 @@ def drop_nulls(table: pa.Table, spec: list[str] | Literal["all"] | None, ctx: St
     for name in names:
         valid = table.column(name).is_valid()
         keep = valid if keep is None else pc.and_(keep, valid)
-    kept = _mask(keep if keep is not None else pa.scalar(True), table.num_rows)
+    kept = _mask(keep if keep is not None else arrays.scalar(True), table.num_rows)
     return StageOutput(table.filter(kept), kept=kept)
 
 
@@ -351,7 +354,7 @@ def validate(table: pa.Table, spec: ValidateSpec, ctx: StageContext) -> StageOut
     rules: list[tuple[Any, Any]] = []   # (fail mask, reason for the rows given by their indices)
 
     def const(text):
-        return lambda idx: pa.repeat(pa.scalar(text), len(idx))
+        return lambda idx: pa.repeat(arrays.scalar(text), len(idx))
 
     _require(table, spec.not_null)
     for name in spec.not_null:
@@ -378,7 +381,7 @@ def validate(table: pa.Table, spec: ValidateSpec, ctx: StageContext) -> StageOut
         _require(table, [name], key)
         column = table.column(name)
         try:
-            value_set = pa.array(values)
+            value_set = arrays.array(values)
             if value_set.type != column.type:
                 value_set = pc.cast(value_set, column.type, safe=True)
             found = pc.is_in(column, value_set=value_set)

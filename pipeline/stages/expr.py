@@ -22,6 +22,7 @@ from typing import Any, Callable, NamedTuple, Sequence, Union
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import arrays
 from pipeline.dtypes import parse_type, type_name
 from pipeline.errors import ExprError, StageError
 
@@ -133,7 +134,7 @@ def _require_bool(v: Any, what: str, hint: str = "") -> Any:
 
 
 def _null_of(t: pa.DataType) -> pa.Scalar:
-    return pa.scalar(None, type=t)
+    return arrays.scalar(None, type=t)
 
 
 def broadcast(value: Value, length: int) -> pa.Array | pa.ChunkedArray:
@@ -258,9 +259,9 @@ def _op_in(x, values: list, negate: bool):
 
 def _value_set(t: pa.DataType, values: list, sym: str) -> pa.Array:
     if not values:
-        return pa.array([], type=t)
+        return arrays.array([], type=t)
     try:
-        arr = pa.array(values)
+        arr = arrays.array(values)
     except (pa.ArrowException, ValueError, TypeError) as e:
         raise _Fail(f"the list after '{sym}' mixes types: {values!r}") from e
     if arr.type == t:
@@ -342,7 +343,7 @@ def _lit_unit(v):
 def _lit_regex(v):
     _lit_str(v)
     try:
-        pc.match_substring_regex(pa.array([""]), pattern=v)
+        pc.match_substring_regex(arrays.array([""]), pattern=v)
     except pa.ArrowException as e:
         raise ValueError(f"is not a valid regular expression: {_arrow_message(e)}") from None
     return v
@@ -406,14 +407,14 @@ def _fn_substring(s, start, length=None):
 
 def _fn_concat(*args):
     parts = [a if _is_string(a.type) else pc.cast(a, pa.string()) for a in args]
-    return pc.binary_join_element_wise(*parts, "", null_handling="replace", null_replacement="")
+    return pc.binary_join_element_wise(*parts, arrays.scalar(""), null_handling="replace", null_replacement="")
 
 
 def _fn_split_part(s, sep, index):
     (s,) = _strings("split_part()", s)
     pieces = pc.split_pattern(s, pattern=sep)
     one = pc.list_slice(pieces, index, index + 1, return_fixed_size_list=True)
-    return pc.list_element(one, 0)
+    return pc.list_element(one, arrays.scalar(0))
 
 
 def _fn_date(x):
@@ -769,17 +770,17 @@ class _Compiler:
 
     def scalar(self, value: Any, node: ast.AST) -> pa.Scalar:
         if value is None:
-            return pa.scalar(None)
+            return arrays.scalar(None)
         if isinstance(value, bool):
-            return pa.scalar(value, pa.bool_())
+            return arrays.scalar(value, pa.bool_())
         if isinstance(value, int):
             if not -_MAX_INT - 1 <= value <= _MAX_INT:
                 raise self.fail(f"integer {value} does not fit in int64", node)
-            return pa.scalar(value, pa.int64())
+            return arrays.scalar(value, pa.int64())
         if isinstance(value, float):
-            return pa.scalar(value, pa.float64())
+            return arrays.scalar(value, pa.float64())
         if isinstance(value, str):
-            return pa.scalar(value, pa.string())
+            return arrays.scalar(value, pa.string())
         raise self.fail(f"unsupported literal {value!r}", node)
 
     # nodes ----------------------------------------------------------------------------------
@@ -899,7 +900,7 @@ class _Compiler:
                                 f"use is_null(x) or (x {sym} [...])", element)
             values.append(value)
         try:
-            pa.array(values)
+            arrays.array(values)
         except (pa.ArrowException, ValueError, TypeError):
             raise self.fail(f"the values in the list after '{sym}' must all be of one type", right) from None
         return lambda table: _op_in(left(table), values, negate)

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import TypeAdapter, ValidationError
 
+from pipeline import arrays
 from pipeline.errors import ConfigError, ExprError, PipelineError, StageError
 
 REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string())])
@@ -228,13 +229,13 @@ def _run_one(name: str, table: pa.Table, spec: Any, ctx: StageContext) -> StageO
     if out.kept is None and out.rejected is not None and out.rejected.num_rows:
         # Rejected rows without a mask: every other row went on.
         keep = np.ones(table.num_rows, dtype=bool)
-        keep[out.rejected.column("row").to_numpy(zero_copy_only=False)] = False
-        out.kept = pa.array(keep)
+        keep[arrays.to_numpy(out.rejected.column("row"))] = False
+        out.kept = arrays.array(keep)
     if out.kept is not None:
         kept = out.kept
         if isinstance(kept, pa.ChunkedArray):
-            kept = kept.combine_chunks() if kept.num_chunks else pa.array([], pa.bool_())
-        out.kept = pc.fill_null(kept, False) if kept.null_count else kept
+            kept = kept.combine_chunks() if kept.num_chunks else arrays.array([], pa.bool_())
+        out.kept = pc.fill_null(kept, arrays.scalar(False)) if kept.null_count else kept
         if len(out.kept) != table.num_rows:
             raise RuntimeError(f"stage {name!r}: kept mask has {len(out.kept)} rows, input has {table.num_rows}")
     return out
@@ -255,7 +256,7 @@ def apply_stages(
     With ``trace_filtered`` the result also says which rows each stage filtered out (where the
     positions are known), for ``pipeline preview``.
     """
-    positions: pa.Array = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    positions: pa.Array = arrays.array(np.arange(table.num_rows, dtype=np.int64))
     filtered = rejected = added = 0
     rejects: list[pa.Table] = []
     dropped: list[pa.Table] = []
@@ -282,7 +283,7 @@ def apply_stages(
             origin = pc.take(positions, rows) if len(positions) else pa.nulls(n_rej, pa.int64())
             rejects.append(pa.table({
                 "row": pc.cast(origin, pa.int64()),
-                "stage": pa.repeat(pa.scalar(key, pa.string()), n_rej),
+                "stage": pa.repeat(arrays.scalar(key, pa.string()), n_rej),
                 "reason": pc.cast(out.rejected.column("reason"), pa.string()),
             }, schema=REJECTS_SCHEMA))
         rejected += n_rej

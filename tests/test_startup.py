@@ -1,0 +1,89 @@
+"""Start-up: a job without a pandas stage never imports pandas (nor dask), in any of its processes.
+
+pyarrow imports pandas the first time it is handed Python values (``pa.array([...])``,
+``pa.scalar(1)``, a compute function called with a Python literal): about a quarter of a second of
+every run. ``-X importtime`` is inherited by the forked worker and writer processes, so its report
+on stderr covers the whole run.
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+import pytest
+
+from tests.helpers import basic_job, read_output, run_subprocess, write_job
+
+CSV = """id,ts,country,product,price,qty,discount,status,note
+1,2026-11-01 10:00:00,DE,Notebook,3.5,2,0.1,ok,"red, large"
+2,2026-11-02 11:00:00,FR,Lamp,13.5,1,,ok,plain
+3,2026-11-02 12:00:00,US,Cable,5.0,0,,refunded,
+4,2026-11-03 13:00:00,,Mug,9.0,3,0.2,ok,"the ""deluxe"" one"
+5,2026-11-03 14:00:00,DE,Lamp,x,1,,ok,bad price
+6,2026-11-04 15:00:00,SE,Cable,2.0,-1,,pending,
+"""
+
+
+def _imported(stderr: str) -> set[str]:
+    """Top-level names of the modules in an ``-X importtime`` report."""
+    names = set()
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$", line)
+        if m:
+            names.add(m.group(1).split(".")[0])
+    return names
+
+
+def _run(tmp_path, job: dict):
+    (tmp_path / "in.csv").write_text(CSV)
+    path = write_job(tmp_path, job)
+    done = run_subprocess("run", path, "--no-progress", env={"PYTHONPROFILEIMPORTTIME": "1"}, cwd=tmp_path)
+    modules = _imported(done.stderr)
+    assert "pyarrow" in modules and "pipeline" in modules, done.stderr[-2000:]  # the report is there
+    return done, modules
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_builtin_stages_never_import_pandas(tmp_path, workers):
+    job = basic_job("in.csv", run={"workers": workers, "on_bad_rows": "quarantine"},
+                    input={"schema": {"ts": "timestamp[s]"}},
+                    output={"partition_by": ["country", "day"]},
+                    stages=[
+                        {"cast": {"price": "float64"}},
+                        {"rename": {"note": "comment"}},
+                        {"fill_null": {"discount": 0, "comment": "none"}},
+                        {"validate": {"not_null": ["id"], "range": {"qty": {"min": 0}},
+                                      "allowed": {"status": ["ok", "refunded"]}}},
+                        {"filter": "status in ['ok'] and qty > 0 and price >= 1.5"},
+                        {"derive": {"total": "round(price * qty * (1 - discount), 2)",
+                                    "label": "concat(upper(product), '-', substring(comment, 0, 3))",
+                                    "day": "strftime(ts, '%Y-%m-%d')",
+                                    "flag": "if_else(qty > 1, 'many', 'one')"}},
+                        {"drop_nulls": ["total"]},
+                        {"select": ["id", "country", "day", "total", "label", "flag"]},
+                    ])
+    done, modules = _run(tmp_path, job)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pandas" not in modules
+    assert not {"dask", "distributed", "s3fs", "botocore"} & modules
+    got = read_output(tmp_path / "out", partitioning="hive").to_pylist()
+    ref = duckdb.sql(f"""
+        select id, round(try_cast(price as double) * qty * (1 - coalesce(discount, 0)), 2) as total
+        from read_csv('{tmp_path}/in.csv', types={{'price': 'VARCHAR'}})
+        where try_cast(price as double) is not null and qty >= 0 and status = 'ok' and qty > 0
+          and try_cast(price as double) >= 1.5 order by id""").fetchall()
+    assert sorted((r["id"], r["total"]) for r in got) == ref
+
+
+def test_a_pandas_stage_still_works_after_the_change(tmp_path):
+    (tmp_path / "stage_mod.py").write_text(
+        "def double(df):\n    df['qty2'] = df['qty'] * 2\n    return df\n")
+    job = basic_job("in.csv", run={"on_bad_rows": "skip"},
+                    stages=[{"python": {"function": "stage_mod:double", "api": "pandas"}},
+                            {"select": ["id", "qty2"]}])
+    done, modules = _run(tmp_path, job)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pandas" in modules
+    got = sorted(read_output(tmp_path / "out").to_pylist(), key=lambda r: r["id"])
+    assert [r["qty2"] for r in got] == [4, 2, 0, 6, 2, -2]
