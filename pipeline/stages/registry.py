@@ -289,15 +289,15 @@ def apply_stages(
         rejected += n_rej
         n_out = out.table.num_rows
         if out.kept is not None and trace_filtered and len(positions):
-            gone = ~out.kept.to_numpy(zero_copy_only=False)
+            gone = ~arrays.to_numpy(out.kept)
             if n_rej:
-                gone[out.rejected.column("row").to_numpy(zero_copy_only=False)] = False
+                gone[arrays.to_numpy(out.rejected.column("row"))] = False
             if gone.any():
-                origin = positions.filter(pa.array(gone))
+                origin = positions.filter(arrays.array(gone))
                 dropped.append(pa.table({
                     "row": pc.cast(origin, pa.int64()),
-                    "stage": pa.repeat(pa.scalar(key, pa.string()), len(origin)),
-                    "reason": pa.repeat(pa.scalar("filtered out", pa.string()), len(origin)),
+                    "stage": pa.repeat(arrays.scalar(key, pa.string()), len(origin)),
+                    "reason": pa.repeat(arrays.scalar("filtered out", pa.string()), len(origin)),
                 }, schema=REJECTS_SCHEMA))
         if out.kept is not None:
             positions = positions.filter(out.kept)
