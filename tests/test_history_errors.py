@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from pipeline.output.lock import JobLock
 from pipeline.output.publish import OutputPaths
@@ -146,3 +150,33 @@ def test_final_error_is_a_json_line_with_log_format_json(tmp_path):
     assert done.returncode == 78
     last = json.loads(done.stderr.strip().splitlines()[-1])
     assert last["exit_code"] == 78 and "stagez" in last["message"]
+
+
+SLOW_PROBE = '''
+import os, pathlib, time
+
+
+def slow(df, marker):
+    if len(df) == 0:                      # the run learns the stage's output schema on an empty table
+        pathlib.Path(marker).touch()
+        time.sleep(30)
+    return df
+'''
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_while_a_python_stage_is_planned_stops_the_run(tmp_path, signum, code):
+    (tmp_path / "in.csv").write_text("id\n1\n2\n")
+    (tmp_path / "probe.py").write_text(SLOW_PROBE)
+    marker = tmp_path / "probing"
+    job = basic_job("in.csv", name="probe-signal",
+                    stages=[{"python": {"function": "probe:slow", "params": {"marker": str(marker)}}}])
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(write_job(tmp_path, job)), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "nothing was published" in err and not (tmp_path / "out").exists()

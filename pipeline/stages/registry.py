@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline import arrays
-from pipeline.errors import ConfigError, ExprError, PipelineError, StageError
+from pipeline.errors import ConfigError, ExprError, Interrupted, PipelineError, StageError
 
 REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string())])
 REJECTED_SCHEMA = pa.schema([("row", pa.int64()), ("reason", pa.string())])
@@ -364,6 +364,8 @@ def output_schema(
             if sdef is not None and sdef.check is not None:
                 sdef.check(sdef.adapter.validate_python(spec), sctx)
             out = _run_one(name, table, spec, sctx)
+        except Interrupted:
+            raise
         except ExprError as e:
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None
         except ValidationError as e:
