@@ -29,14 +29,21 @@ import tempfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import Job
+from pipeline.config import Job, plural
 from pipeline.errors import OutputError, StageError
-from pipeline.output.lock import JobLock
 from pipeline.input.plan import Chunk, Plan
-from pipeline.progress import Progress
+from pipeline.input.storage import (
+    check_remote_target,
+    filesystem,
+    is_url,
+    list_remote,
+    publish_remote,
+    read_remote_manifest,
+    remove_unlisted,
+)
+from pipeline.output.lock import JobLock
 from pipeline.output.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
-from pipeline.input.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
-                              read_remote_manifest, remove_unlisted)
+from pipeline.progress import Progress
 
 log = logging.getLogger("pipeline")
 
@@ -69,8 +76,8 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
             previous = check_target(paths, mode)
             staging = paths.staging(run_id)
             os.makedirs(staging, mode=0o755)
-        log.info("run %s: %d files, %d chunks, %s", run_id, len(plan.files), len(plan.chunks),
-                 "the Dask executor" if job.run.executor == "dask" else f"{plan.workers} workers")
+        log.info("run %s: %s, %s, %s", run_id, plural(len(plan.files), "file"), plural(len(plan.chunks), "chunk"),
+                 "the Dask executor" if job.run.executor == "dask" else plural(plan.workers, "worker"))
         bar = Progress(sum(c.nbytes for c in plan.chunks), len(plan.chunks), enabled=progress,
                        interval=job.run.progress_interval)
         on_result = count_results(job, report, bar)
@@ -255,8 +262,8 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 
 def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
-    from pipeline.run import local_executor, worker_spec
     from pipeline.output.write import WriterSpec
+    from pipeline.run import local_executor, worker_spec
 
     local = tempfile.mkdtemp(prefix=f"pipeline-{job.name}-{run_id}-")
     try:

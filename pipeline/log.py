@@ -27,8 +27,8 @@ class JsonFormatter(logging.Formatter):
         data = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "job": record.job,
-            "run_id": record.run_id,
+            "job": getattr(record, "job", None),
+            "run_id": getattr(record, "run_id", None),
             "message": record.getMessage(),
         }
         data.update(getattr(record, "fields", {}) or {})
@@ -77,8 +77,7 @@ def emit(level: int, message: str, fields: dict | None = None, *, terminal: bool
          files: bool = True) -> None:
     """One record to the terminal, to --log-file, or both; ``fields`` become JSON keys."""
     logger = logging.getLogger(LOGGER)
-    record = logger.makeRecord(LOGGER, level, __file__, 0, message, None, None)
-    record.fields = fields or {}
+    record = logger.makeRecord(LOGGER, level, __file__, 0, message, (), None, extra={"fields": fields or {}})
     _context.filter(record)
     for handler in (_terminal_handlers if terminal else []) + (_file_handlers if files else []):
         handler.handle(record)

@@ -12,15 +12,16 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import re
 import os
+import re
 import sys
 import sysconfig
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
