@@ -208,9 +208,9 @@ def _dispatch(args) -> int:
 
         return init(args.directory, args.sources, name=args.name, force=args.force)
     if args.command == "report":
-        from pipeline.commands.report import report
+        from pipeline.commands.report import report as write_report
 
-        return report(args.target, args.out_file, overrides=args.overrides, params=dict(args.params))
+        return write_report(args.target, args.out_file, overrides=args.overrides, params=dict(args.params))
     from pipeline.config import load_config
     from pipeline.stages import STAGES
 

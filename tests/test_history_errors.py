@@ -123,7 +123,7 @@ def test_lock_message_names_the_holder(tmp_path, capsys):
     config = _job(tmp_path)
     lock = JobLock(OutputPaths(str(tmp_path / "out")).lock, "other-job", "20261201T000000-holder").acquire()
     try:
-        code, out, err = run_cli("run", config, "--no-progress", capsys=capsys)
+        code, _out, err = run_cli("run", config, "--no-progress", capsys=capsys)
     finally:
         lock.release()
     assert code == 75
@@ -177,6 +177,6 @@ def test_signal_while_a_python_stage_is_planned_stops_the_run(tmp_path, signum, 
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signum)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "nothing was published" in err and not (tmp_path / "out").exists()

@@ -82,7 +82,7 @@ def reported(tmp_path_factory):
 
 
 def test_report_figures_match_the_state_store_manifest_and_rejects(reported):
-    tmp_path, config, page_path = reported
+    tmp_path, _config, page_path = reported
     page = _parse(page_path)
     runs = _runs(tmp_path)
     last = runs[0]
@@ -99,7 +99,7 @@ def test_report_figures_match_the_state_store_manifest_and_rejects(reported):
     # one bar a chunk, on the worker processes that did them
     chunks = page.find("rect", "chunk")
     assert len(chunks) == manifest["chunks"] > 2
-    assert {c["data-chunk"] for c in chunks} == {c for c in _chunk_ids(tmp_path, last["run_id"])}
+    assert {c["data-chunk"] for c in chunks} == set(_chunk_ids(tmp_path, last["run_id"]))
     assert len({c["data-pid"] for c in chunks}) == 2
     assert all(float(c["data-value"]) > 0 and float(c["width"]) > 0 for c in chunks)
 
@@ -145,7 +145,7 @@ def _chunk_ids(tmp_path: Path, run_id: str) -> set[str]:
 
 
 def test_report_of_the_output_directory_is_the_same_page(reported, capsys):
-    tmp_path, config, page_path = reported
+    tmp_path, _config, page_path = reported
     other = tmp_path / "from-output.html"
     code, out, err = run_cli("report", tmp_path / "out", "-o", other, capsys=capsys)
     assert code == 0, err
@@ -159,10 +159,10 @@ def test_report_of_the_output_directory_is_the_same_page(reported, capsys):
 
 
 def test_report_errors(tmp_path, capsys):
-    code, out, err = run_cli("report", tmp_path / "nothing-here", capsys=capsys)
+    code, _out, err = run_cli("report", tmp_path / "nothing-here", capsys=capsys)
     assert code == 78 and "neither a job file nor an output directory" in err
     config = _job(tmp_path)
-    code, out, err = run_cli("report", config, capsys=capsys)
+    code, _out, err = run_cli("report", config, capsys=capsys)
     assert code == 65 and "nothing to report" in err
 
 

@@ -37,6 +37,7 @@ def test_init_on_demo_data_validates_runs_and_its_make_targets_work(tmp_path, mo
     code, out, err = run_cli("init", "jobs", "--from", "data/raw/sales-*.csv*", capsys=capsys)
     assert code == 0, err
     job_file, make_file = tmp_path / "jobs" / "sales.yaml", tmp_path / "jobs" / "sales.mk"
+    assert make_file.exists()
     assert f"wrote {Path('jobs') / 'sales.yaml'}" in out
     job = yaml.safe_load(job_file.read_text())
     assert job["input"]["paths"] == ["../data/raw/sales-*.csv*"]
@@ -77,12 +78,12 @@ def test_init_on_demo_data_validates_runs_and_its_make_targets_work(tmp_path, mo
 @pytest.mark.skipif(not (CORPUS / "arrow").is_dir(), reason="the third-party corpus (shared/corpus) is not here")
 def test_init_on_corpus_files_runs_and_matches_pyarrow(tmp_path, capsys):
     parts = CORPUS / "arrow" / "aggregate_test_100_partitioned"
-    code, out, err = run_cli("init", tmp_path / "job", "--from", str(parts / "part*.csv"), "--name", "agg",
+    code, _out, err = run_cli("init", tmp_path / "job", "--from", str(parts / "part*.csv"), "--name", "agg",
                              capsys=capsys)
     assert code == 0, err
     config = tmp_path / "job" / "agg.yaml"
     assert run_cli("validate", config, capsys=capsys)[0] == 0
-    code, out, err = run_cli("run", config, "--no-progress", capsys=capsys)
+    code, _out, err = run_cli("run", config, "--no-progress", capsys=capsys)
     assert code == 0, err
     got = read_output(tmp_path / "job" / "out" / "agg")
     schema = {c["name"]: parse_type(c["type"]) for c in manifest_of(tmp_path / "job" / "out" / "agg")["schema"]}
@@ -96,10 +97,10 @@ def test_init_on_corpus_files_runs_and_matches_pyarrow(tmp_path, capsys):
 def test_init_refuses_to_replace_a_job_without_force(tmp_path, capsys):
     (tmp_path / "in.csv").write_text("a,b\n1,x\n")
     assert run_cli("init", tmp_path, "--from", tmp_path / "in.csv", capsys=capsys)[0] == 0
-    code, out, err = run_cli("init", tmp_path, "--from", tmp_path / "in.csv", capsys=capsys)
+    code, _out, err = run_cli("init", tmp_path, "--from", tmp_path / "in.csv", capsys=capsys)
     assert code == 2 and "in.yaml exists" in err and "--force" in err
     assert run_cli("init", tmp_path, "--from", tmp_path / "in.csv", "--force", capsys=capsys)[0] == 0
-    code, out, err = run_cli("init", tmp_path, "--from", tmp_path / "nothing*.csv", capsys=capsys)
+    code, _out, err = run_cli("init", tmp_path, "--from", tmp_path / "nothing*.csv", capsys=capsys)
     assert code == 78 and "no file matches" in err
 
 

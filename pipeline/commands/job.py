@@ -86,7 +86,7 @@ def _short(path: str) -> str:
 
 
 def history(job: Job, limit: int = 20, status: str | None = None, as_json: bool = False,
-            params: set[str] = frozenset()) -> int:
+            params: frozenset[str] | set[str] = frozenset()) -> int:
     """Past runs of the job, newest first, from its state store.
 
     ``params`` names the ``--param`` values given on the command line: only runs made with those

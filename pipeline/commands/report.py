@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -106,7 +105,7 @@ def _last_run(sources: Sources) -> dict:
     run = (m.get("runs") or [{}])[-1]
     return {"run_id": m.get("run_id"), "status": "succeeded", "exit_code": 0,
             "started": run.get("started_ts"), "finished": run.get("finished_ts"),
-            "error": None, **{k: v for k, v in (m.get("counts") or {}).items()}}
+            "error": None, **dict((m.get("counts") or {}).items())}
 
 
 def _rejects(sources: Sources) -> tuple[list[tuple[str, str, int]], list[dict], int]:
@@ -170,8 +169,8 @@ def _last_run_html(last: dict, sources: Sources) -> str:
     if last.get("error"):
         facts.append(("error", last["error"].strip().splitlines()[0]))
     dl = "".join(f"<dt>{_e(k)}</dt><dd class=\"{_e(k)}\">{_e(v)}</dd>" for k, v in facts)
-    bars = [(k, last.get(f"rows_{k}")) for k in ("read", "written", "filtered", "rejected", "added")]
-    bars = [(k, v) for k, v in bars if v is not None and (k != "added" or v)]
+    counts = [(k, last.get(f"rows_{k}")) for k in ("read", "written", "filtered", "rejected", "added")]
+    bars = [(k, int(v)) for k, v in counts if v is not None and (k != "added" or v)]
     chart = _hbars("rows", bars) if bars else "<p>No row counts were recorded.</p>"
     return f'<dl class="facts status-{_e(status.replace(" ", "-"))}">{dl}</dl>\n{chart}'
 
@@ -306,7 +305,7 @@ def _rejects_html(groups: list[tuple[str, str, int]], sample: list[dict], total:
 def _schema_html(manifest: dict | None) -> str:
     if not manifest:
         return "<p>No published output.</p>"
-    files = [f for f in manifest.get("files", [])]
+    files = list(manifest.get("files", []))
     rows = sum(f["rows"] for f in files)
     size = sum(f["bytes"] for f in files)
     body = "".join(f'<tr class="column"><td><code>{_e(c["name"])}</code></td><td>{_e(c["type"])}</td>'

@@ -35,7 +35,7 @@ def init(directory: str | None, sources: list[str], name: str | None = None, for
     paths = [s if is_url(s) or os.path.isabs(s) else os.path.relpath(os.path.abspath(s), os.path.abspath(directory))
              for s in sources]
     draft = _render(name, paths, None, {}, None)
-    job, plan = _plan(directory, draft)
+    _job, plan = _plan(directory, draft)
     fmt = {f.format for f in plan.files}
     text = _render(name, paths, plan.read.schema, plan.inferred, fmt.pop() if len(fmt) == 1 else None,
                    len(plan.files))

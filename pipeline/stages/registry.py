@@ -291,7 +291,7 @@ def apply_stages(
         n_out = out.table.num_rows
         if out.kept is not None and trace_filtered and len(positions):
             gone = ~arrays.to_numpy(out.kept)
-            if n_rej:
+            if n_rej and out.rejected is not None:
                 gone[arrays.to_numpy(out.rejected.column("row"))] = False
             if gone.any():
                 origin = positions.filter(arrays.array(gone))
