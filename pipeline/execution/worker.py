@@ -61,11 +61,13 @@ class ChunkResult:
     rows_filtered: int = 0
     rows_rejected: int = 0
     rows_added: int = 0
+    lines_skipped: int = 0      # comment lines (csv.comment): not rows, counted apart
     bytes_read: int = 0
     messages: int = 0
     started: float = 0.0               # wall-clock time (epoch seconds) the worker began the chunk
     seconds: float = 0.0
     bad_samples: list[BadRow] = field(default_factory=list)
+    source: str = ""                   # the input file the chunk is part of (named in type errors)
 
 
 _STATE: dict = {}
@@ -157,9 +159,11 @@ def chunk_tables(chunk: Chunk, spec: WorkerSpec, result: ChunkResult) -> Iterato
                        lookups_key=spec.lookups_key,
                        load_lookups=functools.partial(lookup_tables, spec.lookups, spec.lookups_key))
     stage_list = [(name, s) for name, s in spec.stages]
+    result.source = chunk.file.path
     try:
         for block in read_chunk(chunk, spec.read):
             result.rows_read += block.rows_read
+            result.lines_skipped += block.skipped
             bad = list(block.bad)
             if spec.stages:
                 out = apply_stages(block.table, stage_list, ctx, trace_filtered=spec.trace_filtered)

@@ -368,8 +368,6 @@ def output_schema(
             if sdef is not None and sdef.check is not None:
                 sdef.check(sdef.adapter.validate_python(spec), sctx)
             out = _run_one(name, table, spec, sctx)
-        except Interrupted:
-            raise
         except ExprError as e:
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None
         except ValidationError as e:
@@ -378,6 +376,8 @@ def output_schema(
             if name == "python":
                 return None
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None
+        except Interrupted:
+            raise        # Ctrl-C or SIGTERM while the stages are checked: not a configuration error
         except PipelineError as e:
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None
         except Exception as e:
