@@ -172,9 +172,10 @@ def test_preview_rows_reads_chunks_until_it_has_them(tmp_path, capsys):
 
 def test_dry_run_prints_validate_and_plan(tmp_path, capsys):
     config, _ = _preview_job(tmp_path)
-    code, validated, _ = run_cli("validate", config, capsys=capsys)
-    code, planned, _ = run_cli("plan", config, capsys=capsys)
-    code, out, err = run_cli("run", config, "--dry-run", capsys=capsys)
+    quarantine = ("--set", "run.on_bad_rows=quarantine")
+    code, validated, _ = run_cli("validate", config, *quarantine, capsys=capsys)
+    code, planned, _ = run_cli("plan", config, *quarantine, capsys=capsys)
+    code, out, err = run_cli("run", config, "--dry-run", *quarantine, capsys=capsys)
     assert code == 0, err
     assert out.startswith(validated + "\n" + planned + "\n")
     assert "dry run: the job was validated and planned" in out and "nothing was run or written" in out
