@@ -105,6 +105,7 @@ class Report:
     exit_code: int | None = None
     note: str = ""
     skip_metrics: bool = False
+    chunk_results: list = field(default_factory=list)   # every committed ChunkResult, for the state store
     finalize: dict | None = None      # the manifest's finalize entry: scope, rows in and out
 
     def mark_succeeded(self, files: list[dict], started: float) -> Report:
@@ -272,6 +273,7 @@ def count_results(job: Job, report: Report, bar: Progress):
 
     def on_result(result: ChunkResult) -> None:
         counts.add(result)
+        report.chunk_results.append(result)
         report.keep_bad_samples(result.bad_samples)
         bar.update(result)
         if cap is not None and counts.rows_rejected > cap:
@@ -372,6 +374,8 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
              full_refresh=full_refresh)
         if store is not None and report.status == "up to date":
             store.run_finished(run_id, "up to date", 0, report.counts.__dict__)
+        if store is not None:
+            _record_chunks(store, report)
         return report
     except BaseException as exc:
         report.status = "failed"
@@ -387,6 +391,7 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
                 store.run_finished(run_id, "failed", code, report.counts.__dict__, error=str(exc)[:2000])
             except sqlite3.Error as db_exc:
                 log.error("could not record the failed run in the state store: %s", db_exc)
+            _record_chunks(store, report)
         try:
             exc.report = report  # type: ignore[attr-defined]
         except AttributeError:
@@ -401,6 +406,14 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _record_chunks(store: StateStore, report: Report) -> None:
+    """Each chunk's worker and times, for ``pipeline report``; a failure here loses only that picture."""
+    try:
+        store.record_chunks(report.run_id, report.chunk_results)
+    except sqlite3.Error as exc:
+        log.warning("could not record the chunks' times in the state store: %s", exc)
 
 
 def _run(job: Job, target: OutputTarget, report: Report, started: float, store: StateStore | None, *,

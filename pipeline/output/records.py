@@ -41,6 +41,7 @@ class ChunkResult:
     lines_skipped: int = 0      # comment lines (csv.comment): not rows, counted apart
     bytes_read: int = 0
     messages: int = 0
+    started: float = 0.0               # wall-clock time (epoch seconds) the worker began the chunk
     seconds: float = 0.0
     bad_samples: list[BadRow] = field(default_factory=list)
     source: str = ""                   # the input file the chunk is part of (named in type errors)
