@@ -255,7 +255,7 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 
 def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
-    from pipeline.run import local_executor, worker_spec
+    from pipeline.run import local_executor, worker_spec, writer_buffer
     from pipeline.output.write import WriterSpec
 
     local = tempfile.mkdtemp(prefix=f"pipeline-{job.name}-{run_id}-")
@@ -266,7 +266,8 @@ def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_sche
         executor = local_executor(job, plan, wspec, on_result)
         spec = WriterSpec(job.name, run_id, local, out_schema, tuple(job.output.partition_by),
                           job.output.compression, job.output.compression_level,
-                          job.output.row_group_rows, job.output.file_bytes)
+                          job.output.row_group_rows, job.output.file_bytes,
+                          buffer_bytes=writer_buffer(job, plan))
         execution = executor.run(plan.chunks, wspec, spec)
         shutil.rmtree(spool)
         files = [dict(f) for f in execution.writer["files"]]

@@ -22,6 +22,7 @@ from pipeline.state.metrics import write_metrics
 from pipeline.state.resume import JOURNAL, find_resumable, start_journal
 from pipeline.state.store import Seen, StateStore, fingerprint
 from pipeline.execution.local import LocalExecutor
+from pipeline.execution.memory import memory_plan
 from pipeline.output.lock import JobLock
 from pipeline.input.plan import Plan, build_plan
 from pipeline.output.publish import (REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish,
@@ -204,7 +205,13 @@ def local_executor(job: Job, plan: Plan, wspec: WorkerSpec, on_result) -> LocalE
         return quarantine_chunk(chunk, wspec, f"the worker {why}, on every one of {attempts} attempts", attempt)
 
     return LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
-                         chunk_timeout=job.run.chunk_timeout, on_result=on_result, on_poison=on_poison)
+                         chunk_timeout=job.run.chunk_timeout, on_result=on_result, on_poison=on_poison,
+                         in_flight=memory_plan(job.run.memory_limit, plan.workers).in_flight)
+
+
+def writer_buffer(job: Job, plan: Plan) -> int:
+    """The writer's row-group buffer within ``run.memory_limit``."""
+    return memory_plan(job.run.memory_limit, plan.workers).writer_buffer
 
 
 def quarantine_chunk(chunk: Chunk, spec: WorkerSpec, reason: str, attempt: int) -> list[tuple]:
@@ -393,7 +400,8 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             spec = WriterSpec(job.name, run_id, staging, out_schema, tuple(job.output.partition_by),
                               job.output.compression, job.output.compression_level,
                               job.output.row_group_rows, job.output.file_bytes,
-                              journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0)
+                              journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0,
+                              buffer_bytes=writer_buffer(job, plan))
             execution = executor.run(todo, wspec, spec)
             bar.close()
             shutil.rmtree(spool)

@@ -30,6 +30,7 @@ from pipeline.config.values import (
     resolve_path,
 )
 from pipeline.dtypes import parse_type
+from pipeline.execution.memory import memory_plan
 
 
 class _Model(BaseModel):
@@ -104,7 +105,7 @@ class InputConfig(_Model):
     format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = "auto"
     csv: Annotated[CsvOptions, EmptyIsDefault] = Field(default_factory=CsvOptions)
     schema_: Annotated[dict[str, TypeName], EmptyIsDefault] = Field(default_factory=dict, alias="schema")
-    chunk_bytes: ByteSize | None = None   # None: about total/(workers*4), between 4 MiB and 64 MiB
+    chunk_bytes: ByteSize | None = None   # None: about total/(workers*4), at least 4 MiB, at most run.memory_limit allows
     sample_bytes: ByteSize = 1024**2
     max_record_bytes: ByteSize = 16 * 1024**2
     max_decompressed_bytes: ByteSize | None = None
@@ -206,6 +207,19 @@ class RunConfig(_Model):
     state_dir: str | None = None
     metrics_file: str | None = None
     python_modules: StrTuple = ()  # installed modules python stages may import
+    memory_limit: ByteSize | None = Field(None, description=(
+        "The most memory the run's processes (parent, writer, workers; summed PSS) should use, e.g. 1GiB. "
+        "The local executor sizes from it the chunks (when input.chunk_bytes is not set), the results in "
+        "flight to the writer and the writer's row-group buffer: about 48 MiB for each process, 4x the "
+        "chunk for each worker, a quarter of the rest (at most 256 MiB) for the writer; chunks between 1 MiB "
+        "and 4 MiB. Default: 1 GiB, or more when run.workers need it. See pipeline/execution/memory.py."))
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None:
+            memory_plan(value, info.data.get("workers") or 1)   # ValueError: too little for the workers
+        return value
 
     @field_validator("state_dir", "metrics_file")
     @classmethod

@@ -78,8 +78,10 @@ class LocalExecutor:
     def __init__(self, workers: int, start_method: str = "fork", *, retries: int = 2,
                  chunk_timeout: float | None = None,
                  on_result: Callable[[ChunkResult], None] | None = None,
-                 on_poison: Callable[[Chunk, str], tuple | None] | None = None):
+                 on_poison: Callable[[Chunk, str], tuple | None] | None = None,
+                 in_flight: int | None = None):
         self.workers = workers
+        self.in_flight = in_flight or max(4, 4 * workers)   # results queued for the writer, at most
         self.start_method = start_method
         self.retries = retries
         self.chunk_timeout = chunk_timeout
@@ -88,7 +90,7 @@ class LocalExecutor:
 
     def run(self, chunks: Sequence[Chunk], worker_spec: WorkerSpec, writer_spec: WriterSpec) -> Execution:
         ctx = mp.get_context(self.start_method)
-        data_q = ctx.Queue(maxsize=max(4, 4 * self.workers))
+        data_q = ctx.Queue(maxsize=self.in_flight)
         events = ctx.Queue()
         starts = ctx.SimpleQueue()   # workers' "start" messages: synchronous, see worker.process_chunk
         ex = Execution()

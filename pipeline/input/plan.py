@@ -18,6 +18,7 @@ import pyarrow.json as pajson
 from pipeline.input import infer
 from pipeline.input.discover import InputFile, discover
 from pipeline.errors import ConfigError, InputError
+from pipeline.execution.memory import memory_plan
 from pipeline.input.split import record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
@@ -210,14 +211,20 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
 
 
 def chunk_size(job, files: list[InputFile], workers: int) -> int:
-    """``input.chunk_bytes``, or by default about four chunks per worker, between 4 and 64 MiB.
+    """``input.chunk_bytes``, or by default about four chunks per worker, at least 4 MiB, at most
+    what ``run.memory_limit`` allows the local executor's workers (see execution/memory.py; the Dask
+    executor writes a part file per chunk, and keeps chunks of up to 32 MiB).
 
     Fewer, larger chunks cost less per chunk; more chunks keep every worker busy to the end.
     """
     if job.input.chunk_bytes:
         return job.input.chunk_bytes
     total = sum(f.size for f in files)
-    return int(min(MAX_AUTO_CHUNK, max(MIN_AUTO_CHUNK, total / (4 * max(workers, 1)))))
+    if job.run.executor == "local":
+        largest = memory_plan(job.run.memory_limit, workers).chunk_bytes
+    else:
+        largest = MAX_AUTO_CHUNK
+    return int(min(largest, max(MIN_AUTO_CHUNK, total / (4 * max(workers, 1)))))
 
 
 def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, first_line: int,

@@ -53,6 +53,7 @@ class WriterSpec:
     file_bytes: int = 512 << 20
     journal: str | None = None                # append checkpoints here, so a killed run can resume
     checkpoint_seconds: float = 60.0
+    buffer_bytes: int = BUFFER_BYTES          # rows held for row groups before the largest buffer is written
 
 
 @dataclass
@@ -115,8 +116,10 @@ class RowGroupWriter:
     and the next one opened, once it passes ``file_bytes``. Subclasses open and close the files.
     """
 
-    def __init__(self, partition_by: tuple[str, ...], row_group_rows: int, file_bytes: int):
+    def __init__(self, partition_by: tuple[str, ...], row_group_rows: int, file_bytes: int,
+                 buffer_bytes: int = BUFFER_BYTES):
         self.partition_by = tuple(partition_by)
+        self.buffer_bytes = buffer_bytes
         self.row_group_rows = row_group_rows
         self.file_bytes = file_bytes
         self.partitions: dict[str, Partition] = {}
@@ -136,7 +139,7 @@ class RowGroupWriter:
         else:
             for values, part in _split_partitions(table, self.partition_by):
                 self._add(values, part)
-        while self.buffered > BUFFER_BYTES:
+        while self.buffered > self.buffer_bytes:
             largest = max(self.partitions.values(), key=lambda p: p.nbytes)
             self._flush(largest, final=True)
 
@@ -187,7 +190,7 @@ class DatasetWriter(RowGroupWriter):
     """The writer process's Parquet output in the run's staging directory."""
 
     def __init__(self, spec: WriterSpec):
-        super().__init__(spec.partition_by, spec.row_group_rows, spec.file_bytes)
+        super().__init__(spec.partition_by, spec.row_group_rows, spec.file_bytes, spec.buffer_bytes)
         self.spec = spec
         self.root = os.path.realpath(spec.staging)
         self.schema = spec.schema
