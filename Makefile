@@ -8,18 +8,24 @@ CONFIG ?= configs/example.yaml
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run run-date demo-data test test-slow clean
+.PHONY: help install run run-date demo-data test test-slow docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
+TEST_STAMP := $(VENV)/.installed-test
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,dask,s3]'
+	$(PY) -m pip install --quiet -e .
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the package with its test tools
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,dask,s3]'
+	@touch $(TEST_STAMP)
+
+install: $(TEST_STAMP) ## Create .venv with the package and the test tools (make run installs only what running needs)
 
 data/.demo-data: $(STAMP)
 	$(PY) -m pipeline.demo data
@@ -27,17 +33,20 @@ data/.demo-data: $(STAMP)
 
 demo-data: data/.demo-data ## Generate the deterministic demo input files into data/
 
-run: install demo-data ## Run CONFIG (default configs/example.yaml) on the demo data and print the summary
-	$(BIN)/pipeline run $(CONFIG)
+# make exits with 2 whenever a command fails: say which exit code the tool gave (see README, Exit codes)
+TOOL_EXIT = || { code=$$?; echo "pipeline exited with $$code" >&2; exit $$code; }
+
+run: $(STAMP) demo-data ## Run CONFIG (default configs/example.yaml) on the demo data and print the summary
+	$(BIN)/pipeline run $(CONFIG) $(TOOL_EXIT)
 
 DATE ?= yesterday
-run-date: install demo-data ## Run configs/daily.yaml for one day: make run-date DATE=2026-11-02
-	$(BIN)/pipeline run configs/daily.yaml --param date=$(DATE)
+run-date: $(STAMP) demo-data ## Run configs/daily.yaml for one day: make run-date DATE=2026-11-02
+	$(BIN)/pipeline run configs/daily.yaml --param date=$(DATE) $(TOOL_EXIT)
 
-test: install ## Run the test suite (a few minutes; slow tests excluded)
+test: $(TEST_STAMP) ## Run the test suite (a few minutes; slow tests excluded)
 	$(BIN)/pytest -q -m "not slow"
 
-test-slow: install ## Run only the slow tests (chaos, large inputs)
+test-slow: $(TEST_STAMP) ## Run only the slow tests (chaos, large inputs)
 	$(BIN)/pytest -q -m slow
 
 BENCH_STAMP  := $(VENV)/.installed-bench
@@ -47,7 +56,7 @@ BENCH_REPEAT ?= 3
 .PHONY: bench bench-smoke
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) ## Benchmark against DuckDB, Polars, pandas, Dask (BENCH_SCALE=1.0 BENCH_REPEAT=3)
@@ -55,6 +64,10 @@ bench: $(BENCH_STAMP) ## Benchmark against DuckDB, Polars, pandas, Dask (BENCH_S
 
 bench-smoke: $(BENCH_STAMP) ## A tiny, quick run of the benchmark (checks it end to end)
 	BENCH_SCALE=0.002 BENCH_REPEAT=1 BENCH_RESULTS=bench/work/smoke $(PY) -m bench
+
+docs: $(STAMP) ## Regenerate schema/job.schema.json and docs/configuration.md from the config models
+	$(BIN)/pipeline schema > schema/job.schema.json
+	$(PY) -m pipeline.commands.reference > docs/configuration.md
 
 clean: ## Remove the virtual environment, generated data and outputs
 	rm -rf $(VENV) data build *.egg-info .pytest_cache .hypothesis

@@ -20,11 +20,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, run_options: bool = False):
-        sp.add_argument("config", metavar="CONFIG", help="the YAML job file")
+        sp.add_argument("config", metavar="CONFIG", help="the YAML job file").complete = _YAML_FILE
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key by its dotted path (repeatable)")
-        sp.add_argument("--log-format", choices=["text", "json"], default="text")
-        sp.add_argument("--log-file", metavar="PATH", help="also write the log to this file")
+        sp.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="log lines on stderr as text (time LEVEL job run-id: message) or as one JSON "
+                             "object per line (default: text)")
+        sp.add_argument("--log-file", metavar="PATH",
+                        help="also append the log lines to this file (its folder must exist)").complete = _FILE
         sp.add_argument("--param", dest="params", action="append", default=[], type=_param, metavar="NAME=VALUE",
                         help="set a job parameter (repeatable); see params: in the job file")
         if run_options:
@@ -46,9 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     common(h)
     h.add_argument("--limit", type=_positive, default=20, help="how many runs (newest first)")
     i = sub.add_parser("inspect", help="show an output: schema, rows, files, counts")
-    i.add_argument("path", metavar="PATH")
+    i.add_argument("path", metavar="PATH",
+                   help="an output directory (output.path of a job) or a URL such as s3://bucket/out"
+                   ).complete = _FILE
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    sub.add_parser("schema", help="print the JSON Schema of the job file (for editors and checks)")
+    c = sub.add_parser("completion", help="print a shell completion script: pipeline completion bash|zsh",
+                       description="Print the completion script for a shell. Bash: add "
+                                   "'eval \"$(pipeline completion bash)\"' to ~/.bashrc. Zsh: write "
+                                   "'pipeline completion zsh' to a file named _pipeline in a folder of $fpath.")
+    c.add_argument("shell", choices=["bash", "zsh"], help="the shell")
     return p
+
+
+# what `pipeline completion` completes arguments to (shtab's action names; shtab is imported only there)
+_FILE = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+_YAML_FILE = {"bash": "_shtab_compgen_files", "zsh": "_files -g '*.(yaml|yml)'", "tcsh": "f"}
 
 
 def _param(text: str) -> tuple[str, str]:
@@ -118,6 +134,15 @@ def _print_report(exc: BaseException) -> None:
 
 
 def _dispatch(args) -> int:
+    if args.command == "schema":
+        from pipeline.commands.schema import print_schema
+
+        return print_schema()
+    if args.command == "completion":
+        import shtab
+
+        print(shtab.complete(_parser(), shell=args.shell), end="", flush=True)
+        return 0
     if args.command == "inspect":
         from pipeline.commands.inspect_output import inspect_output
 

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
+                      model_validator)
 from pydantic_core import to_jsonable_python
 
 from pipeline.config.issues import show
 from pipeline.config.values import (
     ByteSize,
     Duration,
+    PARAMS_SCHEMA,
+    WORKERS_SCHEMA,
     EmptyIsDefault,
     NonNegativeInt,
     PositiveInt,
@@ -40,12 +43,18 @@ class _Model(BaseModel):
 
 
 class CsvOptions(_Model):
-    delimiter: str = ","
-    header: bool = True
-    column_names: StrTuple | None = None
-    quote: str | None = '"'
-    null_values: StrTuple = ("", "NA", "NULL", "null")
-    encoding: str = "utf-8"
+    """How CSV and TSV files are read."""
+
+    delimiter: str = Field(",", description='One character; write "\\t" for a tab. The default for `format: tsv` is a tab.')
+    header: bool = Field(True, description="The first line holds the column names.")
+    column_names: StrTuple | None = Field(None, description=(
+        "The column names, in order, when `header: false` (required then); ignored when `header: true`."))
+    quote: str | None = Field('"', description=(
+        "The quote character (RFC 4180 quoting: quoted fields may hold the delimiter, doubled quotes "
+        "and newlines); null turns quoting off."))
+    null_values: StrTuple = Field(("", "NA", "NULL", "null"), description="Field values read as null.")
+    encoding: str = Field("utf-8", description=(
+        "The text encoding: any Python codec name (`latin-1`, `cp1252`, ...). Text invalid in it makes bad rows."))
 
     @field_validator("delimiter", mode="before")
     @classmethod
@@ -101,17 +110,40 @@ def _check_unique(names: Sequence[str]) -> None:
 
 
 class InputConfig(_Model):
-    paths: StrTuple
-    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = "auto"
-    csv: Annotated[CsvOptions, EmptyIsDefault] = Field(default_factory=CsvOptions)
-    schema_: Annotated[dict[str, TypeName], EmptyIsDefault] = Field(default_factory=dict, alias="schema")
-    chunk_bytes: ByteSize | None = None   # None: about total/(workers*4), at least 4 MiB, at most run.memory_limit allows
-    sample_bytes: ByteSize = 1024**2
-    max_record_bytes: ByteSize = 16 * 1024**2
-    max_decompressed_bytes: ByteSize | None = None
-    follow_symlinks: bool = False
-    allow_missing_columns: bool = False
-    incremental: bool = False    # process only files that are new or changed since the last successful run
+    """Where the input files are and how they are read (see docs/data.md)."""
+
+    paths: StrTuple = Field(description=(
+        "One glob or a list of globs (`**` matches folders recursively), relative to the job file's "
+        "folder, or URLs. The matches are sorted; duplicates, folders and names starting with `_` or `.` "
+        "are skipped. A glob that matches nothing is an error (exit 78)."))
+    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = Field("auto", description=(
+        "`auto` tells the format by the extension (`.csv`; `.tsv`/`.tab`; `.jsonl`/`.ndjson`/`.json`; "
+        "`.parquet`/`.pq`) after stripping `.gz`/`.gzip`/`.zst`/`.zstd`/`.bz2`. Compression is always told "
+        "by the extension."))
+    csv: Annotated[CsvOptions, EmptyIsDefault] = Field(default_factory=CsvOptions, description=(
+        "How CSV and TSV files are read."))
+    schema_: Annotated[dict[str, TypeName], EmptyIsDefault] = Field(default_factory=dict, alias="schema", description=(
+        'Column types to use instead of inference: `{ts: "timestamp[s]", price: "decimal(10,2)"}`. Other '
+        "columns of text files get a type inferred from a sample; Parquet files keep their own. A column "
+        "named here that is in no input file is an error."))
+    chunk_bytes: ByteSize | None = Field(None, description=(
+        "Target size of a chunk, the unit of work of a worker (and of a streamed block of a compressed "
+        "file). By default 4 MiB, or less when run.memory_limit is tight (a small input is not cut finer than "
+        "4 MiB); with the Dask executor about four chunks per worker, between 4 MiB and 32 MiB."))
+    sample_bytes: ByteSize = Field(1024**2, description="How much of each text file is read to infer column types.")
+    max_record_bytes: ByteSize = Field(16 * 1024**2, description=(
+        "A longer record is a bad row (usually an unterminated quote)."))
+    max_decompressed_bytes: ByteSize | None = Field(None, description=(
+        "Fail the run (exit 65) when a compressed file inflates past this size: a guard against "
+        "decompression bombs. None: no limit."))
+    follow_symlinks: bool = Field(False, description=(
+        "Input files that are symbolic links are refused (exit 65) unless this is true."))
+    allow_missing_columns: bool = Field(False, description=(
+        "Let CSV, TSV and Parquet files have different columns: the schema is the union and a missing "
+        "column reads as nulls. Otherwise different columns stop the run (exit 65)."))
+    incremental: bool = Field(False, description=(
+        "Read only the files that are new or changed since the job's last successful run, and append "
+        "their rows to the output; `run --full-refresh` rebuilds from every file (see docs/cron.md)."))
 
     @model_validator(mode="before")
     @classmethod
@@ -141,13 +173,27 @@ class InputConfig(_Model):
 
 
 class OutputConfig(_Model):
-    path: str
-    mode: Literal["overwrite", "append", "error"] = "error"
-    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
-    compression_level: int | None = None
-    partition_by: StrTuple = ()
-    file_bytes: ByteSize = 512 * 1024**2
-    row_group_rows: PositiveInt = 1_000_000
+    """Where and how the Parquet dataset is written (see docs/data.md)."""
+
+    path: str = Field(description=(
+        "The output directory (the dataset), relative to the job file's folder, or a URL. It is published "
+        "atomically: nothing of a run is visible there until the run succeeds."))
+    mode: Literal["overwrite", "append", "error"] = Field("error", description=(
+        "When the path already holds an output: `overwrite` replaces it, `append` keeps its files and adds "
+        "this run's (the new rows' columns are not checked against the existing files'), `error` fails "
+        "the run (exit 74). A non-empty folder that this tool did not write is always refused (exit 74)."))
+    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = Field("zstd", description=(
+        "The Parquet compression codec."))
+    compression_level: int | None = Field(None, description=(
+        "The codec's level, checked against the codec's range; not for `snappy` or `none`. None: the "
+        "codec's default."))
+    partition_by: StrTuple = Field((), description=(
+        "Columns for a hive layout (`country=DE/part-....parquet`). They must be output columns, and "
+        "not all of them. Values are URL-escaped in folder names; null and empty values become "
+        "`__HIVE_DEFAULT_PARTITION__`."))
+    file_bytes: ByteSize = Field(512 * 1024**2, description=(
+        "A part file is closed, and the next one started, once it passes this size."))
+    row_group_rows: PositiveInt = Field(1_000_000, description="Rows per Parquet row group.")
 
     @field_validator("path")
     @classmethod
@@ -176,8 +222,13 @@ class OutputConfig(_Model):
 
 
 class DaskConfig(_Model):
-    address: str | None = None          # tcp://host:8786; else DASK_SCHEDULER_ADDRESS; else a LocalCluster
-    connect_timeout: Duration = 30.0    # give up on an unreachable scheduler after this long (exit 1)
+    """The Dask cluster of `run.executor: dask` (see docs/cluster.md)."""
+
+    address: str | None = Field(None, description=(
+        "The scheduler, e.g. `tcp://host:8786`; else the `DASK_SCHEDULER_ADDRESS` environment variable; "
+        "else a LocalCluster of `run.workers` processes is started for the run."))
+    connect_timeout: Duration = Field(30.0, description=(
+        "An unreachable scheduler fails the run (exit 1, naming the address) after this long."))
 
 
 def dask_missing() -> str | None:
@@ -194,19 +245,48 @@ def dask_missing() -> str | None:
 
 
 class RunConfig(_Model):
-    workers: Annotated[int, BeforeValidator(parse_workers)] = Field(default_factory=auto_workers)
-    on_bad_rows: Literal["fail", "skip", "quarantine"] = "fail"
-    max_bad_rows: NonNegativeInt | None = None
-    retries: NonNegativeInt = 2
-    chunk_timeout: Duration | None = None
-    start_method: Literal["fork", "spawn", "forkserver"] = "fork"
-    executor: Literal["local", "dask"] = "local"
-    dask: Annotated[DaskConfig, EmptyIsDefault] = Field(default_factory=DaskConfig)
-    progress_interval: Duration = 10.0
-    checkpoint_interval: Duration = 60.0   # how often finished chunks are made durable for resume
-    state_dir: str | None = None
-    metrics_file: str | None = None
-    python_modules: StrTuple = ()  # installed modules python stages may import
+    """How the job runs: workers, bad rows, retries, state and metrics."""
+
+    workers: Annotated[int, BeforeValidator(parse_workers), WithJsonSchema(WORKERS_SCHEMA)] = Field(
+        default_factory=auto_workers, json_schema_extra={"default": "auto"}, description=(
+            "Worker processes; `auto` is the number of CPUs this process may use. A run never starts more "
+            "workers than it has chunks. `--workers N` overrides it."))
+    on_bad_rows: Literal["fail", "skip", "quarantine"] = Field("fail", description=(
+        "What a bad row does: `fail` stops the run at the first one (exit 65, nothing published); `skip` "
+        "counts and leaves them out; `quarantine` also writes each to `_rejects/` in the output with "
+        "file, line, offset, stage, reason and the raw record."))
+    max_bad_rows: NonNegativeInt | None = Field(None, description=(
+        "With `skip` or `quarantine`: more bad rows than this fail the run (exit 65, nothing published). "
+        "None: no limit."))
+    retries: NonNegativeInt = Field(2, description=(
+        "How often a chunk is retried after its worker died or timed out. An exception raised by a "
+        "`python` stage is not retried."))
+    chunk_timeout: Duration | None = Field(None, description=(
+        "A chunk running longer has its worker killed, and counts as a failed attempt. None: no limit."))
+    start_method: Literal["fork", "spawn", "forkserver"] = Field("fork", description=(
+        "The multiprocessing start method of the workers."))
+    executor: Literal["local", "dask"] = Field("local", description=(
+        "`local`: a process pool on this machine; `dask`: a Dask cluster (needs the `dask` extra; see "
+        "docs/cluster.md)."))
+    dask: Annotated[DaskConfig, EmptyIsDefault] = Field(default_factory=DaskConfig, description=(
+        "The Dask cluster of `executor: dask`."))
+    progress_interval: Duration = Field(10.0, description=(
+        "Without a progress bar (no terminal, or `--no-progress`), the least time between `progress:` log lines."))
+    checkpoint_interval: Duration = Field(60.0, description=(
+        "How often the writer makes the chunks finished so far durable (it closes and fsyncs its part "
+        "files and journals them), so that a killed run resumes from there. Each checkpoint closes the "
+        "open part files, so a short interval makes more, smaller files."))
+    state_dir: str | None = Field(None, description=(
+        "The folder of the state store (`state.db`: every run, and the input files of successful runs), "
+        "relative to the job file's folder. None: `.pipeline-state/` beside the job file. Jobs that share "
+        "it are kept apart by `name`."))
+    metrics_file: str | None = Field(None, description=(
+        "After every run, write its figures to this file in the Prometheus text format (for "
+        "node_exporter's textfile collector), relative to the job file's folder. None: no metrics."))
+    python_modules: StrTuple = Field(
+        (), description=(
+            "Installed modules that `python` stages may import (`[numpy, mypackage]`); listing a package "
+            "allows its submodules. Modules beside the job file need no listing."))
     memory_limit: ByteSize | None = Field(None, description=(
         "The most memory the run's processes (parent, writer, workers; summed PSS) should use, e.g. 1GiB. "
         "The local executor sizes from it the chunks (when input.chunk_bytes is not set), the results in "
@@ -250,12 +330,25 @@ INTERNAL_KEYS = ("config_path", "base_dir", "config_hash", "lines")
 
 
 class Job(_Model):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    input: InputConfig
-    stages: tuple[StageSpec, ...] = ()
-    output: OutputConfig
-    run: Annotated[RunConfig, EmptyIsDefault] = Field(default_factory=RunConfig)
-    params: Annotated[dict[str, str], BeforeValidator(params_as_text), EmptyIsDefault] = Field(default_factory=dict)
+    """A job file."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = Field(description=(
+        "The job's name: letters, digits, `_`, `.`, `-`, starting with a letter or digit. It names the "
+        "job in log lines, the lock message, process titles, the manifest and the state store."))
+    input: InputConfig = Field(description="Where the input files are and how they are read.")
+    stages: tuple[StageSpec, ...] = Field((), description=(
+        "The stages, run in order on every chunk: each item is a mapping with one key, the stage name "
+        "(see docs/stages.md)."))
+    output: OutputConfig = Field(description="Where and how the Parquet dataset is written.")
+    run: Annotated[RunConfig, EmptyIsDefault] = Field(default_factory=RunConfig, description=(
+        "How the job runs: workers, bad rows, retries, state and metrics."))
+    params: Annotated[dict[str, str], BeforeValidator(params_as_text), EmptyIsDefault, WithJsonSchema(PARAMS_SCHEMA)] = Field(
+        default_factory=dict, description=(
+            "Job parameters and their defaults, `{date: yesterday}`: strings (`7` becomes `\"7\"`). "
+            "`--param NAME=VALUE` sets one; `${params.NAME}` or `${params.NAME:%Y/%m/%d}` in any string "
+            "value uses it. `today`, `yesterday`, `tomorrow`, optionally `+N`/`-N` days, become an ISO "
+            "date. The values are recorded in the manifest and the state store (see docs/cron.md)."))
+    # set by load_config, not from YAML:
     # set by load_config, not from YAML:
     config_path: Path = Path("job.yaml")
     base_dir: Path = Path(".")

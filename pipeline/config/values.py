@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, ValidationInfo, WithJsonSchema
 
 from pipeline.config.issues import show
 from pipeline.dtypes import parse_type
@@ -161,12 +161,27 @@ def resolve_path(path: str, info: ValidationInfo) -> str:
     return os.path.normpath(path) if os.path.isabs(path) else path
 
 
-ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveInt = Annotated[int, _integer(1)]
-NonNegativeInt = Annotated[int, _integer(0)]
+# JSON schemas of the value types, as `pipeline schema` shows them (the validators accept these)
+BYTE_SIZE_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "integer", "minimum": 1},
+    {"type": "string", "pattern": r"^\s*(\d+(\.\d*)?|\.\d+)\s*([bB]|[kKmMgGtT]([bB]|[iI][bB])?)?\s*$"},
+], "description": "a size: bytes, or a number with a unit such as 512kB, 64MiB, 1.5GiB"}
+DURATION_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "number", "exclusiveMinimum": 0},
+    {"type": "string", "pattern": r"^\s*(\d+(\.\d*)?|\.\d+)\s*([mM][sS]|[sS]|[mM]([iI][nN])?|[hH]|[dD])?\s*$"},
+], "description": "a duration: seconds, or a number with a unit such as 500ms, 30s, 5m, 1h, 1d"}
+STR_LIST_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "string"}, {"type": "array", "items": {"type": "string"}},
+], "description": "a list of strings (a single string stands for a list of one)"}
+WORKERS_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]}
+PARAMS_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size), WithJsonSchema(BYTE_SIZE_SCHEMA)]
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA)]
+PositiveInt = Annotated[int, _integer(1), WithJsonSchema({"type": "integer", "minimum": 1})]
+NonNegativeInt = Annotated[int, _integer(0), WithJsonSchema({"type": "integer", "minimum": 0})]
 TypeName = Annotated[str, AfterValidator(_check_type_name)]
-StrTuple = Annotated[tuple[str, ...], BeforeValidator(str_tuple)]
+StrTuple = Annotated[tuple[str, ...], BeforeValidator(str_tuple), WithJsonSchema(STR_LIST_SCHEMA)]
 # an empty section (`run:` with every line commented out) means the defaults
 EmptyIsDefault = BeforeValidator(lambda value: {} if value is None else value)
 
