@@ -29,7 +29,7 @@ import tempfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import Job
+from pipeline.config import Job, plural
 from pipeline.errors import OutputError, StageError
 from pipeline.output.lock import JobLock
 from pipeline.input.plan import Chunk, Plan
@@ -69,8 +69,8 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
             previous = check_target(paths, mode)
             staging = paths.staging(run_id)
             os.makedirs(staging, mode=0o755)
-        log.info("run %s: %d files, %d chunks, %s", run_id, len(plan.files), len(plan.chunks),
-                 "the Dask executor" if job.run.executor == "dask" else f"{plan.workers} workers")
+        log.info("run %s: %s, %s, %s", run_id, plural(len(plan.files), "file"), plural(len(plan.chunks), "chunk"),
+                 "the Dask executor" if job.run.executor == "dask" else plural(plan.workers, "worker"))
         bar = Progress(sum(c.nbytes for c in plan.chunks), len(plan.chunks), enabled=progress,
                        interval=job.run.progress_interval)
         on_result = count_results(job, report, bar)

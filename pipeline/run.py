@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline import __version__
-from pipeline.config import Job, dump_config
+from pipeline.config import Job, dump_config, format_bytes, plural
 from pipeline.dtypes import type_name
 from pipeline.dtypes import parse_type
 from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, LockedError, OutputError, PipelineError
@@ -90,30 +90,31 @@ class Report:
         self.output_bytes = sum(f["bytes"] for f in data_files)
         self.reject_files = len(files) - len(data_files)
         self.seconds = time.monotonic() - started
-        log.info("run %s succeeded: %s rows written", self.run_id, f"{self.counts.rows_written:,}")
+        log.info("run %s succeeded: %s written", self.run_id, plural(self.counts.rows_written, "row"))
         return self
 
     def summary(self) -> str:
         c = self.counts
         rate = c.rows_read / self.seconds if self.seconds > 0 else 0.0
-        mib = self.input_bytes / (1 << 20)
+        byte_rate = self.input_bytes / self.seconds if self.seconds > 0 else 0.0
+        workers = f", {plural(self.workers, 'worker')}" if self.chunks else ""
         lines = [
             f"{self.job}: run {self.run_id} {self.status} in {self.seconds:.2f} s",
-            f"  input     {self.input_files} file{'s' if self.input_files != 1 else ''}, {mib:.1f} MiB, "
-            f"{self.chunks} chunk{'s' if self.chunks != 1 else ''}, {self.workers} worker{'s' if self.workers != 1 else ''}",
+            f"  input     {plural(self.input_files, 'file')}, {format_bytes(self.input_bytes)}, "
+            f"{plural(self.chunks, 'chunk')}{workers}",
             f"  rows      {c.rows_read:,} read, {c.rows_written:,} written, {c.rows_filtered:,} filtered, "
             f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else ""),
         ]
         if c.rows_read:
-            lines.append(f"  speed     {rate:,.0f} rows/s, {mib / self.seconds if self.seconds > 0 else 0:.1f} MiB/s")
+            lines.append(f"  speed     {rate:,.0f} rows/s, {format_bytes(byte_rate)}/s")
         if self.note:
             lines.append(f"  note      {self.note}")
         if self.status == "succeeded":
             where = self.output
-            lines.append(f"  output    {where} ({self.output_files} part file{'s' if self.output_files != 1 else ''}, "
-                         f"{self.output_bytes / (1 << 20):.1f} MiB)")
+            lines.append(f"  output    {where} ({plural(self.output_files, 'part file')}, "
+                         f"{format_bytes(self.output_bytes)})")
             if self.reject_files:
-                lines.append(f"  rejects   {os.path.join(where, REJECTS)} ({c.rows_rejected:,} rows)")
+                lines.append(f"  rejects   {os.path.join(where, REJECTS)} ({plural(c.rows_rejected, 'row')})")
         for bad in sorted(self.bad_samples, key=lambda b: (b.file, b.line or 0)):
             where = f"{bad.file} line {bad.line}" if bad.line else bad.file
             lines.append(f"  bad row   {where}: {bad.reason}")
@@ -340,7 +341,8 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
     plan = build_plan(job, workers=workers, select=select, pinned=pinned)
     if select is not None and not plan.files:
         report.status = "up to date"
-        report.note = f"nothing new: all {len(plan.discovered)} input files were processed by earlier runs"
+        report.note = (f"nothing new: {plural(len(plan.discovered), 'input file')} "
+                       f"{'was' if len(plan.discovered) == 1 else 'were'} processed by earlier runs")
         report.seconds = time.monotonic() - started
         log.info("%s", report.note)
         return report
@@ -383,7 +385,8 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             os.makedirs(staging, mode=0o755)
             todo = list(plan.chunks)
             journal = start_journal(staging, run_id, job.config_hash, chunk_ids)
-        log.info("run %s: %d files, %d chunks, %d workers", run_id, len(plan.files), len(todo), plan.workers)
+        log.info("run %s: %s, %s, %s", run_id, plural(len(plan.files), "file"), plural(len(todo), "chunk"),
+                 plural(plan.workers, "worker"))
         bar = Progress(sum(c.nbytes for c in todo), len(todo), enabled=progress,
                        interval=job.run.progress_interval)
         cap = bad_row_cap(job)

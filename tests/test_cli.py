@@ -79,7 +79,7 @@ def test_validate_unmatched_glob_and_ok(job_dir, capsys):
 def test_plan_shows_files_chunks_and_schema_without_writing(job_dir, capsys):
     code, out, err = run_cli("plan", write_job(job_dir, basic_job("in.csv")), "--workers", "2", capsys=capsys)
     assert code == 0, err
-    assert "1 files" in out and "1 chunks" in out and "price" in out and "double" in out
+    assert "1 file, " in out and "1 chunk, " in out and "price" in out and "double" in out
     assert not (job_dir / "out").exists() and not list(job_dir.glob(".out*"))
 
 
@@ -101,7 +101,7 @@ def test_inspect_shows_the_manifest(job_dir, capsys):
     run_cli("run", write_job(job_dir, basic_job("in.csv")), "--no-progress", capsys=capsys)
     code, out, err = run_cli("inspect", job_dir / "out", capsys=capsys)
     assert code == 0, err
-    assert "3 in 1 files" in out and "test-job" in out and "price" in out
+    assert "3 rows in 1 file, " in out and "test-job" in out and "price" in out
     code, out, err = run_cli("inspect", job_dir / "out", "--json", capsys=capsys)
     assert json.loads(out)["counts"]["rows_written"] == 3
     assert run_cli("inspect", job_dir / "missing", capsys=capsys)[0] == 2
@@ -128,3 +128,79 @@ def test_progress_bar_when_asked(job_dir):
 def test_python_m_pipeline_is_the_same_program():
     done = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and "pipeline" in done.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# What the summaries say: plurals, sizes in the unit that fits, validate's mode wording
+# --------------------------------------------------------------------------------------------
+
+
+def test_summary_speaks_of_one_file_chunk_worker_and_row_and_sizes_that_fit(tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("id,v\n1,a\n2,b\n")
+    job = basic_job("in.csv", stages=[{"validate": {"allowed": {"v": ["a"]}}}], run={"on_bad_rows": "quarantine"})
+    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    assert code == 0, err
+    lines = dict(line.split(None, 1) for line in out.splitlines()[1:] if not line.startswith("    "))
+    size = (tmp_path / "in.csv").stat().st_size
+    assert lines["input"] == f"1 file, {size} B, 1 chunk, 1 worker"
+    written = sum(p.stat().st_size for p in (tmp_path / "out").glob("part-*.parquet"))
+    assert written < 1024 and lines["output"].endswith(f"(1 part file, {written} B)")
+    assert lines["rejects"].endswith("(1 row)")
+    assert "MiB" not in out
+    assert "1 file, 1 chunk, 1 worker" in err and "succeeded: 1 row written" in err
+
+
+@pytest.mark.parametrize("size,text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (582_144, "568.5 KiB"),
+                                       (3 << 20, "3.0 MiB"), (5 << 30, "5.0 GiB")])
+def test_format_bytes_picks_the_unit_that_fits(size, text):
+    from pipeline.config import format_bytes
+
+    assert format_bytes(size) == text
+
+
+@pytest.mark.parametrize("mode", ["error", "overwrite", "append"])
+def test_validate_says_what_the_output_mode_does(job_dir, mode, capsys):
+    job = basic_job("in.csv", output={"mode": mode})
+    code, out, err = run_cli("validate", write_job(job_dir, job), capsys=capsys)
+    assert code == 0, err
+    assert "1 file, " in out and "1 chunk" in out
+    (output_line,) = [line for line in out.splitlines() if line.lstrip().startswith("output")]
+    assert f"(mode {mode}: a run " in output_line and f"({mode})" not in output_line
+
+
+def test_inspect_a_parquet_file(job_dir, capsys):
+    import pyarrow.parquet as pq
+
+    run_cli("run", write_job(job_dir, basic_job("in.csv")), "--no-progress", capsys=capsys)
+    (part,) = (job_dir / "out").glob("part-*.parquet")
+    code, out, err = run_cli("inspect", part, capsys=capsys)
+    assert code == 0, err
+    meta = pq.read_metadata(part)
+    assert f"rows       {meta.num_rows} rows" in out
+    assert f"{meta.num_row_groups} row group" in out
+    for field in pq.read_schema(part):
+        assert field.name in out
+    assert f"pipeline inspect {job_dir / 'out'}" in out
+    code, out, err = run_cli("inspect", part, "--json", capsys=capsys)
+    described = json.loads(out)
+    assert described["rows"] == meta.num_rows and described["bytes"] == part.stat().st_size
+    code, out, err = run_cli("inspect", job_dir / "in.csv", capsys=capsys)
+    assert code == 65 and "not a Parquet file" in err and "output directory" in err
+    code, out, err = run_cli("inspect", job_dir / "missing", capsys=capsys)
+    assert code == 2 and "no such file or directory" in err
+
+
+def test_help_texts_for_log_format_and_inspect_path(capsys):
+    code, out, err = run_cli("run", "--help", capsys=capsys)
+    assert code == 0
+    text = " ".join(out.split())
+    assert "--log-format {text,json} log lines on stderr as text" in text
+    code, out, err = run_cli("inspect", "--help", capsys=capsys)
+    assert "an output directory" in " ".join(out.split())
+
+
+def test_log_file_in_a_missing_folder_is_a_command_line_error(job_dir, capsys):
+    config = write_job(job_dir, basic_job("in.csv"))
+    code, out, err = run_cli("run", config, "--log-file", job_dir / "logs" / "job.log", "--no-progress", capsys=capsys)
+    assert code == 2 and f"--log-file {job_dir / 'logs' / 'job.log'}: No such file or directory" in err
+    assert "Traceback" not in err and not (job_dir / "out").exists()

@@ -734,6 +734,12 @@ def test_dollar_dollar_escapes(tmp_path):
     assert job.params == {"a": "${HOME}", "b": "cost $$5 and ${X:-y} v"}
 
 
+def test_dollar_dollar_params_is_literal_text(tmp_path):
+    text = MINIMAL + "params: {d: '2026-11-23'}\nstages:\n  - filter: \"a == '$${params.d}' or b == '${params.d}'\"\n"
+    job = load(tmp_path, text)
+    assert job.stages[0].spec == "a == '${params.d}' or b == '2026-11-23'"
+
+
 def test_substituted_text_is_not_interpolated_again(tmp_path):
     job = load(tmp_path, MINIMAL + "params: {a: '${A}'}\n", env={"A": "${B}", "B": "no"})
     assert job.params == {"a": "${B}"}

@@ -279,3 +279,36 @@ def test_links_between_the_docs_resolve():
             elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
                 broken.append(f"{doc.name}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_make_run_date_says_the_tools_exit_code(tmp_path):
+    """make exits 2 when a command fails; the target prints the tool's own code (78: no file that day)."""
+    repo = _scratch_checkout(tmp_path / "pipeline")
+    shutil.copy(ROOT / "Makefile", repo / "Makefile")
+    shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    (repo / ".venv" / ".installed").touch()      # the venv is there, newer than pyproject.toml
+    (repo / "data" / ".demo-data").touch()       # and so is the demo data
+    done = subprocess.run(["make", "--no-print-directory", "run-date", "DATE=2026-11-09"], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "no file matches" in done.stderr and "pipeline exited with 78" in done.stderr
+    done = subprocess.run(["make", "--no-print-directory", "run-date", "DATE=2026-11-02"], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "pipeline exited" not in done.stderr and "succeeded" in done.stdout
+
+
+def test_the_manifest_fields_in_the_docs_are_those_written(tmp_path):
+    from tests.helpers import basic_job, manifest_of, run_cli, write_job
+
+    (tmp_path / "in.csv").write_text("id,v\n1,a\n2,b\n")
+    job = basic_job("in.csv", run={"on_bad_rows": "quarantine"})
+    assert run_cli("run", write_job(tmp_path, job), "--no-progress")[0] == 0
+    manifest = manifest_of(tmp_path / "out")
+    text = (ROOT / "docs" / "data.md").read_text(encoding="utf-8")
+    section = text[text.index("- **`_manifest.json`**"): text.index("- **`_SUCCESS`**")]
+    named = set(re.findall(r"`\{?([a-z_]+)", section)) | {
+        word for group in re.findall(r"`\{([^}`]*)\}`", section) for word in re.findall(r"[a-z_]+", group)}
+    expected = set(manifest) | set(manifest["runs"][0]) | set(manifest["inputs"][0]) | set(manifest["files"][0])
+    expected |= set(manifest["counts"]) | set(manifest["rejects"]) | {k for c in manifest["schema"] for k in c}
+    assert expected <= named, f"docs/data.md does not describe: {sorted(expected - named)}"

@@ -196,3 +196,24 @@ def test_dry_run_writes_nothing(tmp_path):
     code, out, _ = run_cli("run", write_job(tmp_path, basic_job("in.csv")), "--dry-run")
     assert code == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_result_keeps_its_schema(tmp_path, capsys):
+    """Not partitioned: one part file with the schema and no rows; partitioned: no part file."""
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in.csv").write_text("id,v,ts\n1,2,2026-01-01 00:00:00\n")
+    job = basic_job("in.csv", input={"schema": {"ts": "timestamp[s]"}}, stages=[{"filter": "v > 100"}])
+    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    assert code == 0, err
+    (part,) = (tmp_path / "out").glob("part-*.parquet")
+    table = pq.read_table(part)
+    assert table.num_rows == 0 and table.column_names == ["id", "v", "ts"]
+    assert [str(t) for t in table.schema.types] == ["int64", "int64", "timestamp[ms]"]  # Parquet has no seconds
+    assert [c["type"] for c in manifest_of(tmp_path / "out")["schema"]] == ["int64", "int64", "timestamp[s]"]
+    job["output"].update(path="parted", partition_by=["v"])
+    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    assert code == 0, err
+    assert not list((tmp_path / "parted").rglob("*.parquet"))
+    schema = manifest_of(tmp_path / "parted")["schema"]
+    assert sorted(c["name"] for c in schema) == ["id", "ts", "v"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline.config import Job, format_bytes
+from pipeline.config import Job, format_bytes, plural
 from pipeline.dtypes import type_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.input.plan import build_plan
@@ -19,11 +19,20 @@ def validate(job: Job) -> int:
     _check_python_stages(job)
     print(f"{job.config_path}: OK")
     print(f"  job       {job.name}")
-    print(f"  input     {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks")
+    print(f"  input     {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
+          f"{plural(len(plan.chunks), 'chunk')}")
     print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}")
     cols = ", ".join(f"{f.name}: {type_name(f.type)}" for f in schema) if schema is not None else "(decided by a python stage)"
-    print(f"  output    {job.output.path} ({job.output.mode}); columns {cols}")
+    print(f"  output    {job.output.path} ({_MODE_WORDS[job.output.mode]}); columns {cols}")
     return 0
+
+
+# output.mode as validate shows it: what a run does when the output already holds data
+_MODE_WORDS = {
+    "overwrite": "mode overwrite: a run replaces what is there",
+    "append": "mode append: a run adds its files to what is there",
+    "error": "mode error: a run refuses to replace an existing output",
+}
 
 
 def _check_python_stages(job: Job) -> None:
@@ -39,8 +48,8 @@ def show_plan(job: Job, workers: int | None = None) -> int:
     plan = build_plan(job, workers=workers)
     schema = check_stages(job, plan)
     print(f"plan for {job.name} ({job.config_path})")
-    print(f"  {len(plan.files)} files, {format_bytes(plan.total_bytes)}, {len(plan.chunks)} chunks, "
-          f"{plan.workers} workers (start method {job.run.start_method})")
+    print(f"  {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, {plural(len(plan.chunks), 'chunk')}, "
+          f"{plural(plan.workers, 'worker')} (start method {job.run.start_method})")
     print()
     print(f"  {'file':<48} {'format':<8} {'size':>10} {'chunks':>7}")
     per_file: dict[str, int] = {}

@@ -25,7 +25,7 @@ from pipeline.config.models import (
     dump_config,
 )
 from pipeline.config.substitute import resolve_param_value
-from pipeline.config.values import ByteSize, Duration, format_bytes, parse_byte_size, parse_duration
+from pipeline.config.values import ByteSize, Duration, format_bytes, parse_byte_size, parse_duration, plural
 
 __all__ = [
     "ByteSize",
@@ -44,5 +44,6 @@ __all__ = [
     "load_config",
     "parse_byte_size",
     "parse_duration",
+    "plural",
     "resolve_param_value",
 ]

@@ -186,8 +186,14 @@ StrTuple = Annotated[tuple[str, ...], BeforeValidator(str_tuple), WithJsonSchema
 EmptyIsDefault = BeforeValidator(lambda value: {} if value is None else value)
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``plural(1, "file")`` -> ``"1 file"``; ``plural(1200, "row")`` -> ``"1,200 rows"``."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
 def format_bytes(n: int | float) -> str:
-    """``67108864`` -> ``"64.0 MiB"``."""
+    """A size in the unit that fits: ``100`` -> ``"100 B"``, ``582144`` -> ``"568.5 KiB"``,
+    ``67108864`` -> ``"64.0 MiB"``."""
     if abs(n) < 1024:
         return f"{int(n)} B"
     value = float(n)
