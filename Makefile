@@ -8,7 +8,7 @@ CONFIG ?= configs/example.yaml
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run run-date demo-data test test-slow docs clean
+.PHONY: help install run run-date demo-data lint lint-fix test test-slow docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,21 @@ DATE ?= yesterday
 run-date: $(STAMP) demo-data ## Run configs/daily.yaml for one day: make run-date DATE=2026-11-02
 	$(BIN)/pipeline run configs/daily.yaml --param date=$(DATE) $(TOOL_EXIT)
 
+LINT_STAMP := $(VENV)/.installed-dev
+
+$(LINT_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP) ## Check style (ruff), types (mypy) and the import layers (lint-imports)
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+lint-fix: $(LINT_STAMP) ## Apply ruff's safe fixes (import order, modern syntax), then check again
+	$(BIN)/ruff check --fix pipeline tests bench
+	$(MAKE) lint
+
 test: $(TEST_STAMP) ## Run the test suite (a few minutes; slow tests excluded)
 	$(BIN)/pytest -q -m "not slow"
 
@@ -70,4 +85,4 @@ docs: $(STAMP) ## Regenerate schema/job.schema.json and docs/configuration.md fr
 	$(PY) -m pipeline.commands.reference > docs/configuration.md
 
 clean: ## Remove the virtual environment, generated data and outputs
-	rm -rf $(VENV) data build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) data build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

@@ -33,7 +33,7 @@ class Cluster:
         return tuple(p.pid for p in self.procs)
 
     def _start(self, args: list[str], log: str) -> subprocess.Popen:
-        out = open(self.folder / log, "wb")
+        out = open(self.folder / log, "wb")  # noqa: SIM115 - closed below, once the child has it
         try:
             proc = subprocess.Popen([sys.executable, "-m", *args], env=self.env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -42,7 +42,7 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         self.folder.mkdir(parents=True, exist_ok=True)
         info = self.folder / "scheduler.json"
         info.unlink(missing_ok=True)

@@ -26,9 +26,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from bench import check, data, measure, report
 from bench.cluster import Cluster
@@ -205,7 +205,7 @@ def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, e
         try:
             got = check.output_fingerprint(out, w.kind)
             problem = check.compare(got, expected(w.dataset, w.kind))
-        except Exception as exc:  # an unreadable output is a wrong output
+        except Exception as exc:  # noqa: BLE001 - an unreadable output is a wrong output
             problem = f"output unreadable: {type(exc).__name__}: {exc}"
     if m.extra.get("left_behind"):
         problem = (problem + "; " if problem else "") + f"{m.extra['left_behind']} process(es) left behind"
@@ -218,7 +218,8 @@ def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, e
     }
     status = "ok" if problem is None else f"FAIL: {problem}"
     print(f"  {w.wid} run {rep + 1:<2} {engine.name:<9} "
-          f"{m.wall:8.2f} s wall {m.cpu:8.2f} s cpu {m.peak_pss / 2**20:6.0f} MiB PSS {m.peak_rss / 2**20:6.0f} MiB RSS "
+          f"{m.wall:8.2f} s wall {m.cpu:8.2f} s cpu {m.peak_pss / 2**20:6.0f} MiB PSS "
+          f"{m.peak_rss / 2**20:6.0f} MiB RSS "
           f"{m.max_procs:3d} procs  {status}", flush=True)
     if problem and m.returncode != 0:
         print(_tail(log), flush=True)

@@ -198,7 +198,7 @@ def run(cmd: list[str], *, cwd: str | None = None, env: dict | None = None, log_
         extra_pids: tuple[int, ...] = ()) -> Measurement:
     """Run ``cmd`` to its end (or ``timeout``), its output to ``log_path``; measure it (with
     ``extra_pids``, processes outside the tree that work for it)."""
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in the finally below
     timed_out = False
     try:
         cpu0 = _children_cpu()

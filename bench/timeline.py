@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     for pid in pids:
         alive = max(last_seen.get(pid, 0.0) - first_seen[pid], 1e-9)
         print(f"  {seen[pid][1][:60]:60s} pid {pid:>7}: {last.get(pid, 0.0):6.2f} s CPU, "
-              f"alive {first_seen[pid]:5.2f}..{last_seen.get(pid, 0.0):5.2f} s, busy {100 * last.get(pid, 0.0) / alive:3.0f}%")
+              f"alive {first_seen[pid]:5.2f}..{last_seen.get(pid, 0.0):5.2f} s, "
+              f"busy {100 * last.get(pid, 0.0) / alive:3.0f}%")
     return proc.returncode
 
 

@@ -9,12 +9,13 @@ from buffers, which never asks; anything else goes to pyarrow as before.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-_NUMERIC = {
+_NUMERIC: dict[pa.DataType, Any] = {
     pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
     pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
     pa.float32(): np.float32, pa.float64(): np.float64,

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import traceback
+from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import EX_FAILURE, EX_SIGINT, EX_USAGE, ConfigError, Interrupted, PipelineError
@@ -15,7 +16,8 @@ log = logging.getLogger("pipeline")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pipeline", description="Config-driven, data-parallel file processing into Parquet.")
+    p = argparse.ArgumentParser(prog="pipeline",
+                                description="Config-driven, data-parallel file processing into Parquet.")
     p.add_argument("--version", action="version", version=f"pipeline {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -49,9 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     common(h)
     h.add_argument("--limit", type=_positive, default=20, help="how many runs (newest first)")
     i = sub.add_parser("inspect", help="show an output: schema, rows, files, counts")
-    i.add_argument("path", metavar="PATH",
-                   help="an output directory (output.path of a job) or a URL such as s3://bucket/out"
-                   ).complete = _FILE
+    path: Any = i.add_argument("path", metavar="PATH",
+                               help="an output directory (output.path of a job) or a URL such as s3://bucket/out")
+    path.complete = _FILE
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     sub.add_parser("schema", help="print the JSON Schema of the job file (for editors and checks)")
     c = sub.add_parser("completion", help="print a shell completion script: pipeline completion bash|zsh",
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_SIGINT
     except BrokenPipeError:
         return EX_FAILURE
-    except Exception as exc:  # a bug: say so, with the traceback in the log
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, with the traceback in the log
         _print_report(exc)
         log.error("unexpected failure:\n%s", traceback.format_exc())
         print(f"pipeline: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -31,12 +31,19 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Job, plural
 from pipeline.errors import OutputError, StageError
-from pipeline.output.lock import JobLock
 from pipeline.input.plan import Chunk, Plan
-from pipeline.progress import Progress
+from pipeline.input.storage import (
+    check_remote_target,
+    filesystem,
+    is_url,
+    list_remote,
+    publish_remote,
+    read_remote_manifest,
+    remove_unlisted,
+)
+from pipeline.output.lock import JobLock
 from pipeline.output.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
-from pipeline.input.storage import (check_remote_target, filesystem, is_url, list_remote, publish_remote,
-                              read_remote_manifest, remove_unlisted)
+from pipeline.progress import Progress
 
 log = logging.getLogger("pipeline")
 
@@ -255,8 +262,8 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 
 def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
-    from pipeline.run import local_executor, worker_spec, writer_buffer
     from pipeline.output.write import WriterSpec
+    from pipeline.run import local_executor, worker_spec, writer_buffer
 
     local = tempfile.mkdtemp(prefix=f"pipeline-{job.name}-{run_id}-")
     try:

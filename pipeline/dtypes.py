@@ -37,6 +37,8 @@ _SIMPLE = {
     "time64[ns]": pa.time64("ns"),
     "timestamp": pa.timestamp("us"),
 }
+# Arrow's own names that type_name prints, accepted back but not listed in messages
+_ARROW_NAMES = {"date32[day]": pa.date32(), "date64[ms]": pa.date64()}
 _TIMESTAMP = re.compile(r"^timestamp\[(s|ms|us|ns)(?:\s*,\s*(?:tz\s*=\s*)?([A-Za-z0-9_/+\-:]+))?\]$")
 _DECIMAL = re.compile(r"^decimal(?:128)?\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 
@@ -48,6 +50,8 @@ def parse_type(name: str) -> pa.DataType:
     text = str(name).strip().lower() if not str(name).strip().startswith("timestamp") else str(name).strip()
     if text in _SIMPLE:
         return _SIMPLE[text]
+    if text in _ARROW_NAMES:
+        return _ARROW_NAMES[text]
     m = _TIMESTAMP.match(text)
     if m:
         return pa.timestamp(m.group(1), tz=m.group(2))
@@ -61,7 +65,12 @@ def parse_type(name: str) -> pa.DataType:
 
 
 def type_name(dtype: pa.DataType) -> str:
-    """The name users write for an Arrow type (inverse of parse_type where possible)."""
+    """The name users write for an Arrow type: ``parse_type(type_name(t)) == t`` for every type
+    parse_type returns (Arrow's "float" is float32, the job file's "float" is float64)."""
+    if pa.types.is_float16(dtype):
+        return "float16"
+    if pa.types.is_float32(dtype):
+        return "float32"
     if pa.types.is_timestamp(dtype):
         return f"timestamp[{dtype.unit}, {dtype.tz}]" if dtype.tz else f"timestamp[{dtype.unit}]"
     if pa.types.is_decimal(dtype):

@@ -27,8 +27,8 @@ class JsonFormatter(logging.Formatter):
         data = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "job": record.job,
-            "run_id": record.run_id,
+            "job": getattr(record, "job", None),
+            "run_id": getattr(record, "run_id", None),
             "message": record.getMessage(),
         }
         data.update(getattr(record, "fields", {}) or {})
@@ -68,7 +68,7 @@ _file_handlers: list[logging.Handler] = []
 def to_file_only(level: int, message: str) -> None:
     """A record for --log-file alone (stderr already got the same words from the CLI)."""
     logger = logging.getLogger(LOGGER)
-    record = logger.makeRecord(LOGGER, level, __file__, 0, message, None, None)
+    record = logger.makeRecord(LOGGER, level, __file__, 0, message, (), None)
     for handler in _file_handlers:
         _context.filter(record)
         handler.handle(record)

@@ -15,26 +15,33 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.config import Job, dump_config, format_bytes, plural
-from pipeline.dtypes import type_name
-from pipeline.dtypes import parse_type
+from pipeline.dtypes import parse_type, type_name
 from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, LockedError, OutputError, PipelineError
+from pipeline.execution.local import LocalExecutor
+from pipeline.execution.worker import ChunkResult, WorkerSpec, rejects_table
+from pipeline.execution.worker import spool as spool_table
+from pipeline.input.plan import Chunk, Plan, build_plan
+from pipeline.input.read import BadRow, raw_records
+from pipeline.input.storage import is_url, read_remote_manifest
+from pipeline.memory import memory_plan
+from pipeline.output.lock import JobLock
+from pipeline.output.publish import (
+    REJECTS,
+    SPOOL,
+    OutputPaths,
+    check_target,
+    link_previous,
+    new_run_id,
+    publish,
+    read_manifest,
+    recover,
+)
+from pipeline.output.write import WriterSpec
+from pipeline.progress import Progress
+from pipeline.stages import StageContext, output_schema
 from pipeline.state.metrics import write_metrics
 from pipeline.state.resume import JOURNAL, find_resumable, start_journal
 from pipeline.state.store import Seen, StateStore, fingerprint
-from pipeline.execution.local import LocalExecutor
-from pipeline.execution.memory import memory_plan
-from pipeline.output.lock import JobLock
-from pipeline.input.plan import Plan, build_plan
-from pipeline.output.publish import (REJECTS, SPOOL, OutputPaths, check_target, link_previous, new_run_id, publish,
-                              read_manifest, recover)
-from pipeline.progress import Progress
-from pipeline.input.storage import is_url, read_remote_manifest
-from pipeline.stages import StageContext, output_schema
-from pipeline.input.plan import Chunk
-from pipeline.input.read import BadRow, raw_records
-from pipeline.execution.worker import ChunkResult, WorkerSpec, rejects_table
-from pipeline.execution.worker import spool as spool_table
-from pipeline.output.write import WriterSpec
 
 log = logging.getLogger("pipeline")
 
@@ -81,7 +88,7 @@ class Report:
     note: str = ""
     skip_metrics: bool = False
 
-    def succeeded(self, files: list[dict], started: float) -> "Report":
+    def succeeded(self, files: list[dict], started: float) -> Report:
         """Fill in a published run's figures from the files it wrote."""
         data_files = [f for f in files if not f["path"].startswith(REJECTS + "/")]
         self.status = "succeeded"
@@ -440,7 +447,8 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
                 raise OutputError(f"the output was published, but the state store could not record it ({exc}); "
                                   f"the next run records it from the output's manifest") from exc
     if resumed is not None:
-        report.note = f"resumed: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks came from run {resumed.run_id}"
+        report.note = (f"resumed: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks "
+                       f"came from run {resumed.run_id}")
     return report.succeeded(files, started)
 
 
@@ -459,11 +467,10 @@ def _new_or_changed(files, seen) -> list:
         old = seen.get(f.path)
         if old is None:
             chosen.append(f)
-        elif (old.size, old.mtime_ns) != (f.size, f.mtime_ns):
-            if fingerprint(f.path, f.size) != old.fingerprint:
-                log.warning("%s changed since run %s: its rows are appended again (the earlier ones stay; "
-                            "use --full-refresh to rebuild)", f.path, old.run_id)
-                chosen.append(f)
+        elif (old.size, old.mtime_ns) != (f.size, f.mtime_ns) and fingerprint(f.path, f.size) != old.fingerprint:
+            log.warning("%s changed since run %s: its rows are appended again (the earlier ones stay; "
+                        "use --full-refresh to rebuild)", f.path, old.run_id)
+            chosen.append(f)
     return chosen
 
 

@@ -56,14 +56,14 @@ def test_config_errors_name_file_line_key_and_exit_78(job_dir, capsys, yaml_text
     path = job_dir / "job.yaml"
     path.write_text(yaml_text)
     for command in ("run", "validate", "plan"):
-        code, out, err = run_cli(command, path, capsys=capsys)
+        code, _out, err = run_cli(command, path, capsys=capsys)
         assert code == 78, (command, err)
         assert str(path) in err and f"line {line}" in err and key in err and words in err, err
 
 
 def test_validate_checks_columns_against_the_data_with_suggestions(job_dir, capsys):
     job = basic_job("in.csv", stages=[{"derive": {"total": "price * qty"}}, {"filter": "totl > 1"}])
-    code, out, err = run_cli("validate", write_job(job_dir, job), capsys=capsys)
+    code, _out, err = run_cli("validate", write_job(job_dir, job), capsys=capsys)
     assert code == 78
     assert "stages[1].filter" in err and "unknown column 'totl'" in err and "did you mean 'total'" in err
     assert "line 8" in err  # the line of that stage in the written YAML
@@ -85,7 +85,7 @@ def test_plan_shows_files_chunks_and_schema_without_writing(job_dir, capsys):
 
 def test_set_and_workers_override(job_dir, capsys):
     path = write_job(job_dir, basic_job("in.csv"))
-    code, out, err = run_cli("run", path, "--set", "output.path=elsewhere", "--workers", "2", "--no-progress",
+    code, _out, err = run_cli("run", path, "--set", "output.path=elsewhere", "--workers", "2", "--no-progress",
                              capsys=capsys)
     assert code == 0, err
     assert read_output(job_dir / "elsewhere").num_rows == 3
@@ -191,16 +191,16 @@ def test_inspect_a_parquet_file(job_dir, capsys):
 
 
 def test_help_texts_for_log_format_and_inspect_path(capsys):
-    code, out, err = run_cli("run", "--help", capsys=capsys)
+    code, out, _err = run_cli("run", "--help", capsys=capsys)
     assert code == 0
     text = " ".join(out.split())
     assert "--log-format {text,json} log lines on stderr as text" in text
-    code, out, err = run_cli("inspect", "--help", capsys=capsys)
+    code, out, _err = run_cli("inspect", "--help", capsys=capsys)
     assert "an output directory" in " ".join(out.split())
 
 
 def test_log_file_in_a_missing_folder_is_a_command_line_error(job_dir, capsys):
     config = write_job(job_dir, basic_job("in.csv"))
-    code, out, err = run_cli("run", config, "--log-file", job_dir / "logs" / "job.log", "--no-progress", capsys=capsys)
+    code, _out, err = run_cli("run", config, "--log-file", job_dir / "logs" / "job.log", "--no-progress", capsys=capsys)
     assert code == 2 and f"--log-file {job_dir / 'logs' / 'job.log'}: No such file or directory" in err
     assert "Traceback" not in err and not (job_dir / "out").exists()

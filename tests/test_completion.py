@@ -62,10 +62,10 @@ def test_zsh_completion_script(tmp_path, capsys):
 
 
 def test_completion_needs_a_known_shell(capsys):
-    code, out, err = run_cli("completion", "fish", capsys=capsys)
+    code, _out, err = run_cli("completion", "fish", capsys=capsys)
     assert code == 2 and "invalid choice" in err
 
 
 def test_version_is_the_installed_package_version(capsys):
-    code, out, err = run_cli("--version", capsys=capsys)
+    code, out, _err = run_cli("--version", capsys=capsys)
     assert code == 0 and out.strip() == f"pipeline {version('pipeline')}"

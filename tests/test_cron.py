@@ -73,13 +73,13 @@ def test_params_in_paths_and_the_date_helpers(tmp_path, capsys):
     job = basic_job("logs/${params.day:%Y/%m/%d}/*.csv", out="out/${params.day}")
     job["params"] = {"day": "yesterday"}
     config = write_job(tmp_path, job)
-    code, out, err = run_cli("run", config, "--param", "day=2026-11-23", "--no-progress", capsys=capsys)
+    code, _out, err = run_cli("run", config, "--param", "day=2026-11-23", "--no-progress", capsys=capsys)
     assert code == 0, err
     assert _ids(tmp_path / "out" / "2026-11-23") == list(range(10))
     assert manifest_of(tmp_path / "out" / "2026-11-23")["runs"][-1]["params"] == {"day": "2026-11-23"}
-    code, out, err = run_cli("run", config, "--param", "day=2026-11-24", "--no-progress", capsys=capsys)
+    code, _out, err = run_cli("run", config, "--param", "day=2026-11-24", "--no-progress", capsys=capsys)
     assert _ids(tmp_path / "out" / "2026-11-24") == list(range(100, 105))
-    code, out, err = run_cli("run", config, "--param", "dy=2026-11-24", capsys=capsys)
+    code, _out, err = run_cli("run", config, "--param", "dy=2026-11-24", capsys=capsys)
     assert code == 78 and "did you mean 'day'" in err
 
 

@@ -39,9 +39,9 @@ def test_csv_case_matches_csv_module(tmp_path, case, chunk_bytes, workers):
     header, expected = reference(data)
     job = basic_job("in.csv", input={"format": "csv", "chunk_bytes": chunk_bytes,
                                      "csv": {"null_values": []},
-                                     "schema": {name: "string" for name in header}},
+                                     "schema": dict.fromkeys(header, "string")},
                     run={"workers": workers})
-    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress")
+    code, _out, err = run_cli("run", write_job(tmp_path, job), "--no-progress")
     assert code == 0, err
     table = read_output(tmp_path / "out")
     assert table.column_names == header

@@ -163,7 +163,7 @@ def test_a_worker_killed_mid_run_is_survived_exactly(tmp_path, cluster):
             time.sleep(0.05)
         victim = sorted(before.values())[0]
         os.kill(victim, signal.SIGKILL)
-        out, err = proc.communicate(timeout=90)
+        _out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()

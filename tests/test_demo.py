@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import demo
+from tests.helpers import ROOT
 
 ROWS = 600
 SEED = 7
-from tests.helpers import ROOT
+
 SALES = ("sales-2026-11-01.csv", "sales-2026-11-02.csv", "sales-2026-11-03.csv.gz")
 
 
@@ -211,7 +212,7 @@ def test_events_jsonl(generated):
     lines = (raw / "events.jsonl").read_bytes().decode("utf-8").split("\n")
     assert lines[-1] == ""
     lines = lines[:-1]
-    assert len(lines) == [f for f in result.files if f.name == "events.jsonl"][0].rows
+    assert len(lines) == next(f for f in result.files if f.name == "events.jsonl").rows
     kinds = set()
     for number, line in enumerate(lines, start=1):
         if number == bad[0].line:

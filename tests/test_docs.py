@@ -11,13 +11,12 @@ Fenced blocks are told apart by their info string:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import datetime as dt
 from pathlib import Path
 
 import jsonschema

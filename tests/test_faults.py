@@ -14,6 +14,9 @@ import pytest
 
 from tests.helpers import basic_job, manifest_of, read_output, sort_rows, write_job
 
+# unique per test process: the tests find their processes by title, and other test runs may share the machine
+NAME = f"faults-{os.getpid()}-job"
+
 SLOW_STAGE = '''
 import os, time, pathlib
 
@@ -38,7 +41,7 @@ def _job_dir(tmp_path: Path, rows: int = 400, chunk_bytes: int = 600, **python) 
     (tmp_path / "slow.py").write_text(SLOW_STAGE)
     params = {"seconds": python.pop("seconds", 0.05)}
     params.update(python)
-    job = basic_job("in.csv", name="faulty", input={"chunk_bytes": chunk_bytes},
+    job = basic_job("in.csv", name=NAME, input={"chunk_bytes": chunk_bytes},
                     stages=[{"python": {"function": "slow:slow", "params": params}}],
                     run={"workers": 2, "retries": 2})
     return write_job(tmp_path, job)
@@ -75,9 +78,9 @@ def test_process_titles_name_job_and_role(tmp_path):
     config = _job_dir(tmp_path, seconds=0.3)
     proc = _start(config)
     try:
-        workers = _wait_for(lambda: len(_pids_titled("pipeline: faulty worker")) == 2
-                            and _pids_titled("pipeline: faulty worker"))
-        writers = _wait_for(lambda: _pids_titled("pipeline: faulty writer"))
+        workers = _wait_for(lambda: len(_pids_titled(f"pipeline: {NAME} worker")) == 2
+                            and _pids_titled(f"pipeline: {NAME} worker"))
+        writers = _wait_for(lambda: _pids_titled(f"pipeline: {NAME} writer"))
         assert len(workers) == 2 and len(writers) == 1
     finally:
         proc.kill()
@@ -90,7 +93,7 @@ def test_worker_killed_mid_run_gives_the_same_output_as_a_clean_run(tmp_path):
     # the stage also runs once in the parent (on an empty table, to learn its schema)
     busy = _wait_for(lambda: [p for p in tmp_path.glob("busy-*") if p.name != f"busy-{proc.pid}"])
     os.kill(int(busy[0].name.split("-")[1]), signal.SIGKILL)  # a worker in the middle of a chunk
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "retrying" in err and "SIGKILL" in err
     assert sort_rows(read_output(tmp_path / "out").to_pylist()) == _expected_rows(tmp_path)
@@ -102,7 +105,7 @@ def test_worker_killed_mid_run_gives_the_same_output_as_a_clean_run(tmp_path):
 def test_chunk_that_kills_every_worker_fails_with_65_naming_the_range(tmp_path, mode):
     config = _job_dir(tmp_path, seconds=0.0, die_on=123, mode=mode)
     proc = _start(config)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 65, err
     assert "in.csv (bytes " in err and "on every one of 3 attempts" in err
     assert not (tmp_path / "out").exists()
@@ -111,7 +114,7 @@ def test_chunk_that_kills_every_worker_fails_with_65_naming_the_range(tmp_path, 
 def test_poison_chunk_is_quarantined_whole_under_quarantine(tmp_path):
     config = _job_dir(tmp_path, seconds=0.0, die_on=123)
     proc = _start(config, "--set", "run.on_bad_rows=quarantine")
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
     written = read_output(tmp_path / "out").column("id").to_pylist()
@@ -126,7 +129,7 @@ def test_poison_chunk_is_quarantined_whole_under_quarantine(tmp_path):
 def test_chunk_timeout_kills_and_reports(tmp_path):
     config = _job_dir(tmp_path, seconds=0.0, die_on=123, mode="hang")
     proc = _start(config, "--set", "run.chunk_timeout=1s", "--set", "run.retries=1")
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 65, err
     assert "timed out after 1 s" in err
 
@@ -135,14 +138,14 @@ def test_chunk_timeout_kills_and_reports(tmp_path):
 def test_signal_stops_the_run_cleanly(tmp_path, signum, code):
     config = _job_dir(tmp_path, seconds=0.5)
     proc = _start(config)
-    _wait_for(lambda: _pids_titled("pipeline: faulty worker"))
+    _wait_for(lambda: _pids_titled(f"pipeline: {NAME} worker"))
     time.sleep(0.5)
     started = time.monotonic()
     if signum == signal.SIGINT:
         os.killpg(proc.pid, signum)   # Ctrl-C reaches the whole process group
     else:
         proc.send_signal(signum)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert time.monotonic() - started < 10
     assert proc.returncode == code, err
     assert "Traceback" not in err
@@ -150,17 +153,17 @@ def test_signal_stops_the_run_cleanly(tmp_path, signum, code):
     assert not (tmp_path / "out").exists()
     assert [n for n in os.listdir(tmp_path) if n.startswith(".out.staging")] == []
     time.sleep(0.5)
-    assert _pids_titled("pipeline: faulty") == []
+    assert _pids_titled(f"pipeline: {NAME}") == []
 
 
 def test_parent_sigkill_leaves_no_process_and_next_run_succeeds(tmp_path):
     config = _job_dir(tmp_path, seconds=0.5)
     proc = _start(config)
-    _wait_for(lambda: _pids_titled("pipeline: faulty writer"))
+    _wait_for(lambda: _pids_titled(f"pipeline: {NAME} writer"))
     time.sleep(0.5)
     proc.kill()
     proc.wait()
-    _wait_for(lambda: _pids_titled("pipeline: faulty") == [], timeout=10)
+    _wait_for(lambda: _pids_titled(f"pipeline: {NAME}") == [], timeout=10)
     config2 = _job_dir(tmp_path, seconds=0.0)
     done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config2), "--no-progress"],
                           capture_output=True, text=True, timeout=120)
@@ -172,7 +175,7 @@ def test_parent_sigkill_leaves_no_process_and_next_run_succeeds(tmp_path):
 def test_second_run_of_the_same_job_exits_75_naming_the_holder(tmp_path):
     config = _job_dir(tmp_path, seconds=0.5)
     first = _start(config)
-    _wait_for(lambda: _pids_titled("pipeline: faulty worker"))
+    _wait_for(lambda: _pids_titled(f"pipeline: {NAME} worker"))
     second = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
                             capture_output=True, text=True, timeout=60)
     assert second.returncode == 75
@@ -219,7 +222,7 @@ def test_stage_that_raises_or_returns_junk_is_reported_not_hung(tmp_path, functi
     lines = "".join(f"{i},name {i}\n" for i in range(400))
     (tmp_path / "in.csv").write_text("id,name\n" + lines)
     (tmp_path / "bad.py").write_text(RAISING_STAGE)
-    job = basic_job("in.csv", name="faulty", input={"chunk_bytes": 600},
+    job = basic_job("in.csv", name=NAME, input={"chunk_bytes": 600},
                     stages=[{"python": {"function": f"bad:{function}"}}], run={"workers": 2})
     done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(write_job(tmp_path, job)), "--no-progress"],
                           capture_output=True, text=True, timeout=120)
@@ -232,15 +235,15 @@ def test_stage_that_raises_or_returns_junk_is_reported_not_hung(tmp_path, functi
 def test_writer_killed_mid_run_fails_74_and_publishes_nothing(tmp_path):
     config = _job_dir(tmp_path, seconds=0.2)
     proc = _start(config)
-    writer = _wait_for(lambda: _pids_titled("pipeline: faulty writer"))[0]
+    writer = _wait_for(lambda: _pids_titled(f"pipeline: {NAME} writer"))[0]
     time.sleep(0.3)
     os.kill(writer, signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 74, err
     assert "writer process died" in err
     assert not (tmp_path / "out").exists()
     time.sleep(0.5)
-    assert _pids_titled("pipeline: faulty") == []
+    assert _pids_titled(f"pipeline: {NAME}") == []
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])

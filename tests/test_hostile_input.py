@@ -24,14 +24,14 @@ def test_unterminated_quote_is_a_bad_row_not_one_giant_field(tmp_path, capsys):
     data = f'id,note\n1,"never closed\n{body}'.encode()
     (tmp_path / "in.csv").write_bytes(data)
     job = basic_job("in.csv", input={"max_record_bytes": 1024}, run={"on_bad_rows": "quarantine"})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
     assert len(rejects) == 1 and rejects[0]["line"] == 2
     assert "longer than input.max_record_bytes" in rejects[0]["reason"]
     assert read_output(tmp_path / "out").num_rows == 0  # everything after the quote was swallowed by it
     job["run"]["on_bad_rows"] = "fail"
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 65 and "in.csv line 2" in err and "unterminated quote" in err
 
 
@@ -39,7 +39,7 @@ def test_invalid_utf8_is_a_bad_row_and_the_column_stays_text(tmp_path, capsys, w
     data = b"id,name\n1,ok\n2,caf\xe9\n3,fine\n"
     (tmp_path / "in.csv").write_bytes(data)
     job = basic_job("in.csv", run={"on_bad_rows": "quarantine", "workers": workers})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     table = read_output(tmp_path / "out")
     assert table.schema.field("name").type == pa.string()
@@ -59,7 +59,7 @@ def test_truncated_compressed_file_fails_the_run_with_no_partial_rows(tmp_path, 
     blob = compress(data)
     (tmp_path / f"in.csv{suffix}").write_bytes(blob[: len(blob) // 2])
     job = basic_job(f"in.csv{suffix}", run={"on_bad_rows": "quarantine"})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 65
     assert f"in.csv{suffix}" in err and "cut short" in err
     assert not (tmp_path / "out").exists()
@@ -68,12 +68,12 @@ def test_truncated_compressed_file_fails_the_run_with_no_partial_rows(tmp_path, 
 def test_truncated_last_json_line_fails_the_file(tmp_path, capsys):
     lines = "".join(json.dumps({"id": i, "v": f"x{i}"}) + "\n" for i in range(10))
     (tmp_path / "in.jsonl").write_text(lines + '{"id": 10, "v": "x1')
-    code, out, err = _run(tmp_path, basic_job("in.jsonl", run={"on_bad_rows": "quarantine"}), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.jsonl", run={"on_bad_rows": "quarantine"}), capsys)
     assert code == 65 and "in.jsonl line 11" in err and "truncated" in err
     assert not (tmp_path / "out").exists()
     # a bad line in the middle is an ordinary bad row
     (tmp_path / "in.jsonl").write_text(lines + "{oops}\n" + json.dumps({"id": 11, "v": "y"}) + "\n")
-    code, out, err = _run(tmp_path, basic_job("in.jsonl", run={"on_bad_rows": "quarantine"}), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.jsonl", run={"on_bad_rows": "quarantine"}), capsys)
     assert code == 0, err
     assert read_output(tmp_path / "out").num_rows == 11
 
@@ -81,11 +81,11 @@ def test_truncated_last_json_line_fails_the_file(tmp_path, capsys):
 def test_files_with_different_columns_are_refused_unless_allowed(tmp_path, capsys):
     (tmp_path / "a.csv").write_text("id,name\n1,a\n")
     (tmp_path / "b.csv").write_text("id,name,extra\n2,b,x\n")
-    code, out, err = _run(tmp_path, basic_job(["a.csv", "b.csv"]), capsys)
+    code, _out, err = _run(tmp_path, basic_job(["a.csv", "b.csv"]), capsys)
     assert code == 65
     assert "b.csv has extra ['extra']" in err and "a.csv" in err and "allow_missing_columns" in err
     job = basic_job(["a.csv", "b.csv"], input={"allow_missing_columns": True})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     rows = sorted(read_output(tmp_path / "out").to_pylist(), key=lambda r: r["id"])
     assert rows == [{"id": 1, "name": "a", "extra": None}, {"id": 2, "name": "b", "extra": "x"}]
@@ -96,7 +96,7 @@ def test_decompression_bomb_is_stopped_at_the_cap(tmp_path, capsys):
     (tmp_path / "bomb.csv.gz").write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
     assert (tmp_path / "bomb.csv.gz").stat().st_size < 1_000_000
     job = basic_job("bomb.csv.gz", input={"max_decompressed_bytes": "8MiB"})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 65 and "max_decompressed_bytes" in err and "bomb.csv.gz" in err
 
 
@@ -105,9 +105,9 @@ def test_symlinked_inputs_are_not_followed_unless_allowed(tmp_path, capsys):
     secret.write_text("id\n1\n")
     (tmp_path / "in").mkdir()
     os.symlink(secret, tmp_path / "in" / "link.csv")
-    code, out, err = _run(tmp_path, basic_job("in/*.csv"), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in/*.csv"), capsys)
     assert code == 65 and "symbolic link" in err and "follow_symlinks" in err
-    code, out, err = _run(tmp_path, basic_job("in/*.csv", input={"follow_symlinks": True}), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in/*.csv", input={"follow_symlinks": True}), capsys)
     assert code == 0, err
 
 
@@ -118,7 +118,7 @@ def test_partition_values_never_leave_the_output_and_round_trip(tmp_path, capsys
     table = pa.table({"id": list(range(len(NASTY))), "p": NASTY})
     pq.write_table(table, tmp_path / "in.parquet")
     job = basic_job("in.parquet", output={"partition_by": ["p"]})
-    code, out, err = _run(tmp_path, job, capsys)
+    code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     root = os.path.realpath(tmp_path / "out")
     for dirpath, _, files in os.walk(tmp_path):
@@ -142,7 +142,7 @@ def test_python_tag_in_yaml_is_refused_and_runs_nothing(tmp_path, capsys):
     (tmp_path / "job.yaml").write_text(
         f"name: x\ninput: {{paths: [a.csv]}}\noutput: {{path: out}}\n"
         f"run: !!python/object/apply:os.system ['touch {marker}']\n")
-    code, out, err = run_cli("run", tmp_path / "job.yaml", capsys=capsys)
+    code, _out, err = run_cli("run", tmp_path / "job.yaml", capsys=capsys)
     assert code == 78 and "line 4" in err
     assert not marker.exists()
 
@@ -150,11 +150,11 @@ def test_python_tag_in_yaml_is_refused_and_runs_nothing(tmp_path, capsys):
 def test_python_stage_module_outside_the_config_folder_is_refused(tmp_path, capsys):
     (tmp_path / "in.csv").write_text("id\n1\n")
     job = basic_job("in.csv", stages=[{"python": {"function": "os:system"}}])
-    code, out, err = run_cli("validate", write_job(tmp_path, job), capsys=capsys)
+    code, _out, err = run_cli("validate", write_job(tmp_path, job), capsys=capsys)
     assert code == 78 and "run.python_modules" in err
     job["run"]["python_modules"] = ["json"]
     job["stages"] = [{"python": {"function": "json:nonexistent"}}]
-    code, out, err = run_cli("validate", write_job(tmp_path, job), capsys=capsys)
+    code, _out, err = run_cli("validate", write_job(tmp_path, job), capsys=capsys)
     assert code == 78 and "has no function 'nonexistent'" in err
 
 
@@ -162,7 +162,7 @@ def test_output_files_are_not_world_writable(tmp_path, capsys):
     (tmp_path / "in.csv").write_text("id\n1\n")
     old = os.umask(0)
     try:
-        code, out, err = _run(tmp_path, basic_job("in.csv"), capsys)
+        code, _out, err = _run(tmp_path, basic_job("in.csv"), capsys)
     finally:
         os.umask(old)
     assert code == 0, err
@@ -178,7 +178,7 @@ def test_a_symlink_planted_at_the_lock_path_is_not_followed(tmp_path, capsys):
     target = tmp_path / "victim.txt"
     target.write_text("keep")
     os.symlink(target, tmp_path / ".out.lock")
-    code, out, err = _run(tmp_path, basic_job("in.csv"), capsys)
+    code, _out, err = _run(tmp_path, basic_job("in.csv"), capsys)
     assert code == 74 and "symbolic link" in err
     assert target.read_text() == "keep"
     assert not (tmp_path / "out").exists()

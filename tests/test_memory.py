@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from pipeline.execution.memory import MAX_CHUNK, MIB, memory_plan, minimum
+from pipeline.memory import MAX_CHUNK, MIB, memory_plan, minimum
 from tests.helpers import ROOT, basic_job, read_output, run_cli, write_job
 
 STAGES = [{"filter": "status == 'ok' and qty > 0"}, {"derive": {"total": "price * qty"}},

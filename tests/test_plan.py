@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import load_config
-from pipeline.stages import STAGES
 from pipeline.input.plan import build_plan
+from pipeline.stages import STAGES
 from tests.helpers import basic_job, write_job
 
 

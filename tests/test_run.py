@@ -111,7 +111,7 @@ BAD = b"""id,qty,note
 def test_bad_rows_fail_names_file_and_line(tmp_path, capsys):
     (tmp_path / "in.csv").write_bytes(BAD)
     job = basic_job("in.csv", input={"schema": {"qty": "int64"}})
-    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    code, _out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
     assert code == 65
     assert f"{tmp_path / 'in.csv'} line 3" in err and "qty" in err and "abc" in err
     assert not (tmp_path / "out").exists()
@@ -121,7 +121,7 @@ def test_bad_rows_quarantine_records_every_rejected_row(tmp_path, workers):
     (tmp_path / "in.csv").write_bytes(BAD)
     job = basic_job("in.csv", input={"schema": {"qty": "int64"}, "chunk_bytes": 16},
                     run={"on_bad_rows": "quarantine", "workers": workers})
-    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress")
+    code, _out, err = run_cli("run", write_job(tmp_path, job), "--no-progress")
     assert code == 0, err
     assert sorted(read_output(tmp_path / "out").column("id").to_pylist()) == [1, 3, 5]
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
@@ -193,7 +193,7 @@ def test_file_bytes_and_row_groups(tmp_path):
 
 def test_dry_run_writes_nothing(tmp_path):
     (tmp_path / "in.csv").write_bytes(SALES)
-    code, out, _ = run_cli("run", write_job(tmp_path, basic_job("in.csv")), "--dry-run")
+    code, _out, _ = run_cli("run", write_job(tmp_path, basic_job("in.csv")), "--dry-run")
     assert code == 0
     assert not (tmp_path / "out").exists()
 
@@ -204,7 +204,7 @@ def test_an_empty_result_keeps_its_schema(tmp_path, capsys):
 
     (tmp_path / "in.csv").write_text("id,v,ts\n1,2,2026-01-01 00:00:00\n")
     job = basic_job("in.csv", input={"schema": {"ts": "timestamp[s]"}}, stages=[{"filter": "v > 100"}])
-    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    code, _out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
     assert code == 0, err
     (part,) = (tmp_path / "out").glob("part-*.parquet")
     table = pq.read_table(part)
@@ -212,7 +212,7 @@ def test_an_empty_result_keeps_its_schema(tmp_path, capsys):
     assert [str(t) for t in table.schema.types] == ["int64", "int64", "timestamp[ms]"]  # Parquet has no seconds
     assert [c["type"] for c in manifest_of(tmp_path / "out")["schema"]] == ["int64", "int64", "timestamp[s]"]
     job["output"].update(path="parted", partition_by=["v"])
-    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    code, _out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
     assert code == 0, err
     assert not list((tmp_path / "parted").rglob("*.parquet"))
     schema = manifest_of(tmp_path / "parted")["schema"]

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.config.yaml_lines import parse_yaml
+from pipeline.errors import ConfigError
 from pipeline.stages import STAGES
 from tests.helpers import run_cli
 
@@ -93,9 +94,9 @@ def test_single_strings_and_sizes_are_accepted(validator, tmp_path):
 def test_schema_rejects_unknown_keys_the_loader_rejects(extra, where, validator, tmp_path):
     text = BASE + extra
     (tmp_path / "job.yaml").write_text(text)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "job.yaml", env={}, stages=STAGES)
-    assert getattr(caught.value, "exit_code", None) == 78
+    assert caught.value.exit_code == 78
     error = jsonschema.exceptions.best_match(validator.iter_errors(_data(text)))
     assert error is not None and list(error.absolute_path)[: len(where)] == where
 

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import itertools
 
 import numpy as np
 from hypothesis import given, settings
@@ -35,7 +36,7 @@ def test_pieces_cover_every_record_exactly_once(rows, chunk_bytes, terminator, f
     expected = _parse(data)
     pieces = list(split_ranges(io.BytesIO(data), 0, len(data), chunk_bytes, b'"'))
     assert pieces[0][0] == 0 and pieces[-1][1] == len(data)
-    for (a, b, _, _), (c, _, _, _) in zip(pieces, pieces[1:]):
+    for (_, b, _, _), (c, _, _, _) in itertools.pairwise(pieces):
         assert b == c  # contiguous, no gap, no overlap
     got = []
     for a, b, line, quotes in pieces:

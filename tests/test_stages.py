@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -18,15 +19,13 @@ from pipeline.stages import (
     StageContext,
     StageOutput,
     apply_stages,
+    builtin,
     check_python_spec,
     output_schema,
     register,
     validate_spec,
 )
-from pipeline.stages import builtin
 from pipeline.stages.registry import REJECTS_SCHEMA
-
-from tests.helpers import ROOT
 
 
 @pytest.fixture
@@ -104,10 +103,9 @@ def test_validate_spec_errors_are_plain_words():
         ("derive", {"a": [1]}, "a: input should be a valid string"),
     ]
     for name, value, hint in cases:
-        with pytest.raises(ValueError) as info:
+        with pytest.raises(ValueError, match=re.escape(hint)) as info:
             validate_spec(name, value)
         message = str(info.value)
-        assert hint in message, (name, message)
         assert "pydantic" not in message and "errors.pydantic.dev" not in message
         assert "for example" in message
 
@@ -175,7 +173,7 @@ def test_fill_null(sales, ctx):
     assert out.column("status").to_pylist()[4] == "unknown"
     with pytest.raises(ExprError, match="the fill value 'abc' does not fit"):
         one(sales, "fill_null", {"qty": "abc"}, ctx)
-    with pytest.raises(ExprError, match="the fill value 1.5 does not fit"):
+    with pytest.raises(ExprError, match=re.escape("the fill value 1.5 does not fit")):
         one(sales, "fill_null", {"qty": 1.5}, ctx)
     dates = pa.table({"d": pa.array([None, dt.date(2024, 1, 2)], pa.date32())})
     assert one(dates, "fill_null", {"d": "2024-01-01"}, ctx).table.column("d").to_pylist() == [
@@ -538,7 +536,7 @@ def test_python_module_outside_base_dir_is_refused(tmp_path, people, monkeypatch
     job_dir.mkdir()
     ctx = StageContext(base_dir=job_dir)
     for reference in ["outside_mod:f", "os:getcwd"]:
-        with pytest.raises(ExprError, match="run.python_modules") as info:
+        with pytest.raises(ExprError, match=re.escape("run.python_modules")) as info:
             check_python_spec({"function": reference}, job_dir, ())
         assert "not found" in str(info.value)
         with pytest.raises(ExprError):
@@ -560,7 +558,7 @@ def test_check_python_spec(job):
     write(job.base_dir / "pkg" / "mod.py", "def f(df):\n    return df\n")
     check_python_spec({"function": "pkg.mod:f"}, job.base_dir)
     write(job.base_dir / "bad.py", "def f(:\n")
-    with pytest.raises(ExprError, match="importing bad.py failed: SyntaxError"):
+    with pytest.raises(ExprError, match=re.escape("importing bad.py failed: SyntaxError")):
         check_python_spec({"function": "bad:f"}, job.base_dir)
 
 

@@ -11,9 +11,8 @@ from bench.peers import parse_args
 def main() -> None:
     args = parse_args("dask_peer", ("w2",))
     import dask.dataframe as dd
-    from dask.distributed import Client, LocalCluster
-
     import pandas as pd
+    from dask.distributed import Client, LocalCluster
 
     from bench.udf import NEW_COLUMNS, enrich
 

@@ -31,7 +31,8 @@ def inspect_output(path: str, *, as_json: bool = False) -> int:
     c = manifest["counts"]
     print(f"{path}")
     print(f"  job        {manifest['job']}  (config {manifest['config_hash'][:12]})")
-    print(f"  run        {manifest['run_id']}  ({'complete' if (remote_exists(path, SUCCESS) if remote else os.path.exists(os.path.join(path, SUCCESS))) else 'NO _SUCCESS'})")
+    complete = remote_exists(path, SUCCESS) if remote else os.path.exists(os.path.join(path, SUCCESS))
+    print(f"  run        {manifest['run_id']}  ({'complete' if complete else 'NO _SUCCESS'})")
     rows = sum(f["rows"] for f in manifest["files"])
     size = sum(f["bytes"] for f in manifest["files"])
     print(f"  rows       {plural(rows, 'row')} in {plural(len(manifest['files']), 'file')}, {format_bytes(size)}")

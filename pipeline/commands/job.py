@@ -22,7 +22,8 @@ def validate(job: Job) -> int:
     print(f"  input     {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
           f"{plural(len(plan.chunks), 'chunk')}")
     print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}")
-    cols = ", ".join(f"{f.name}: {type_name(f.type)}" for f in schema) if schema is not None else "(decided by a python stage)"
+    cols = (", ".join(f"{f.name}: {type_name(f.type)}" for f in schema) if schema is not None
+            else "(decided by a python stage)")
     print(f"  output    {job.output.path} ({_MODE_WORDS[job.output.mode]}); columns {cols}")
     return 0
 
@@ -48,7 +49,8 @@ def show_plan(job: Job, workers: int | None = None) -> int:
     plan = build_plan(job, workers=workers)
     schema = check_stages(job, plan)
     print(f"plan for {job.name} ({job.config_path})")
-    print(f"  {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, {plural(len(plan.chunks), 'chunk')}, "
+    print(f"  {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
+          f"{plural(len(plan.chunks), 'chunk')}, "
           f"{plural(plan.workers, 'worker')} (start method {job.run.start_method})")
     print()
     print(f"  {'file':<48} {'format':<8} {'size':>10} {'chunks':>7}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 INTRO = """\
 # Configuration

@@ -48,7 +48,6 @@ def _build_stages(
         return [], [Issue("stages", f"expected a list of stages such as - filter: \"qty > 0\", got {show(raw)}")]
     specs: list[StageSpec] = []
     issues: list[Issue] = []
-    issues: list[Issue] = []
     for i, item in enumerate(raw):
         item_key = f"stages[{i}]"
         if not isinstance(item, dict) or len(item) != 1:
@@ -164,7 +163,7 @@ def _nearest_line(key: str, lines: Mapping[str, int]) -> int | None:
 
 
 def _under(key: str, prefix: str) -> bool:
-    return key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + "[")
+    return key == prefix or key.startswith((prefix + ".", prefix + "["))
 
 
 def load_config(

@@ -12,16 +12,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
 from pipeline.config.issues import show
 from pipeline.config.values import (
-    ByteSize,
-    Duration,
     PARAMS_SCHEMA,
     WORKERS_SCHEMA,
+    ByteSize,
+    Duration,
     EmptyIsDefault,
     NonNegativeInt,
     PositiveInt,
@@ -33,7 +41,7 @@ from pipeline.config.values import (
     resolve_path,
 )
 from pipeline.dtypes import parse_type
-from pipeline.execution.memory import memory_plan
+from pipeline.memory import memory_plan
 
 
 class _Model(BaseModel):
@@ -45,7 +53,8 @@ class _Model(BaseModel):
 class CsvOptions(_Model):
     """How CSV and TSV files are read."""
 
-    delimiter: str = Field(",", description='One character; write "\\t" for a tab. The default for `format: tsv` is a tab.')
+    delimiter: str = Field(",", description=(
+        'One character; write "\\t" for a tab. The default for `format: tsv` is a tab.'))
     header: bool = Field(True, description="The first line holds the column names.")
     column_names: StrTuple | None = Field(None, description=(
         "The column names, in order, when `header: false` (required then); ignored when `header: true`."))
@@ -292,7 +301,7 @@ class RunConfig(_Model):
         "The local executor sizes from it the chunks (when input.chunk_bytes is not set), the results in "
         "flight to the writer and the writer's row-group buffer: about 48 MiB for each process, 4x the "
         "chunk for each worker, a quarter of the rest (at most 256 MiB) for the writer; chunks between 1 MiB "
-        "and 4 MiB. Default: 1 GiB, or more when run.workers need it. See pipeline/execution/memory.py."))
+        "and 4 MiB. Default: 1 GiB, or more when run.workers need it. See pipeline/memory.py."))
 
     @field_validator("memory_limit")
     @classmethod
@@ -342,7 +351,8 @@ class Job(_Model):
     output: OutputConfig = Field(description="Where and how the Parquet dataset is written.")
     run: Annotated[RunConfig, EmptyIsDefault] = Field(default_factory=RunConfig, description=(
         "How the job runs: workers, bad rows, retries, state and metrics."))
-    params: Annotated[dict[str, str], BeforeValidator(params_as_text), EmptyIsDefault, WithJsonSchema(PARAMS_SCHEMA)] = Field(
+    params: Annotated[dict[str, str], BeforeValidator(params_as_text), EmptyIsDefault,
+                      WithJsonSchema(PARAMS_SCHEMA)] = Field(
         default_factory=dict, description=(
             "Job parameters and their defaults, `{date: yesterday}`: strings (`7` becomes `\"7\"`). "
             "`--param NAME=VALUE` sets one; `${params.NAME}` or `${params.NAME:%Y/%m/%d}` in any string "
@@ -366,7 +376,7 @@ class Job(_Model):
         return self.lines.get(key)
 
 
-MODEL_AT = {
+MODEL_AT: dict[str, type[BaseModel]] = {
     "": Job,
     "input": InputConfig,
     "input.csv": CsvOptions,
@@ -393,7 +403,7 @@ _RUN_IN_HASH = ("on_bad_rows", "max_bad_rows")
 def _stage_data(stage: StageSpec) -> Any:
     try:
         return to_jsonable_python(stage.spec)
-    except Exception:  # a spec object without a plain-data form
+    except Exception:  # noqa: BLE001 - a spec object without a plain-data form
         return to_jsonable_python(stage.raw, fallback=str)
 
 

@@ -90,9 +90,9 @@ def _integer(minimum: int):
             n = None
         elif isinstance(value, int):
             n = value
-        elif isinstance(value, float) and value.is_integer():
-            n = int(value)
-        elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        elif (isinstance(value, float) and value.is_integer()) or (
+            isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)
+        ):
             n = int(value)
         if n is None or n < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"

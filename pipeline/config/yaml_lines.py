@@ -42,7 +42,7 @@ class LineLoader(yaml.SafeLoader):
     strings; ``010`` is ten; ``1:30`` is a string. Duplicate keys in a mapping are refused.
     """
 
-    yaml_implicit_resolvers: dict = {}
+    yaml_implicit_resolvers = {}  # noqa: RUF012  (no resolvers inherited from SafeLoader; added below)
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -74,7 +74,7 @@ class LineLoader(yaml.SafeLoader):
                     self.lines.setdefault(item_path, _line(item))
                     out.append(self._build(item, item_path, active))
                 return out
-            if node.tag != _MAP:
+            if not isinstance(node, yaml.MappingNode) or node.tag != _MAP:
                 raise self._bad_tag(node, path)
             return self._mapping(node, path, active)
         finally:

@@ -24,17 +24,18 @@ import os
 import posixpath
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
+from pipeline.execution.worker import REJECT_SCHEMA, ChunkResult, WorkerSpec, chunk_tables, rejects_table
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import filesystem, is_url
-from pipeline.execution.worker import REJECT_SCHEMA, ChunkResult, WorkerSpec, chunk_tables, rejects_table
 from pipeline.output.write import Partition, RowGroupWriter, dictionary_columns
 
 log = logging.getLogger("pipeline")
@@ -102,7 +103,7 @@ class _Sink:
                     f"the same path, or an object-store URL (or the run was stopped)", path=spec.root)
             os.makedirs(directory, exist_ok=True)
             base = os.path.basename(self.final)
-            self.tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+            self.tmp: str | None = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
             self.handle = pa.OSFile(self.tmp, "wb")
         else:
             _, root = filesystem(spec.root)
@@ -122,7 +123,7 @@ class _Sink:
 
     def close(self) -> dict:
         self.writer.close()
-        if self.fs is None:
+        if self.tmp is not None:   # a local file, renamed into place
             self.handle.close()
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
@@ -297,8 +298,8 @@ class DaskExecutor:
         self.connect_timeout = connect_timeout
         self.on_result = on_result
         self.on_poison = on_poison
-        self.client = None
-        self.cluster = None
+        self.client: Any = None    # a distributed.Client once started
+        self.cluster: Any = None   # a distributed.LocalCluster when no address is given
         self.dashboard: str | None = None
         self.cluster_workers = 0
 
@@ -348,7 +349,7 @@ class DaskExecutor:
             except Exception as exc:  # noqa: BLE001
                 log.debug("closing the local Dask cluster: %s", exc)
 
-    def __enter__(self) -> "DaskExecutor":
+    def __enter__(self) -> DaskExecutor:
         try:
             self.start()
         except BaseException:

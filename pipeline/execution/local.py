@@ -21,13 +21,14 @@ import os
 import queue as queue_mod
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any
 
-from pipeline.output import lock as lock_mod
 from pipeline.errors import InputError, OutputError, PipelineError
-from pipeline.input.plan import Chunk
 from pipeline.execution.worker import ChunkResult, WorkerSpec, init, process_chunk
+from pipeline.input.plan import Chunk
+from pipeline.output import lock as lock_mod
 from pipeline.output.write import WriterSpec, writer_main
 
 log = logging.getLogger("pipeline")
@@ -78,7 +79,7 @@ class LocalExecutor:
     def __init__(self, workers: int, start_method: str = "fork", *, retries: int = 2,
                  chunk_timeout: float | None = None,
                  on_result: Callable[[ChunkResult], None] | None = None,
-                 on_poison: Callable[[Chunk, str], tuple | None] | None = None,
+                 on_poison: Callable[[Chunk, str, int, int], list[tuple] | None] | None = None,
                  in_flight: int | None = None):
         self.workers = workers
         self.in_flight = in_flight or max(4, 4 * workers)   # results queued for the writer, at most
@@ -89,7 +90,7 @@ class LocalExecutor:
         self.on_poison = on_poison
 
     def run(self, chunks: Sequence[Chunk], worker_spec: WorkerSpec, writer_spec: WriterSpec) -> Execution:
-        ctx = mp.get_context(self.start_method)
+        ctx: Any = mp.get_context(self.start_method)  # a fork, spawn or forkserver context
         data_q = ctx.Queue(maxsize=self.in_flight)
         events = ctx.Queue()
         starts = ctx.SimpleQueue()   # workers' "start" messages: synchronous, see worker.process_chunk
@@ -177,13 +178,13 @@ class LocalExecutor:
 
     # -- results and events
 
-    def _take(self, result: ChunkResult, state: "_State") -> None:
+    def _take(self, result: ChunkResult, state: _State) -> None:
         """A worker returned: its chunk's messages are sent or on their way to the writer."""
         if result.chunk_id not in state.acked:
             state.result_pid[result.chunk_id] = result.pid
         state.running.pop(result.chunk_id, None)
 
-    def _commit(self, result: ChunkResult, state: "_State", ex: Execution) -> None:
+    def _commit(self, result: ChunkResult, state: _State, ex: Execution) -> None:
         """The writer committed a chunk: from now on it counts, exactly once."""
         if result.chunk_id in state.acked:
             return
@@ -194,7 +195,7 @@ class LocalExecutor:
         if self.on_result:
             self.on_result(result)
 
-    def _drain_events(self, events, state: "_State", ex: Execution) -> bool:
+    def _drain_events(self, events, state: _State, ex: Execution) -> bool:
         got = False
         while True:
             try:
@@ -204,10 +205,10 @@ class LocalExecutor:
             got = True
             self._event(msg, state, ex)
 
-    def _event(self, msg, state: "_State", ex: Execution):
+    def _event(self, msg, state: _State, ex: Execution):
         kind = msg[0]
         if kind == "start":
-            _, chunk_id, attempt, pid, started = msg
+            _, chunk_id, attempt, pid, _started = msg
             if chunk_id not in state.acked and attempt == state.tries.get(chunk_id):
                 state.running[chunk_id] = (pid, attempt, time.monotonic())
         elif kind == "ack":
@@ -224,7 +225,7 @@ class LocalExecutor:
 
     # -- dead workers, timeouts
 
-    def _deaths(self, pool, state: "_State") -> list[tuple[int, str]]:
+    def _deaths(self, pool, state: _State) -> list[tuple[int, str]]:
         """(pid, what happened) for every worker of this pool that is gone, or was killed for time."""
         deaths = []
         for pid, proc in list(state.procs.items()):
@@ -233,7 +234,7 @@ class LocalExecutor:
                 deaths.append((pid, _death(proc, pid)))
         if self.chunk_timeout:
             now = time.monotonic()
-            for chunk_id, (pid, attempt, started) in list(state.running.items()):
+            for _chunk_id, (pid, _attempt, started) in list(state.running.items()):
                 if now - started > self.chunk_timeout and pid not in state.dead:
                     try:
                         os.kill(pid, signal.SIGKILL)
@@ -243,7 +244,7 @@ class LocalExecutor:
                     deaths.append((pid, f"timed out after {self.chunk_timeout:g} s (run.chunk_timeout)"))
         return deaths
 
-    def _blame(self, deaths, state: "_State", ex: Execution, data_q) -> None:
+    def _blame(self, deaths, state: _State, ex: Execution, data_q) -> None:
         """Count a failure against each chunk a dead worker was running; poison the hopeless ones."""
         blamed = False
         for pid, why in deaths:
@@ -268,7 +269,7 @@ class LocalExecutor:
             if state.unattributed > self.retries + 2:
                 raise RuntimeError(f"worker processes keep dying ({deaths[0][1]}); giving up")
 
-    def _poison(self, chunk: Chunk, why: str, tries: int, state: "_State", ex: Execution, data_q) -> None:
+    def _poison(self, chunk: Chunk, why: str, tries: int, state: _State, ex: Execution, data_q) -> None:
         log.error("%s: the worker %s, on every one of %d attempts", chunk.describe(), why, tries)
         # an attempt number of its own, so these messages never mix with a worker's attempt
         state.tries[chunk.id] += 1
@@ -281,7 +282,7 @@ class LocalExecutor:
         for msg in poisoned:
             self._put(data_q, msg, state, ex)  # its whole-chunk rejects and its end: acked like any chunk
 
-    def _put(self, data_q, msg, state: "_State", ex: Execution) -> None:
+    def _put(self, data_q, msg, state: _State, ex: Execution) -> None:
         """Put on the bounded queue without waiting for ever: the writer may have died meanwhile."""
         writer, events = self._writer
         while True:
@@ -295,7 +296,7 @@ class LocalExecutor:
                     raise OutputError(f"the writer process died (exit code {writer.exitcode}); "
                                       f"nothing was published") from None
 
-    def _wait_writer(self, writer, events, state: "_State", ex: Execution) -> dict:
+    def _wait_writer(self, writer, events, state: _State, ex: Execution) -> dict:
         while True:
             try:
                 msg = events.get(timeout=POLL_SECONDS)

@@ -55,14 +55,14 @@ def unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
         return a
     if pa.types.is_null(a):
         return b
-    if pa.types.is_integer(a) and pa.types.is_floating(b) or pa.types.is_floating(a) and pa.types.is_integer(b):
+    if (pa.types.is_integer(a) and pa.types.is_floating(b)) or (pa.types.is_floating(a) and pa.types.is_integer(b)):
         return pa.float64()
     temporal = (pa.types.is_timestamp, pa.types.is_date)
     if any(t(a) for t in temporal) and any(t(b) for t in temporal):
         tz = getattr(a, "tz", None) or getattr(b, "tz", None)
-        if (getattr(a, "tz", None) is None) != (getattr(b, "tz", None) is None):
-            if not (pa.types.is_date(a) or pa.types.is_date(b)):
-                return pa.string()
+        tz_differs = (getattr(a, "tz", None) is None) != (getattr(b, "tz", None) is None)
+        if tz_differs and not (pa.types.is_date(a) or pa.types.is_date(b)):
+            return pa.string()
         units = [t.unit for t in (a, b) if pa.types.is_timestamp(t)]
         unit = "us" if "us" in units or "ns" in units or "ms" in units else "s"
         return pa.timestamp(unit, tz=tz)

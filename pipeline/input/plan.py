@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from pipeline.errors import ConfigError, InputError
 from pipeline.input import infer
 from pipeline.input.discover import InputFile, discover
-from pipeline.errors import ConfigError, InputError
-from pipeline.execution.memory import memory_plan
 from pipeline.input.split import record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
+from pipeline.memory import memory_plan
 
 BOM = b"\xef\xbb\xbf"
 HEAD_LIMIT = 1 << 20
@@ -122,7 +122,8 @@ def _header(f: InputFile, head: bytes, job, delimiter: str) -> tuple[tuple[str, 
     try:
         text = raw.decode(opts.encoding)
     except UnicodeDecodeError as exc:
-        raise InputError(f"{f.path} line 1: header is not valid {opts.encoding}: {exc.reason}", file=f.path, line=1) from exc
+        raise InputError(f"{f.path} line 1: header is not valid {opts.encoding}: {exc.reason}",
+                         file=f.path, line=1) from exc
     row = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
                           quotechar=opts.quote or '"', quoting=csv.QUOTE_MINIMAL if opts.quote else csv.QUOTE_NONE))
     names = tuple(row)
@@ -139,7 +140,7 @@ def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start
     sample = head[data_start:data_start + job.input.sample_bytes]
     quote = opts.quote.encode() if opts.quote else None
     if not (whole and data_start + job.input.sample_bytes >= len(head)):
-        starts, ends = record_spans(sample, quote)
+        _starts, ends = record_spans(sample, quote)
         # drop the last record: it may be cut off
         sample = sample[: int(ends[-2])] if len(ends) > 1 else b""
     if not names:
@@ -212,7 +213,7 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
 
 def chunk_size(job, files: list[InputFile], workers: int) -> int:
     """``input.chunk_bytes``, or by default about four chunks per worker, at least 4 MiB, at most
-    what ``run.memory_limit`` allows the local executor's workers (see execution/memory.py; the Dask
+    what ``run.memory_limit`` allows the local executor's workers (see pipeline/memory.py; the Dask
     executor writes a part file per chunk, and keeps chunks of up to 32 MiB).
 
     Fewer, larger chunks cost less per chunk; more chunks keep every worker busy to the end.
@@ -291,7 +292,8 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
                 # Types come from the first SAMPLE_FILES files of a format (and from any file that
                 # brings new columns): with thousands of small files, sampling each would dominate.
                 sample = sampled.get(f.format, 0) < SAMPLE_FILES
-                limit = max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT) if sample or f.format == "jsonl" else HEAD_LIMIT
+                limit = (max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT) if sample or f.format == "jsonl"
+                         else HEAD_LIMIT)
                 head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
                 if f.format == "jsonl":
                     start = len(BOM) if head.startswith(BOM) else 0

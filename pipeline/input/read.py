@@ -10,8 +10,8 @@ Every format goes through the same two paths:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -107,7 +107,7 @@ def _reason(exc: Exception, names: list[str]) -> str:
 
 
 def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, base_offset: int,
-                first_line, quote: bytes | None, max_record: int, names: list[str],
+                first_line: int | Callable[[], int], quote: bytes | None, max_record: int, names: list[str],
                 check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table]) -> Block:
     """Parse ``data`` (whole records) into a Block; see the module docstring for the two paths.
 
@@ -124,8 +124,10 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
                 counted.append(count())
             return counted[0]
     else:
-        def line_base(value=first_line) -> int:
-            return value
+        fixed = first_line
+
+        def line_base() -> int:
+            return fixed
 
     def all_spans() -> tuple[np.ndarray, np.ndarray]:
         if not spans:
@@ -259,7 +261,7 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         names = list(chunk.columns)
     to_schema = conform(spec.schema)
 
-    def block(data: bytes, offset: int, line: int, quotes: int, final: bool) -> Block:
+    def block(data: bytes, offset: int, line: int | Callable[[], int], quotes: int, final: bool) -> Block:
         result = parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, quote=quote,
                              max_record=spec.max_record_bytes, names=names,
                              check_lengths=quotes != 0, to_schema=to_schema)
@@ -297,7 +299,7 @@ def last_boundary(data: bytes, quote: bytes | None) -> int:
     """Offset just after the last newline that ends a record (0 if none)."""
     if quote is None or quote not in data:
         return data.rfind(b"\n") + 1
-    starts, ends = record_spans(data, quote)
+    _starts, ends = record_spans(data, quote)
     complete = ends[(ends > 0) & (ends <= len(data))]
     for e in complete[::-1]:
         if data[int(e) - 1] == 0x0A:
@@ -407,6 +409,7 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
             yield first + i + 1, None, ""
         return
     quote = spec.quote.encode() if spec.quote and f.format != "jsonl" else None
+    blocks: Iterable[tuple[bytes, int, int]]
     if chunk.end >= 0 and not f.compression:
         with open_input(f.path) as fh:
             fh.seek(chunk.start)

@@ -9,7 +9,8 @@ exactly when the number of quote characters before it, counted from a record bou
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 import numpy as np
 
@@ -17,7 +18,7 @@ NL = 0x0A
 READ_BLOCK = 8 << 20
 
 
-def split_ranges(f: BinaryIO, start: int, end: int, chunk_bytes: int, quote: bytes | None,
+def split_ranges(f: IO[bytes], start: int, end: int, chunk_bytes: int, quote: bytes | None,
                  first_line: int = 1, count_lines: bool = True) -> Iterator[tuple[int, int, int, int]]:
     """Cut ``[start, end)`` of an open binary file into pieces of about ``chunk_bytes``.
 

@@ -104,7 +104,7 @@ def mtime_ns(fs, path: str, info: dict) -> int:
     value = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     if isinstance(value, (int, float)):
         return int(value * 1_000_000_000)
-    if hasattr(value, "timestamp"):
+    if value is not None and hasattr(value, "timestamp"):
         return int(value.timestamp() * 1_000_000_000)
     return 0
 

@@ -49,7 +49,8 @@ def open_decompressed(path: str, compression: str | None, limit: int | None = No
             raw = open_input(path)
             stream = pa.input_stream(raw, compression=compression) if compression else raw
         else:
-            stream = pa.input_stream(path, compression=compression) if compression else open(path, "rb")
+            # the stream is returned open, inside the CappedStream the caller closes
+            stream = pa.input_stream(path, compression=compression) if compression else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         raise InputError(f"{path}: cannot open: {exc}", file=path) from exc
     return CappedStream(path, stream, limit if compression else None)

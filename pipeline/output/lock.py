@@ -22,7 +22,7 @@ class JobLock:
         self.run_id = run_id
         self.fd: int | None = None
 
-    def acquire(self) -> "JobLock":
+    def acquire(self) -> JobLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
@@ -41,7 +41,7 @@ class JobLock:
                 pass
             os.close(fd)
             raise LockedError(f"another run of job {self.job_name!r} is in progress{holder}; try again later",
-                              lock=self.path)
+                              lock=self.path) from None
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "run_id": self.run_id, "job": self.job_name,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -57,7 +57,7 @@ class JobLock:
             _HELD.discard(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "JobLock":
+    def __enter__(self) -> JobLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -86,7 +86,7 @@ def recover(paths: OutputPaths, keep: str | None = None) -> list[str]:
 
     ``keep`` is a staging directory this run resumes from; every other staging is removed.
     """
-    done = []
+    done: list[str] = []
     parent = paths.parent
     if not os.path.isdir(parent):
         return done
@@ -169,7 +169,7 @@ def publish(paths: OutputPaths, staging: str, manifest: dict, run_id: str) -> No
         fh.flush()
         os.fsync(fh.fileno())
     _fsync_dir(staging)
-    for root, dirs, files in os.walk(staging):
+    for root, _dirs, files in os.walk(staging):
         os.chmod(root, 0o755)
         for name in files:
             os.chmod(os.path.join(root, name), 0o644)

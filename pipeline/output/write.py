@@ -24,6 +24,7 @@ import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -87,7 +88,7 @@ class Partition:
     tables: list = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
-    open: object | None = None     # has write(table, row_group_rows) and size()
+    open: Any = None     # the part file being written: has write(table, row_group_rows) and size()
     seq: int = 0
 
 
@@ -367,7 +368,7 @@ def writer_main(queue, events, spec: WriterSpec) -> None:
         events.put(("error", OutputError(f"cannot write the output: {exc}", path=getattr(exc, "filename", None))))
     except StageError as exc:
         events.put(("error", exc))
-    except BaseException as exc:  # reported to the parent, which fails the run with exit 1
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run with exit 1
         events.put(("error", RuntimeError(f"writer failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
 
 
@@ -380,12 +381,12 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
     since_checkpoint: list = []
     last_checkpoint = time.monotonic()
 
-    def checkpoint() -> None:
+    def checkpoint(journal: str) -> None:
         nonlocal last_checkpoint, since_checkpoint
         closed = out.checkpoint()
         line = {"kind": "checkpoint", "files": [f.__dict__ for f in closed],
                 "chunks": [_result_dict(r) for r in since_checkpoint]}
-        with open(spec.journal, "a", encoding="utf-8") as fh:
+        with open(journal, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -396,7 +397,8 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
         try:
             msg = queue.get(timeout=DONE_GRACE_SECONDS) if expected is not None else queue.get()
         except queue_mod.Empty:
-            raise RuntimeError(f"the writer received {len(committed)} of {expected} chunks; the rest never arrived")
+            raise RuntimeError(
+                f"the writer received {len(committed)} of {expected} chunks; the rest never arrived") from None
         kind = msg[0]
         if kind in ("data", "rejects"):
             pending.setdefault((msg[1], msg[2]), []).append((kind, msg[3]))
@@ -423,7 +425,7 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
             if spec.journal:
                 since_checkpoint.append(result)
                 if time.monotonic() - last_checkpoint >= spec.checkpoint_seconds:
-                    checkpoint()
+                    checkpoint(spec.journal)
             events.put(("ack", chunk_id, attempt, written, result))
         elif kind == "done":
             expected = msg[1]

@@ -1,5 +1,7 @@
 """Stages: the registry, the runner and the built-in stages (see docs/stages.md)."""
 
+from pipeline.stages import builtin  # noqa: F401  (registers the built-in stages)
+from pipeline.stages.python_stage import PythonSpec, check_python_spec, load_function
 from pipeline.stages.registry import (
     REJECTS_SCHEMA,
     STAGES,
@@ -12,8 +14,6 @@ from pipeline.stages.registry import (
     register,
     validate_spec,
 )
-from pipeline.stages import builtin  # noqa: F401  (registers the built-in stages)
-from pipeline.stages.python_stage import PythonSpec, check_python_spec, load_function
 
 __all__ = [
     "REJECTS_SCHEMA", "STAGES", "PythonSpec", "StageContext", "StageDef", "StageOutput",

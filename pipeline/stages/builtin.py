@@ -6,13 +6,22 @@ The user documentation is ``docs/stages.md``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
-                      StrictFloat, StrictInt, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 
 from pipeline import arrays
 from pipeline.dtypes import parse_type, type_name
@@ -60,8 +69,8 @@ Columns = Annotated[list[str], Field(min_length=1), AfterValidator(_unique)]
 TypeName = Annotated[str, AfterValidator(_check_type)]
 ExprText = Annotated[str, Field(min_length=1)]
 DeriveText = Annotated[str, BeforeValidator(_expression_text), Field(min_length=1)]
-Literal_ = Union[StrictBool, StrictInt, StrictFloat, dt.datetime, dt.date, str]
-Bound = Union[StrictInt, StrictFloat, dt.datetime, dt.date, str]
+Literal_ = StrictBool | StrictInt | StrictFloat | dt.datetime | dt.date | str
+Bound = StrictInt | StrictFloat | dt.datetime | dt.date | str
 
 
 class _Strict(BaseModel):
@@ -73,7 +82,7 @@ class RangeRule(_Strict):
     max: Bound | None = None
 
     @model_validator(mode="after")
-    def _some_bound(self) -> "RangeRule":
+    def _some_bound(self) -> RangeRule:
         if self.min is None and self.max is None:
             raise ValueError("a range needs min, max or both, e.g. {min: 0, max: 100}")
         return self
@@ -87,7 +96,7 @@ class ValidateSpec(_Strict):
     expr: dict[str, ExprText] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _some_rule(self) -> "ValidateSpec":
+    def _some_rule(self) -> ValidateSpec:
         if not (self.not_null or self.range or self.allowed or self.regex or self.expr):
             raise ValueError("give at least one rule: not_null, range, allowed, regex or expr")
         return self

@@ -16,8 +16,9 @@ import difflib
 import functools
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any, NamedTuple, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,11 +27,17 @@ from pipeline import arrays
 from pipeline.dtypes import parse_type, type_name
 from pipeline.errors import ExprError, StageError
 
-Value = Union[pa.Array, pa.ChunkedArray, pa.Scalar]
+Value: TypeAlias = pa.Array | pa.ChunkedArray | pa.Scalar
 Node = Callable[[pa.Table], Any]
 
 __all__ = [
-    "Expr", "FUNCTIONS", "Function", "Value", "broadcast", "compile_expr", "unknown_column",
+    "FUNCTIONS",
+    "Expr",
+    "Function",
+    "Value",
+    "broadcast",
+    "compile_expr",
+    "unknown_column",
 ]
 
 _MAX_INT = 2**63 - 1
@@ -297,7 +304,7 @@ class Function(NamedTuple):
     max_args: int | None          # None: any number
     params: str                   # as shown in the docs: "x, ndigits=0"
     doc: str                      # one line
-    literals: dict[int, Callable[[Any], Any]] = {}  # position -> converter (raises ValueError)
+    literals: dict[int, Callable[[Any], Any]] = {}  # noqa: RUF012 - position -> converter (raises ValueError); never mutated
 
     def signature(self, name: str) -> str:
         return f"{name}({self.params})"

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

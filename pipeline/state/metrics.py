@@ -31,7 +31,8 @@ def render(job: str, report, last_success: float | None) -> str:
         f"pipeline_last_run_success{{{label}}} {1 if ok else 0}",
         "# HELP pipeline_last_run_exit_code Exit code of the last run.",
         "# TYPE pipeline_last_run_exit_code gauge",
-        f"pipeline_last_run_exit_code{{{label}}} {report.exit_code if report.exit_code is not None else (0 if ok else 1)}",
+        f"pipeline_last_run_exit_code{{{label}}} "
+        f"{report.exit_code if report.exit_code is not None else (0 if ok else 1)}",
         "# HELP pipeline_last_run_duration_seconds Wall time of the last run.",
         "# TYPE pipeline_last_run_duration_seconds gauge",
         f"pipeline_last_run_duration_seconds{{{label}}} {report.seconds:.3f}",
@@ -60,7 +61,7 @@ def write_metrics(path: str, job: str, report, store) -> None:
         try:
             found = store.last_success(job)
             last = found["finished"] if found else None
-        except Exception as exc:  # the metrics must still be written when the state store is broken
+        except Exception as exc:  # noqa: BLE001 - metrics are written even when the state store is broken
             log.warning("metrics: could not read the last success from the state store: %s", exc)
     directory = os.path.dirname(os.path.abspath(path))
     try:

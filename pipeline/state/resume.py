@@ -16,9 +16,9 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from pipeline.output.publish import OutputPaths
-from pipeline.input.read import BadRow
 from pipeline.execution.worker import ChunkResult
+from pipeline.input.read import BadRow
+from pipeline.output.publish import OutputPaths
 
 JOURNAL = "_journal.jsonl"
 

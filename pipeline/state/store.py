@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import OutputError
@@ -98,7 +99,7 @@ class StateStore:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "StateStore":
+    def __enter__(self) -> StateStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -113,7 +114,7 @@ class StateStore:
             (run_id, job, config_hash, transform_hash, json.dumps(params, sort_keys=True), time.time(), output))
 
     def run_finished(self, run_id: str, status: str, exit_code: int, counts: dict | None,
-                     files: list[Seen] = (), job: str | None = None, error: str | None = None,
+                     files: Sequence[Seen] = (), job: str | None = None, error: str | None = None,
                      replace_files: bool = False) -> None:
         """Record the end of a run, and (for a success) its input files, in one transaction.
 

@@ -1,0 +1,72 @@
+"""Partition directory names, read back with pyarrow's hive partitioning as the reference."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from pipeline.output.write import MAX_PARTITION_VALUE, NULL_PARTITION, partition_dir
+
+HIVE = ds.partitioning(pa.schema([("k", pa.string())]), flavor="hive")   # URI-decodes, knows the null name
+
+
+def read_back(directory: str):
+    keys = ds.get_partition_keys(HIVE.parse(directory.replace(os.sep, "/") + "/part-0.parquet"))
+    return keys["k"]
+
+
+@pytest.mark.parametrize("value,directory", [
+    ("DE", "k=DE"),
+    ("a b", "k=a%20b"),
+    ("a/b", "k=a%2Fb"),
+    ("..", "k=%2E%2E"),
+    (".", "k=%2E"),
+    ("x=y", "k=x%3Dy"),
+    ("100%", "k=100%25"),
+    ("é", "k=%C3%A9"),
+    ("a\\b", "k=a%5Cb"),
+    (None, f"k={NULL_PARTITION}"),
+    ("", f"k={NULL_PARTITION}"),        # pyarrow cannot tell an empty string from null either
+])
+def test_one_value(value, directory):
+    assert partition_dir(("k",), (value,)) == directory
+    assert read_back(directory) == (value or None)
+
+
+@pytest.mark.parametrize("value", ["2026-11-02", "../../etc", "/abs", "a/../../b", "~", "CON", "\x00x", "line\nbreak"])
+def test_no_value_leaves_the_dataset_root(value, tmp_path):
+    directory = partition_dir(("k",), (value,))
+    assert os.sep not in directory.removeprefix("k=")
+    resolved = os.path.realpath(os.path.join(tmp_path, directory))
+    assert os.path.dirname(resolved) == os.path.realpath(tmp_path)
+    assert read_back(directory) == value
+
+
+@pytest.mark.parametrize("values,directory", [
+    ((2026, 11), os.path.join("year=2026", "month=11")),
+    ((True, 1.5), os.path.join("year=True", "month=1.5")),
+    ((None, "x"), os.path.join(f"year={NULL_PARTITION}", "month=x")),
+])
+def test_several_columns_nest_in_order(values, directory):
+    assert partition_dir(("year", "month"), values) == directory
+
+
+def test_column_names_are_escaped_too():
+    assert partition_dir(("a/b",), ("x",)) == "a%2Fb=x"
+
+
+def test_no_columns_is_the_root():
+    assert partition_dir((), ()) == ""
+
+
+def test_long_values_are_cut_and_stay_distinct():
+    a, b = "x" * 500 + "a", "x" * 500 + "b"
+    da, db = partition_dir(("k",), (a,)), partition_dir(("k",), (b,))
+    assert da != db
+    assert len(da) - len("k=") <= MAX_PARTITION_VALUE and len(db) == len(da)  # under NAME_MAX (255)
+    assert partition_dir(("k",), (a,)) == da              # the same value, the same directory
+    short = "y" * MAX_PARTITION_VALUE                      # at the limit: kept whole
+    assert read_back(partition_dir(("k",), (short,))) == short
