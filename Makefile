@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[test,dask,s3]'
+	$(PY) -m pip install --quiet -e '.[test,sql,dask,s3]'
 	@touch $(TEST_STAMP)
 
 install: $(TEST_STAMP) ## Create .venv with the package and the test tools (make run installs only what running needs)

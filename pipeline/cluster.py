@@ -52,7 +52,9 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
                     out_schema: pa.Schema | None, mode: str, progress: bool | None,
                     full_refresh: bool):
     """Run the planned chunks and publish; fills and returns ``report`` (see ``run._run``)."""
-    from pipeline.run import build_manifest, count_results, state_dir
+    from pipeline.input.lookups import job_lookup_tables
+    from pipeline.output.finalize import finalize_staged
+    from pipeline.run import FINALIZE_SPILL, build_manifest, count_results, state_dir
     from pipeline.state.store import Seen, fingerprint
 
     run_id = report.run_id
@@ -89,17 +91,33 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
                 files, schema = _run_local_then_upload(job, plan, run_id, url, out_schema, on_result)
             bar.close()
             _check_counts(counts, files, job.run.on_bad_rows == "quarantine")
+            keep_previous = previous if mode == "append" else None
+            publish_mode, finalized = mode, None
+            if job.finalize is not None:
+                if not remote:
+                    _sweep(staging, {f["path"] for f in files})
+                outcome = finalize_staged(
+                    job.finalize, files=files, schema=schema, parts_root=staging or url,
+                    output_path=url or paths.path, previous=previous, mode=mode, run_id=run_id,
+                    output=job.output, threads=plan.workers, memory_bytes=job.run.memory_limit,
+                    lookups=job_lookup_tables(job),
+                    spill=os.path.join(staging, FINALIZE_SPILL) if staging else None)
+                files, schema, keep_previous = outcome.files, outcome.schema, outcome.previous
+                publish_mode, finalized = outcome.publish_mode, outcome.record
+                report.finalize = finalized
             if not files:
                 files = _empty_part(job, run_id, staging or url, schema)
-            keep_previous = previous if mode == "append" else None
             if not remote:
-                _sweep(staging, {f["path"] for f in files})
-                if previous is not None and mode == "append":
+                linked = previous.get("rejects", {}).get("files", []) if publish_mode != mode and previous else []
+                _sweep(staging, {f["path"] for f in files} | {f["path"] for f in linked})
+                if previous is not None and publish_mode == "append":
                     link_previous(paths.path, staging)
-                manifest = build_manifest(job, plan, run_id, counts, files, schema, keep_previous, thash)
+                manifest = build_manifest(job, plan, run_id, counts, files, schema, keep_previous, thash,
+                                          finalize=finalized)
                 publish(paths, staging, manifest, run_id)
             else:
-                manifest = build_manifest(job, plan, run_id, counts, files, schema, keep_previous, thash)
+                manifest = build_manifest(job, plan, run_id, counts, files, schema, keep_previous, thash,
+                                          finalize=finalized)
                 listed = {f["path"] for f in manifest["files"]} | {f["path"] for f in manifest["rejects"]["files"]}
                 removed = publish_remote(url, manifest, run_id, listed)
                 if removed:
@@ -132,9 +150,9 @@ def _check_counts(counts, files: list[dict], quarantine: bool) -> None:
 
 def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result, report):
     from pipeline.execution.dask import DaskExecutor, PartSpec, TaskSpec, quarantine_write, scheduler_address
-    from pipeline.run import worker_spec
+    from pipeline.run import staged_partition_by, worker_spec
 
-    parts = PartSpec(run_id, root, out_schema, tuple(job.output.partition_by), job.output.compression,
+    parts = PartSpec(run_id, root, out_schema, staged_partition_by(job), job.output.compression,
                      job.output.compression_level, job.output.row_group_rows, job.output.file_bytes)
     spec = TaskSpec(worker_spec(job, plan), parts)
 
@@ -263,7 +281,7 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
     from pipeline.output.write import WriterSpec
-    from pipeline.run import local_executor, worker_spec, writer_buffer
+    from pipeline.run import local_executor, staged_partition_by, worker_spec, writer_buffer
 
     local = tempfile.mkdtemp(prefix=f"pipeline-{job.name}-{run_id}-")
     try:
@@ -271,7 +289,7 @@ def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_sche
         os.makedirs(spool)
         wspec = worker_spec(job, plan, spool)
         executor = local_executor(job, plan, wspec, on_result)
-        spec = WriterSpec(job.name, run_id, local, out_schema, tuple(job.output.partition_by),
+        spec = WriterSpec(job.name, run_id, local, out_schema, staged_partition_by(job),
                           job.output.compression, job.output.compression_level,
                           job.output.row_group_rows, job.output.file_bytes,
                           buffer_bytes=writer_buffer(job, plan))

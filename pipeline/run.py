@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,10 +21,13 @@ from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, Loc
 from pipeline.execution.local import LocalExecutor
 from pipeline.execution.worker import ChunkResult, WorkerSpec, rejects_table
 from pipeline.execution.worker import spool as spool_table
+from pipeline.input.lookups import fingerprints as lookup_fingerprints
+from pipeline.input.lookups import job_lookup_tables, lookup_tables, lookups_key, lookups_of
 from pipeline.input.plan import Chunk, Plan, build_plan
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import is_url, read_remote_manifest
 from pipeline.memory import memory_plan
+from pipeline.output.finalize import finalize_schema, finalize_staged
 from pipeline.output.lock import JobLock
 from pipeline.output.publish import (
     REJECTS,
@@ -87,6 +91,7 @@ class Report:
     exit_code: int | None = None
     note: str = ""
     skip_metrics: bool = False
+    finalize: dict | None = None      # the manifest's finalize entry: scope, rows in and out
 
     def succeeded(self, files: list[dict], started: float) -> Report:
         """Fill in a published run's figures from the files it wrote."""
@@ -112,6 +117,10 @@ class Report:
             f"  rows      {c.rows_read:,} read, {c.rows_written:,} written, {c.rows_filtered:,} filtered, "
             f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else ""),
         ]
+        if self.finalize:
+            f = self.finalize
+            lines.append(f"  finalize  {f['rows_in']:,} rows in, {f['rows_out']:,} rows out (scope {f['scope']}, "
+                         f"{f['seconds']:.2f} s)")
         if c.rows_read:
             lines.append(f"  speed     {rate:,.0f} rows/s, {format_bytes(byte_rate)}/s")
         if self.note:
@@ -130,12 +139,22 @@ class Report:
         return "\n".join(lines)
 
 
+def sql_memory(job: Job, workers: int | None = None) -> int:
+    """DuckDB's memory limit in each worker: run.memory_limit shared by the workers."""
+    return max(64 << 20, job.run.memory_limit // max(1, workers or job.run.workers))
+
+
 def stage_context(job: Job, chunk: str = "") -> StageContext:
-    return StageContext(base_dir=job.base_dir, chunk=chunk, allowed_modules=tuple(job.run.python_modules))
+    lookups = lookups_of(job)
+    key = lookups_key(lookups) if lookups else ()
+    return StageContext(base_dir=job.base_dir, chunk=chunk, allowed_modules=tuple(job.run.python_modules),
+                        memory_bytes=sql_memory(job), lookups_key=key,
+                        load_lookups=functools.partial(lookup_tables, lookups, key))
 
 
 def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
     """The output schema after the stages; ConfigError naming the stage for any problem."""
+    job_lookup_tables(job)   # read now: a missing, oversized or broken lookup is named as itself
     stages = [(s.name, s.spec) for s in job.stages]
     keys = [s.key for s in job.stages]
     try:
@@ -149,17 +168,32 @@ def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
         elif not exc.context.get("file"):
             exc.context["file"] = str(job.config_path)
         raise
-    if schema is not None:
-        missing = [p for p in job.output.partition_by if p not in schema.names]
-        if missing:
-            raise ConfigError(f"partition column {missing[0]!r} is not among the output columns {schema.names}",
-                              file=str(job.config_path), key="output.partition_by",
-                              line=job.line_of("output.partition_by"))
-        if job.output.partition_by and len(job.output.partition_by) == len(schema.names):
-            raise ConfigError("every output column is a partition column; no data would be left in the files",
-                              file=str(job.config_path), key="output.partition_by",
-                              line=job.line_of("output.partition_by"))
+    if schema is not None and job.finalize is None:   # with finalize, its result is partitioned
+        check_partitions(job, schema)
     return schema
+
+
+def check_partitions(job: Job, schema: pa.Schema, what: str = "the output columns") -> None:
+    missing = [p for p in job.output.partition_by if p not in schema.names]
+    if missing:
+        raise ConfigError(f"partition column {missing[0]!r} is not among {what} {schema.names}",
+                          file=str(job.config_path), key="output.partition_by",
+                          line=job.line_of("output.partition_by"))
+    if job.output.partition_by and len(job.output.partition_by) == len(schema.names):
+        raise ConfigError("every output column is a partition column; no data would be left in the files",
+                          file=str(job.config_path), key="output.partition_by",
+                          line=job.line_of("output.partition_by"))
+
+
+def check_finalize(job: Job, schema: pa.Schema | None) -> pa.Schema | None:
+    """The output schema after finalize (``schema``, the stages' output, without it); ConfigError naming
+    the finalize key and line for any problem. None when the stages' output is known only at run time."""
+    if job.finalize is None or schema is None:
+        return schema
+    out = finalize_schema(job.finalize, schema, job_lookup_tables(job), file=str(job.config_path),
+                          line_of=job.line_of)
+    check_partitions(job, out, "finalize's output columns")
+    return out
 
 
 def _stage_line(job: Job, key: str) -> int | None:
@@ -179,7 +213,18 @@ def worker_spec(job: Job, plan: Plan, spool: str = "") -> WorkerSpec:
         on_bad_rows=job.run.on_bad_rows,
         spool=spool,
         allowed_modules=tuple(job.run.python_modules),
+        memory_bytes=sql_memory(job, plan.workers),
+        lookups=lookups_of(job),
+        lookups_key=lookups_key(lookups_of(job)) if job.lookups else (),
     )
+
+
+FINALIZE_SPILL = "_finalize_spill"   # DuckDB's spill files during finalize, inside staging
+
+
+def staged_partition_by(job: Job) -> tuple[str, ...]:
+    """How the map's parts are staged: unpartitioned when finalize will write the output."""
+    return () if job.finalize is not None else tuple(job.output.partition_by)
 
 
 def bad_row_cap(job: Job) -> int | None:
@@ -214,12 +259,12 @@ def local_executor(job: Job, plan: Plan, wspec: WorkerSpec, on_result) -> LocalE
 
     return LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
                          chunk_timeout=job.run.chunk_timeout, on_result=on_result, on_poison=on_poison,
-                         in_flight=memory_plan(job.run.memory_limit, plan.workers).in_flight)
+                         in_flight=memory_plan(job.run.memory_budget, plan.workers).in_flight)
 
 
 def writer_buffer(job: Job, plan: Plan) -> int:
     """The writer's row-group buffer within ``run.memory_limit``."""
-    return memory_plan(job.run.memory_limit, plan.workers).writer_buffer
+    return memory_plan(job.run.memory_budget, plan.workers).writer_buffer
 
 
 def quarantine_chunk(chunk: Chunk, spec: WorkerSpec, reason: str, attempt: int) -> list[tuple]:
@@ -249,6 +294,12 @@ def transform_hash(job: Job) -> str:
     data = {"schema": config["input"].get("schema"), "csv": config["input"].get("csv"),
             "format": config["input"].get("format"), "stages": config["stages"],
             "partition_by": config["output"].get("partition_by")}
+    # only when present, so that the hash of a job without them stays what it was
+    if job.lookups:
+        data["lookups"] = [{"name": f["name"], "fingerprint": f["fingerprint"]}
+                           for f in lookup_fingerprints(lookups_of(job))]
+    if job.finalize is not None:
+        data["finalize"] = config["finalize"]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -354,7 +405,9 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         log.info("%s", report.note)
         return report
     out_schema = check_stages(job, plan)
-    if mode == "append" and previous is not None and previous.get("schema") and out_schema is not None:
+    check_finalize(job, out_schema)
+    if mode == "append" and previous is not None and previous.get("schema") and out_schema is not None \
+            and job.finalize is None:
         out_schema = _append_schema(out_schema, previous["schema"])
     report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
     report.chunks, report.workers = len(plan.chunks), plan.workers
@@ -407,7 +460,7 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             if cap is not None and counts.rows_rejected > cap:
                 raise InputError(f"{counts.rows_rejected} bad rows, more than run.max_bad_rows ({cap})")
             executor = local_executor(job, plan, wspec, on_result)
-            spec = WriterSpec(job.name, run_id, staging, out_schema, tuple(job.output.partition_by),
+            spec = WriterSpec(job.name, run_id, staging, out_schema, staged_partition_by(job),
                               job.output.compression, job.output.compression_level,
                               job.output.row_group_rows, job.output.file_bytes,
                               journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0,
@@ -424,12 +477,24 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             # files kept from the killed run are this run's output now
             files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + info["files"]
             os.unlink(journal)
-            if previous_manifest is not None and mode == "append":
+            schema = info.get("schema") or out_schema
+            extends = previous_manifest if mode == "append" else None
+            publish_mode: str = mode
+            finalized = None
+            if job.finalize is not None:
+                outcome = finalize_staged(
+                    job.finalize, files=files, schema=schema, parts_root=staging, output_path=paths.path,
+                    previous=previous_manifest, mode=mode, run_id=run_id, output=job.output,
+                    threads=plan.workers, memory_bytes=job.run.memory_limit, lookups=job_lookup_tables(job),
+                    spill=os.path.join(staging, FINALIZE_SPILL))
+                files, schema, extends = outcome.files, outcome.schema, outcome.previous
+                publish_mode, finalized = outcome.publish_mode, outcome.record
+                report.finalize = finalized
+            if previous_manifest is not None and publish_mode == "append":
                 link_previous(paths.path, staging)
             prints = {f.path: fingerprint(f.path, f.size) for f in plan.files}
-            manifest = build_manifest(job, plan, run_id, counts, files, info.get("schema") or out_schema,
-                                      previous_manifest if mode == "append" else None, thash,
-                                      fingerprints=prints, mode=mode, started=wall_started)
+            manifest = build_manifest(job, plan, run_id, counts, files, schema, extends, thash,
+                                      fingerprints=prints, mode=mode, started=wall_started, finalize=finalized)
             publish(paths, staging, manifest, run_id)
         except BaseException as exc:
             bar.close()
@@ -492,7 +557,7 @@ def _append_schema(schema: pa.Schema, previous: list[dict]) -> pa.Schema:
 def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: list[dict],
                    schema: pa.Schema | None, previous: dict | None, thash: str = "",
                    fingerprints: dict[str, str] | None = None, mode: str | None = None,
-                   started: float | None = None) -> dict:
+                   started: float | None = None, finalize: dict | None = None) -> dict:
     data = [dict(f) for f in files if not f["path"].startswith(REJECTS + "/")]
     rejects = [dict(f) for f in files if f["path"].startswith(REJECTS + "/")]
     prints = fingerprints or {}
@@ -509,6 +574,8 @@ def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: lis
         "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": prints.get(f.path, "")}
                    for f in plan.files],
     }
+    if finalize is not None:
+        this_run["finalize"] = finalize
     runs = []
     if previous is not None:
         data = previous.get("files", []) + data
@@ -526,10 +593,12 @@ def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: lis
         "partition_by": list(job.output.partition_by),
         "schema": schema_dict(schema),
         "input_schema": schema_dict(plan.read.schema),
+        "lookups": lookup_fingerprints(lookups_of(job)),
         "inputs": this_run["inputs"],
         "files": data,
         "rejects": {"files": rejects, "rows": sum(f["rows"] for f in rejects)},
         "counts": this_run["counts"],
+        **({"finalize": finalize} if finalize is not None else {}),
         "chunks": len(plan.chunks),
         "runs": runs + [this_run],
     }

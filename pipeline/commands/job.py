@@ -9,13 +9,13 @@ from pipeline.config import Job, format_bytes, plural
 from pipeline.dtypes import type_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.input.plan import build_plan
-from pipeline.run import check_stages
+from pipeline.run import check_finalize, check_stages
 from pipeline.stages import check_python_spec
 
 
 def validate(job: Job) -> int:
     plan = build_plan(job)
-    schema = check_stages(job, plan)
+    schema = check_finalize(job, check_stages(job, plan))
     _check_python_stages(job)
     print(f"{job.config_path}: OK")
     print(f"  job       {job.name}")
@@ -47,7 +47,7 @@ def _check_python_stages(job: Job) -> None:
 
 def show_plan(job: Job, workers: int | None = None) -> int:
     plan = build_plan(job, workers=workers)
-    schema = check_stages(job, plan)
+    schema = check_finalize(job, check_stages(job, plan))
     print(f"plan for {job.name} ({job.config_path})")
     print(f"  {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
           f"{plural(len(plan.chunks), 'chunk')}, "

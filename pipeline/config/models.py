@@ -6,6 +6,7 @@ import codecs
 import hashlib
 import importlib.util
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -118,6 +120,17 @@ def _check_unique(names: Sequence[str]) -> None:
         seen.add(name)
 
 
+def tab_for_tsv(data: Any) -> Any:
+    """``format: tsv`` without a csv delimiter means a tab."""
+    if isinstance(data, Mapping) and data.get("format") == "tsv":
+        csv = data.get("csv")
+        if csv is None:
+            data = {**data, "csv": {"delimiter": "\t"}}
+        elif isinstance(csv, Mapping) and "delimiter" not in csv:
+            data = {**data, "csv": {**csv, "delimiter": "\t"}}
+    return data
+
+
 class InputConfig(_Model):
     """Where the input files are and how they are read (see docs/data.md)."""
 
@@ -157,13 +170,7 @@ class InputConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _tsv_delimiter(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("format") == "tsv":
-            csv = data.get("csv")
-            if csv is None:
-                data = {**data, "csv": {"delimiter": "\t"}}
-            elif isinstance(csv, Mapping) and "delimiter" not in csv:
-                data = {**data, "csv": {**csv, "delimiter": "\t"}}
-        return data
+        return tab_for_tsv(data)
 
     @field_validator("paths")
     @classmethod
@@ -227,6 +234,97 @@ class OutputConfig(_Model):
         lo, hi = pa.Codec.minimum_compression_level(codec), pa.Codec.maximum_compression_level(codec)
         if not lo <= level <= hi:
             raise ValueError(f"compression_level for {codec} must be between {lo} and {hi}, got {level}")
+        return self
+
+
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RESERVED_TABLES = ("chunk", "data")   # the tables sql stages and finalize see besides the lookups
+
+
+class LookupConfig(_Model):
+    """A small reference table visible to sql stages and finalize by its name (see docs/sql.md)."""
+
+    path: str = Field(description=(
+        "The lookup's file, relative to the job file's folder (or a URL): one file, not a glob."))
+    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = Field("auto", description=(
+        "The file's format; `auto` tells it by the extension (`.gz`, `.zst`, `.bz2` too), as for `input`."))
+    csv: Annotated[CsvOptions, EmptyIsDefault] = Field(default_factory=CsvOptions, description=(
+        "How a CSV or TSV lookup is read, as `input.csv`."))
+    schema_: Annotated[dict[str, TypeName], EmptyIsDefault] = Field(default_factory=dict, alias="schema",
+                                                                    description=(
+        "Column types, as `input.schema`; other columns are inferred."))
+    max_bytes: ByteSize = Field(64 * 1024**2, description=(
+        "The largest the file, and the table it gives in memory, may be (every worker holds a copy); "
+        "past it the run stops with exit 78."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tsv_delimiter(cls, data: Any) -> Any:
+        return tab_for_tsv(data)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("expected the path of a file, got an empty string")
+        if any(c in value for c in "*?["):
+            raise ValueError(f"a lookup is one file, not a glob: {show(value)}")
+        return resolve_path(value, info)
+
+    def as_input(self) -> InputConfig:
+        """The lookup file as an input section, so that it is read as the job's inputs are."""
+        return InputConfig.model_validate({"paths": (self.path,), "format": self.format, "csv": self.csv,
+                                           "schema": dict(self.schema_),
+                                           "max_decompressed_bytes": self.max_bytes})
+
+
+def _check_lookups(value: dict) -> dict:
+    for name in value:
+        if not re.match(_IDENTIFIER, str(name)) or str(name).startswith("__"):
+            raise ValueError(f"lookup name {show(name)} must be a plain SQL name (letters, digits, _; "
+                             f"not starting with __)")
+        if str(name).lower() in RESERVED_TABLES:
+            raise ValueError(f"lookup name {show(name)} is taken: sql stages see the chunk as 'chunk' and "
+                             f"finalize sees the output as 'data'")
+    return value
+
+
+class DedupeConfig(_Model):
+    """finalize's shorthand for one row per key."""
+
+    keys: StrTuple = Field(description="One row is kept for each distinct combination of these columns.")
+    keep_latest_by: str | None = Field(None, description=(
+        "The row kept is the one with the greatest value in this column (nulls last). None: any one."))
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("expected at least one key column")
+        _check_unique(value)
+        return value
+
+
+class FinalizeConfig(_Model):
+    """A step over the whole run's output before the publish (see docs/sql.md)."""
+
+    dedupe: DedupeConfig | None = Field(None, description=(
+        "`{keys: [id], keep_latest_by: ts}`: the table `data` holds one row per key."))
+    sql: str | None = Field(None, description=(
+        "One DuckDB SELECT over the table `data` (and the lookups); its result is the output. "
+        "None: `SELECT * FROM data`."))
+    sort_by: StrTuple = Field((), description="Columns the result is sorted by (ascending, nulls last).")
+    scope: Literal["run", "dataset"] = Field("run", description=(
+        "`run`: `data` is this run's rows. `dataset`: when the run appends (mode append, or an incremental "
+        "run), `data` is also every row of the output so far, and the whole output is rewritten."))
+
+    @model_validator(mode="after")
+    def _something(self) -> FinalizeConfig:
+        if self.dedupe is None and self.sql is None and not self.sort_by:
+            raise ValueError("expected sql, dedupe or sort_by (or remove finalize)")
+        if self.sql is not None and not self.sql.strip():
+            raise ValueError("sql: expected a SELECT query over the table data, got an empty string")
+        _check_unique(self.sort_by)
         return self
 
 
@@ -296,19 +394,25 @@ class RunConfig(_Model):
         (), description=(
             "Installed modules that `python` stages may import (`[numpy, mypackage]`); listing a package "
             "allows its submodules. Modules beside the job file need no listing."))
-    memory_limit: ByteSize | None = Field(None, description=(
+    memory_limit: ByteSize = Field(1024**3, description=(
         "The most memory the run's processes (parent, writer, workers; summed PSS) should use, e.g. 1GiB. "
         "The local executor sizes from it the chunks (when input.chunk_bytes is not set), the results in "
         "flight to the writer and the writer's row-group buffer: about 48 MiB for each process, 4x the "
         "chunk for each worker, a quarter of the rest (at most 256 MiB) for the writer; chunks between 1 MiB "
-        "and 4 MiB. Default: 1 GiB, or more when run.workers need it. See pipeline/memory.py."))
+        "and 4 MiB (see pipeline/memory.py). Left unset, it is 1 GiB, raised to what run.workers need. "
+        "DuckDB has it too: `sql` stages share it between the workers (at least 64 MiB each); finalize "
+        "has all of it and spills to disk past it."))
 
     @field_validator("memory_limit")
     @classmethod
-    def _memory_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None:
-            memory_plan(value, info.data.get("workers") or 1)   # ValueError: too little for the workers
+    def _memory_limit(cls, value: int, info: ValidationInfo) -> int:
+        memory_plan(value, info.data.get("workers") or 1)   # ValueError: too little for the workers
         return value
+
+    @property
+    def memory_budget(self) -> int | None:
+        """``memory_limit`` when the job sets it; None: the default, sized for the workers."""
+        return self.memory_limit if "memory_limit" in self.model_fields_set else None
 
     @field_validator("state_dir", "metrics_file")
     @classmethod
@@ -345,9 +449,16 @@ class Job(_Model):
         "The job's name: letters, digits, `_`, `.`, `-`, starting with a letter or digit. It names the "
         "job in log lines, the lock message, process titles, the manifest and the state store."))
     input: InputConfig = Field(description="Where the input files are and how they are read.")
+    lookups: Annotated[dict[str, LookupConfig], AfterValidator(_check_lookups), EmptyIsDefault] = Field(
+        default_factory=dict, description=(
+            "Small reference tables, `{countries: {path: ref/countries.csv}}`, visible to `sql` stages and "
+            "finalize by name (see docs/sql.md)."))
     stages: tuple[StageSpec, ...] = Field((), description=(
         "The stages, run in order on every chunk: each item is a mapping with one key, the stage name "
         "(see docs/stages.md)."))
+    finalize: FinalizeConfig | None = Field(None, description=(
+        "One DuckDB query over the whole run's output, after every chunk and before the publish: "
+        "dedupe, aggregates, sort order (see docs/sql.md)."))
     output: OutputConfig = Field(description="Where and how the Parquet dataset is written.")
     run: Annotated[RunConfig, EmptyIsDefault] = Field(default_factory=RunConfig, description=(
         "How the job runs: workers, bad rows, retries, state and metrics."))
@@ -383,6 +494,8 @@ MODEL_AT: dict[str, type[BaseModel]] = {
     "output": OutputConfig,
     "run": RunConfig,
     "run.dask": DaskConfig,
+    "finalize": FinalizeConfig,
+    "finalize.dedupe": DedupeConfig,
 }
 
 
@@ -409,6 +522,10 @@ def _stage_data(stage: StageSpec) -> Any:
 
 def _config_hash(job: Job) -> str:
     data = job.model_dump(mode="json", by_alias=True, include={"name", "input", "output", "params"})
+    if job.lookups:   # only when present, so that the hash of a job without them stays what it was
+        data["lookups"] = {k: v.model_dump(mode="json", by_alias=True) for k, v in sorted(job.lookups.items())}
+    if job.finalize is not None:
+        data["finalize"] = job.finalize.model_dump(mode="json", by_alias=True)
     data["input"]["schema"] = dict(sorted(data["input"]["schema"].items()))
     data["params"] = dict(sorted(data["params"].items()))
     data["stages"] = [{s.name: _stage_data(s)} for s in job.stages]
@@ -421,5 +538,6 @@ def dump_config(job: Job) -> dict:
     """The validated job as plain data (JSON-serialisable), for the manifest."""
     data = job.model_dump(mode="json", by_alias=True, exclude={"lines", "base_dir", "stages"})
     data["stages"] = [{s.name: _stage_data(s)} for s in job.stages]
-    order = ["name", "input", "stages", "output", "run", "params", "config_path", "config_hash"]
+    order = ["name", "input", "lookups", "stages", "finalize", "output", "run", "params", "config_path",
+             "config_hash"]
     return {k: data[k] for k in order}

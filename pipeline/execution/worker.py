@@ -6,6 +6,7 @@ and the job's settings arrive once per process through ``init`` (the pool initia
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from pipeline import arrays
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
+from pipeline.input.lookups import lookup_tables
 from pipeline.input.plan import Chunk, ReadSpec
 from pipeline.input.read import BadRow, read_chunk
 from pipeline.stages import StageContext, apply_stages
@@ -41,6 +43,9 @@ class WorkerSpec:
     on_bad_rows: str
     spool: str = ""                    # directory for the Arrow files the queue messages point to
     allowed_modules: tuple[str, ...] = ()
+    memory_bytes: int = 256 << 20       # DuckDB's memory limit for the sql stages of one worker
+    lookups: tuple = ()                 # pipeline.input.lookups.Lookup records
+    lookups_key: tuple = ()             # their fingerprints: a changed file is read again
 
 
 @dataclass
@@ -145,7 +150,9 @@ def chunk_tables(chunk: Chunk, spec: WorkerSpec, result: ChunkResult) -> Iterato
     bad-row samples go into ``result``. Bad rows beyond the job's policy raise InputError.
     """
     ctx = StageContext(base_dir=Path(spec.base_dir), chunk=chunk.describe(),
-                       allowed_modules=spec.allowed_modules)
+                       allowed_modules=spec.allowed_modules, memory_bytes=spec.memory_bytes,
+                       lookups_key=spec.lookups_key,
+                       load_lookups=functools.partial(lookup_tables, spec.lookups, spec.lookups_key))
     stage_list = [(name, s) for name, s in spec.stages]
     try:
         for block in read_chunk(chunk, spec.read):

@@ -222,7 +222,7 @@ def chunk_size(job, files: list[InputFile], workers: int) -> int:
         return job.input.chunk_bytes
     total = sum(f.size for f in files)
     if job.run.executor == "local":
-        largest = memory_plan(job.run.memory_limit, workers).chunk_bytes
+        largest = memory_plan(job.run.memory_budget, workers).chunk_bytes
     else:
         largest = MAX_AUTO_CHUNK
     return int(min(largest, max(MIN_AUTO_CHUNK, total / (4 * max(workers, 1)))))

@@ -1,6 +1,9 @@
 """Stages: the registry, the runner and the built-in stages (see docs/stages.md)."""
 
-from pipeline.stages import builtin  # noqa: F401  (registers the built-in stages)
+from pipeline.stages import (
+    builtin,  # noqa: F401  (registers the built-in stages)
+    sql,  # noqa: F401  (registers the sql stage; DuckDB is imported when used)
+)
 from pipeline.stages.python_stage import PythonSpec, check_python_spec, load_function
 from pipeline.stages.registry import (
     REJECTS_SCHEMA,

@@ -41,6 +41,9 @@ class StageContext:
     chunk: str = ""                # what is being processed, e.g. "chunk 3 of data/a.csv (bytes 0-67108864)"
     allowed_modules: tuple[str, ...] = ()  # installed modules a python stage may import
     stage: str = ""                # the key of the stage being run, e.g. "stages[3].python"
+    memory_bytes: int = 256 << 20  # DuckDB's memory limit for this process's sql stages
+    lookups_key: tuple = ()        # identifies the job's lookup tables (names and file fingerprints)
+    load_lookups: Callable[[], Any] | None = None  # reads them: {name: Arrow table}, once per process
 
 
 @dataclass
