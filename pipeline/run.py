@@ -59,6 +59,7 @@ class Counts:
     rows_filtered: int = 0
     rows_rejected: int = 0
     rows_added: int = 0
+    lines_skipped: int = 0     # comment lines (csv.comment)
 
     def add(self, r: ChunkResult) -> None:
         self.rows_read += r.rows_read
@@ -66,6 +67,7 @@ class Counts:
         self.rows_filtered += r.rows_filtered
         self.rows_rejected += r.rows_rejected
         self.rows_added += r.rows_added
+        self.lines_skipped += r.lines_skipped
 
     def balanced(self) -> bool:
         return self.rows_read + self.rows_added == self.rows_written + self.rows_filtered + self.rows_rejected
@@ -115,7 +117,8 @@ class Report:
             f"  input     {plural(self.input_files, 'file')}, {format_bytes(self.input_bytes)}, "
             f"{plural(self.chunks, 'chunk')}{workers}",
             f"  rows      {c.rows_read:,} read, {c.rows_written:,} written, {c.rows_filtered:,} filtered, "
-            f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else ""),
+            f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by python stages" if c.rows_added else "")
+            + (f"; {c.lines_skipped:,} comment lines skipped" if c.lines_skipped else ""),
         ]
         if self.finalize:
             f = self.finalize

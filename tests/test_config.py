@@ -522,7 +522,7 @@ def test_not_utf8(tmp_path):
             "name: job\ninput: {paths: a, format: xlsx}\noutput: {path: out}\n",
             "input.format",
             2,
-            ["expected one of csv, tsv, jsonl, parquet or auto"],
+            ["expected one of csv, tsv, jsonl, json, parquet or auto"],
         ),
         (
             "name: job\ninput: {paths: a}\noutput: {path: out}\nrun:\n  workers: many\n",
@@ -557,12 +557,8 @@ def test_not_utf8(tmp_path):
         ("name: job\ninput:\n  paths: a\n  csv:\n    delimiter: ';;'\noutput: {path: out}\n", "input.csv.delimiter", 5, ["exactly one character"]),
         ("name: job\ninput:\n  paths: a\n  csv:\n    quote: \"''\"\noutput: {path: out}\n", "input.csv.quote", 5, ["one character, or null"]),
         ("name: job\ninput:\n  paths: a\n  csv:\n    encoding: klingon\noutput: {path: out}\n", "input.csv.encoding", 5, ["unknown encoding"]),
-        (
-            "name: job\ninput:\n  paths: a\n  csv:\n    header: false\noutput: {path: out}\n",
-            "input.csv",
-            4,
-            ["header: false requires column_names"],
-        ),
+        ("name: job\ninput:\n  paths: a\n  csv:\n    comment: ''\noutput: {path: out}\n", "input.csv.comment", 5, ["non-empty prefix"]),
+        ("name: job\ninput:\n  paths: a\n  csv:\n    skip_rows: -1\noutput: {path: out}\n", "input.csv.skip_rows", 5, ["greater than or equal to 0"]),
         ("name: job\ninput:\n  paths: a\n  csv: {header: maybe}\noutput: {path: out}\n", "input.csv.header", 4, ["expected true or false"]),
         ("name: job\ninput:\n  paths: []\noutput: {path: out}\n", "input.paths", 3, ["at least one"]),
         ("name: job\ninput:\n  paths:\n    - a.csv\n    - {x: 1}\noutput: {path: out}\n", "input.paths[1]", 5, ["expected a string, got a mapping"]),

@@ -21,6 +21,13 @@ CASES = {
     "header_only": b"id,name\n",
     "header_only_no_newline": b"id,name",
     "blank_lines": b"id,name\n1,a\n\n2,b\n\r\n3,c\n",
+    # a lone CR ends a line, as pyarrow and Python's csv read it (issue 11, case 14)
+    "lone_cr": b"a,b\r1,2\r3,4\r",
+    "mixed_line_ends": b"id,name\r\n1,a\r2,b\n3,c\r\n4,\"x\ry\"\r",
+    # a quote is special only at the start of a field (case 15)
+    "quote_in_header_and_field": b'id,name"\n1,a\n2,b"\n3,c\n',
+    "quote_mid_field": b'id,note\n1,a 5" disk\n2,"x\ny"\n3,c 7" disk\n4,"z"\n',
+    "text_after_closing_quote": b'id,note\n1,"a"b\n2,c\n',
 }
 
 

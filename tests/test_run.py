@@ -43,7 +43,7 @@ def test_filter_derive_select_matches_duckdb(tmp_path, workers, capsys):
     assert [(r["id"], r["country"], r["total"]) for r in got] == ref
     m = manifest_of(tmp_path / "out")
     assert m["counts"] == {"rows_read": 6, "rows_written": len(ref), "rows_filtered": 6 - len(ref),
-                           "rows_rejected": 0, "rows_added": 0}
+                           "rows_rejected": 0, "rows_added": 0, "lines_skipped": 0}
     assert (tmp_path / "out" / "_SUCCESS").exists()
     assert f"6 read, {len(ref)} written, {6 - len(ref)} filtered, 0 rejected" in out
 

@@ -56,7 +56,7 @@ def test_a_first_run(job_and_plan):
     assert m["rejects"] == {"files": [FILES[1]], "rows": 2}
     assert m["chunks"] == len(plan.chunks)
     assert m["counts"] == {"rows_read": 12, "rows_written": 8, "rows_filtered": 2, "rows_rejected": 2,
-                           "rows_added": 0}
+                           "rows_added": 0, "lines_skipped": 0}
     assert m["inputs"] == [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": f"fp-{i}"}
                            for i, f in enumerate(plan.files)]
     (run,) = m["runs"]
@@ -91,4 +91,4 @@ def test_a_run_that_wrote_nothing(job_and_plan):
     m = build_manifest(job, plan, "r3", Counts(), [], None, None)
     assert m["schema"] == [] and m["files"] == [] and m["rejects"] == {"files": [], "rows": 0}
     assert m["counts"] == {"rows_read": 0, "rows_written": 0, "rows_filtered": 0, "rows_rejected": 0,
-                           "rows_added": 0}
+                           "rows_added": 0, "lines_skipped": 0}

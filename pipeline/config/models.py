@@ -57,15 +57,28 @@ class CsvOptions(_Model):
 
     delimiter: str = Field(",", description=(
         'One character; write "\\t" for a tab. The default for `format: tsv` is a tab.'))
-    header: bool = Field(True, description="The first line holds the column names.")
+    header: bool = Field(True, description=(
+        "The first record (after `skip_rows`) holds the column names. With `false`, the columns are named by "
+        "`column_names`, or else `column0`, `column1`, ... as DuckDB names them."))
     column_names: StrTuple | None = Field(None, description=(
-        "The column names, in order, when `header: false` (required then); ignored when `header: true`."))
+        "The column names, in order, when `header: false`; ignored when `header: true`."))
     quote: str | None = Field('"', description=(
-        "The quote character (RFC 4180 quoting: quoted fields may hold the delimiter, doubled quotes "
-        "and newlines); null turns quoting off."))
+        "The quote character, special only at the start of a field (as in Arrow, Python's csv and DuckDB): "
+        "a quoted field may hold the delimiter, doubled quotes and newlines; elsewhere a quote is text. "
+        "null turns quoting off."))
     null_values: StrTuple = Field(("", "NA", "NULL", "null"), description="Field values read as null.")
     encoding: str = Field("utf-8", description=(
-        "The text encoding: any Python codec name (`latin-1`, `cp1252`, ...). Text invalid in it makes bad rows."))
+        "The text encoding: a Python codec name that keeps ASCII bytes as they are (`latin-1`, `cp1252`, ...; "
+        "not UTF-16). Text invalid in it makes bad rows."))
+    comment: str | None = Field(None, description=(
+        "A prefix such as `#`: a line that starts a record with it is skipped whole and counted apart "
+        "(`lines_skipped` in the manifest's counts)."))
+    skip_rows: int = Field(0, ge=0, description=(
+        "Records to skip before the header (or before the data when `header: false`); a quoted field over "
+        "two lines is one record, blank and comment lines do not count."))
+    rename_duplicates: bool = Field(False, description=(
+        "Read a header with empty or repeated names, named as DuckDB does (`a,a,,b` reads as "
+        "`a, a_1, column2, b`). Otherwise such a header is refused (exit 65)."))
 
     @field_validator("delimiter", mode="before")
     @classmethod
@@ -74,6 +87,8 @@ class CsvOptions(_Model):
             return "\t"
         if not isinstance(value, str) or len(value) != 1 or value in "\r\n":
             raise ValueError(f'expected exactly one character (use "\\t" for a tab), got {show(value)}')
+        if not value.isascii():
+            raise ValueError(f"expected an ASCII character (the CSV parser splits on one byte), got {show(value)}")
         return value
 
     @field_validator("quote", mode="before")
@@ -81,6 +96,15 @@ class CsvOptions(_Model):
     def _quote(cls, value: Any) -> Any:
         if value is not None and (not isinstance(value, str) or len(value) != 1 or value in "\r\n"):
             raise ValueError(f"expected one character, or null for no quoting, got {show(value)}")
+        if value is not None and not value.isascii():
+            raise ValueError(f"expected an ASCII character (the CSV parser reads it as one byte), got {show(value)}")
+        return value
+
+    @field_validator("comment")
+    @classmethod
+    def _comment(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "\n" in value or "\r" in value):
+            raise ValueError(f"expected a non-empty prefix on one line, such as '#', got {show(value)}")
         return value
 
     @field_validator("encoding")
@@ -92,6 +116,14 @@ class CsvOptions(_Model):
             raise ValueError(
                 f"unknown encoding {show(value)}; expected a name such as utf-8, latin-1 or cp1252"
             ) from None
+        sample = ',;|\t"\'\r\n#abc'
+        try:
+            compatible = sample.encode(value) == sample.encode("ascii")
+        except (UnicodeError, LookupError):
+            compatible = False
+        if not compatible:
+            raise ValueError(f"encoding {show(value)} does not keep ASCII bytes as they are (records are found "
+                             f"byte by byte); convert the files to UTF-8 first")
         return value
 
     @field_validator("column_names")
@@ -105,8 +137,6 @@ class CsvOptions(_Model):
 
     @model_validator(mode="after")
     def _cross(self) -> CsvOptions:
-        if not self.header and self.column_names is None:
-            raise ValueError("header: false requires column_names (the names of the columns, in order)")
         if self.quote is not None and self.quote == self.delimiter:
             raise ValueError(f"quote and delimiter must differ, both are {show(self.quote)}")
         return self
@@ -138,10 +168,11 @@ class InputConfig(_Model):
         "One glob or a list of globs (`**` matches folders recursively), relative to the job file's "
         "folder, or URLs. The matches are sorted; duplicates, folders and names starting with `_` or `.` "
         "are skipped. A glob that matches nothing is an error (exit 78)."))
-    format: Literal["csv", "tsv", "jsonl", "parquet", "auto"] = Field("auto", description=(
-        "`auto` tells the format by the extension (`.csv`; `.tsv`/`.tab`; `.jsonl`/`.ndjson`/`.json`; "
+    format: Literal["csv", "tsv", "jsonl", "json", "parquet", "auto"] = Field("auto", description=(
+        "`auto` tells the format by the extension (`.csv`; `.tsv`/`.tab`; `.jsonl`/`.ndjson`; `.json`; "
         "`.parquet`/`.pq`) after stripping `.gz`/`.gzip`/`.zst`/`.zstd`/`.bz2`. Compression is always told "
-        "by the extension."))
+        "by the extension. `json` (and a `.json` file whose first non-blank byte is `[`) is one JSON array "
+        "of objects, read whole (at most 512 MiB); any other `.json` file is JSON Lines."))
     csv: Annotated[CsvOptions, EmptyIsDefault] = Field(default_factory=CsvOptions, description=(
         "How CSV and TSV files are read."))
     schema_: Annotated[dict[str, TypeName], EmptyIsDefault] = Field(default_factory=dict, alias="schema", description=(
@@ -154,7 +185,7 @@ class InputConfig(_Model):
         "4 MiB); with the Dask executor about four chunks per worker, between 4 MiB and 32 MiB."))
     sample_bytes: ByteSize = Field(1024**2, description="How much of each text file is read to infer column types.")
     max_record_bytes: ByteSize = Field(16 * 1024**2, description=(
-        "A longer record is a bad row (usually an unterminated quote)."))
+        "A longer record is a bad row. (A quote that is never closed is a bad row whatever its length.)"))
     max_decompressed_bytes: ByteSize | None = Field(None, description=(
         "Fail the run (exit 65) when a compressed file inflates past this size: a guard against "
         "decompression bombs. None: no limit."))
@@ -163,6 +194,9 @@ class InputConfig(_Model):
     allow_missing_columns: bool = Field(False, description=(
         "Let CSV, TSV and Parquet files have different columns: the schema is the union and a missing "
         "column reads as nulls. Otherwise different columns stop the run (exit 65)."))
+    hive_partitioning: bool = Field(True, description=(
+        "`key=value` folders below the wildcards of a glob become columns (`key`) of the rows of the files "
+        "under them, as pyarrow and DuckDB read hive-partitioned data."))
     incremental: bool = Field(False, description=(
         "Read only the files that are new or changed since the job's last successful run, and append "
         "their rows to the output; `run --full-refresh` rebuilds from every file (see docs/cron.md)."))

@@ -60,6 +60,7 @@ class ChunkResult:
     rows_filtered: int = 0
     rows_rejected: int = 0
     rows_added: int = 0
+    lines_skipped: int = 0      # comment lines (csv.comment): not rows, counted apart
     bytes_read: int = 0
     messages: int = 0
     seconds: float = 0.0
@@ -157,6 +158,7 @@ def chunk_tables(chunk: Chunk, spec: WorkerSpec, result: ChunkResult) -> Iterato
     try:
         for block in read_chunk(chunk, spec.read):
             result.rows_read += block.rows_read
+            result.lines_skipped += block.skipped
             bad = list(block.bad)
             if spec.stages:
                 out = apply_stages(block.table, stage_list, ctx)

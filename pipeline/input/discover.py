@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
+import urllib.parse
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError, InputError
@@ -13,7 +14,9 @@ from pipeline.input.storage import is_url
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+           ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+SNIFF_BYTES = 64 << 10
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"   # the folder of a null partition value (Hive, Spark, pyarrow)
 
 
 @dataclass(frozen=True)
@@ -21,10 +24,12 @@ class InputFile:
     """One input file as the plan sees it. Plain data: it crosses process boundaries."""
 
     path: str
-    format: str            # csv | tsv | jsonl | parquet
+    format: str            # csv | tsv | jsonl | json (one JSON array) | parquet
     compression: str | None  # gzip | zstd | bz2 | None
     size: int
     mtime_ns: int
+    partitions: tuple[tuple[str, str | None], ...] = ()   # hive key=value folders below the glob's root
+
 
     @property
     def name(self) -> str:
@@ -47,14 +52,19 @@ def detect(path: str, configured: str) -> tuple[str, str | None]:
             return fmt, compression
     raise ConfigError(
         f"cannot tell the format of {path!r} from its extension; set input.format "
-        f"(csv, tsv, jsonl, parquet)",
+        f"(csv, tsv, jsonl, json, parquet)",
         key="input.format",
     )
 
 
 def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlinks: bool = False,
-             line_of=None) -> list[InputFile]:
+             line_of=None, hive: bool = True) -> list[InputFile]:
     """Expand every glob (sorted), keep regular files, refuse unmatched globs.
+
+    Below the part of a glob without wildcards, files and folders whose names start with ``_`` or
+    ``.`` are left out (``_rejects/``, ``_manifest.json``, editor and staging files), as Spark,
+    pyarrow and DuckDB do, and ``key=value`` folders are hive partitions: columns of every row of
+    the files below them (``hive``).
 
     A glob that matches nothing is a configuration error naming the pattern. Symlinks are
     refused unless ``follow_symlinks`` is set, so a planted link cannot pull in other files.
@@ -65,13 +75,17 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
         key = f"input.paths[{i}]"
         line = line_of(key) if line_of else None
         if is_url(pattern):
-            files.extend(_discover_url(pattern, configured_format, seen, key, line))
+            files.extend(_discover_url(pattern, configured_format, seen, key, line, hive))
             continue
         matches = sorted(glob.glob(pattern, recursive=True))
         matches = [m for m in matches if not os.path.isdir(m)]
         if not matches:
             raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
+        root = literal_root(pattern, os.sep)
         for match in matches:
+            below = _below(root, match, os.sep)
+            if hidden(below):
+                continue
             real = os.path.abspath(match)
             if real in seen:
                 continue
@@ -89,11 +103,14 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
             if not stat.S_ISREG(st.st_mode):
                 continue
             fmt, compression = detect(real, configured_format)
-            files.append(InputFile(real, fmt, compression, st.st_size, st.st_mtime_ns))
+            if fmt == "json":
+                fmt = json_kind(real, compression)
+            files.append(InputFile(real, fmt, compression, st.st_size, st.st_mtime_ns,
+                                   hive_partitions(below) if hive else ()))
     return files
 
 
-def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str, line) -> list[InputFile]:
+def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str, line, hive: bool) -> list[InputFile]:
     """The files an fsspec URL glob (s3://bucket/raw/*.csv) matches, sorted."""
     try:
         matches = glob_url(pattern)
@@ -105,10 +122,64 @@ def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str
     if not matches:
         raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
     files = []
+    root = literal_root(pattern, "/")
     for url, size, mtime_ns in matches:
-        if url in seen:
+        below = _below(root, url, "/")
+        if url in seen or hidden(below):
             continue
         seen.add(url)
         fmt, compression = detect(url, configured_format)
-        files.append(InputFile(url, fmt, compression, size, mtime_ns))
+        if fmt == "json":
+            fmt = json_kind(url, compression)
+        files.append(InputFile(url, fmt, compression, size, mtime_ns, hive_partitions(below) if hive else ()))
     return files
+
+
+def json_kind(path: str, compression: str | None) -> str:
+    """``json`` when the file is one JSON array (its first non-blank byte is '['), else ``jsonl``."""
+    from pipeline.input.json_array import looks_like_array
+    from pipeline.input.streams import open_decompressed
+
+    with open_decompressed(path, compression) as stream:
+        head = stream.read(SNIFF_BYTES)
+    return "json" if looks_like_array(head) else "jsonl"
+
+
+def literal_root(pattern: str, sep: str) -> str:
+    """The folder part of a glob before its first wildcard (``out/**/*.parquet`` -> ``out``)."""
+    parts = pattern.split(sep)
+    fixed = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    else:
+        fixed = parts[:-1]   # no wildcard in a folder: the file's own folder
+    root = sep.join(fixed)
+    return root or (sep if pattern.startswith(sep) else "")
+
+
+def _below(root: str, match: str, sep: str) -> list[str]:
+    """The path components of ``match`` below ``root`` (folders, then the file name)."""
+    if sep == os.sep:
+        rel = os.path.relpath(os.path.abspath(match), os.path.abspath(root or "."))
+    elif root and match.startswith(root.rstrip("/") + "/"):
+        rel = match[len(root.rstrip("/")) + 1:]
+    else:
+        rel = match.rsplit("/", 1)[-1]
+    return [p for p in rel.split(sep) if p not in ("", ".")]
+
+
+def hidden(parts: list[str]) -> bool:
+    return any(p.startswith(("_", ".")) for p in parts)
+
+
+def hive_partitions(parts: list[str]) -> tuple[tuple[str, str | None], ...]:
+    """(key, value) of every ``key=value`` folder; the writer's null folder gives None."""
+    out = []
+    for part in parts[:-1]:
+        key, eq, value = part.partition("=")
+        if eq and key:
+            value = urllib.parse.unquote(value)
+            out.append((urllib.parse.unquote(key), None if value == NULL_PARTITION else value))
+    return tuple(out)

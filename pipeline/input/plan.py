@@ -6,19 +6,17 @@ record boundaries, but writes nothing. ``pipeline plan`` prints what it returns.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.input import infer
+from pipeline.input import infer, json_array
 from pipeline.input.discover import InputFile, discover
-from pipeline.input.split import record_spans, split_ranges
+from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
 from pipeline.memory import memory_plan
@@ -38,6 +36,7 @@ class ReadSpec:
     delimiter: str = ","
     quote: str | None = '"'
     null_values: tuple[str, ...] = ("",)
+    comment: str | None = None
     encoding: str = "utf-8"
     max_record_bytes: int = 16 << 20
     max_decompressed_bytes: int | None = None
@@ -58,6 +57,7 @@ class Chunk:
     columns: tuple[str, ...] = ()  # the file's own column names in its order (text formats)
     row_groups: tuple[int, ...] = ()
     delimiter: str = ","
+    lines_skipped: int = 0         # comment lines before the header (first chunk of a file)
 
     @property
     def nbytes(self) -> int:
@@ -107,42 +107,120 @@ def _read_head(f: InputFile, limit: int, max_decompressed: int | None = None) ->
     return data[:limit], len(data) <= limit
 
 
-def _header(f: InputFile, head: bytes, job, delimiter: str) -> tuple[tuple[str, ...], int, int]:
-    """(column names, byte offset where records start, physical line of the first record)."""
+def _dialect(job, delimiter: str) -> Dialect:
+    opts = job.input.csv
+    return Dialect.csv(delimiter, opts.quote, opts.comment, opts.encoding)
+
+
+def _parse_options(job, delimiter: str) -> pacsv.ParseOptions:
+    quote = job.input.csv.quote
+    return pacsv.ParseOptions(delimiter=delimiter, quote_char=quote or False, newlines_in_values=bool(quote),
+                              ignore_empty_lines=True)
+
+
+def _header(f: InputFile, head: bytes, whole: bool, job, delimiter: str) -> tuple[tuple[str, ...], int, int, int]:
+    """(column names, byte offset where records start, physical line of that offset, comment lines before it).
+
+    The header is the first record after ``csv.skip_rows`` records (blank and comment lines do not
+    count), found by the same state machine as every other record and split into names by the parser.
+    """
     opts = job.input.csv
     start = len(BOM) if head.startswith(BOM) else 0
-    if not opts.header:
-        return tuple(opts.column_names or ()), start, 1
-    quote = opts.quote.encode() if opts.quote else None
-    starts, ends = record_spans(head[start:], quote)
-    if not len(starts):
-        return (), len(head), 1
-    end = start + int(ends[0])
-    raw = head[start + int(starts[0]):end]
-    try:
-        text = raw.decode(opts.encoding)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{f.path} line 1: header is not valid {opts.encoding}: {exc.reason}",
-                         file=f.path, line=1) from exc
-    row = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
-                          quotechar=opts.quote or '"', quoting=csv.QUOTE_MINIMAL if opts.quote else csv.QUOTE_NONE))
-    names = tuple(row)
+    body = head[start:]
+    recs = record_spans(body, _dialect(job, delimiter))
+    want = opts.skip_rows + (1 if opts.header else 0)
+    if len(recs.starts) < want or (want and not whole and int(recs.ends[want - 1]) == len(body)) or \
+            (want and whole and recs.unterminated and want == len(recs.starts)):
+        if whole and len(recs.starts) < want:
+            if opts.header and len(recs.starts) == opts.skip_rows:
+                return (), len(head), 1, len(recs.comments)   # no header at all: an empty file
+            raise InputError(f"{f.path}: the file has {len(recs.starts)} records, fewer than csv.skip_rows "
+                             f"({opts.skip_rows}) and a header", file=f.path)
+        line = int(line_numbers(body, recs.starts[-1:], 1)[0]) if len(recs.starts) else 1
+        why = ("opens a quote that is never closed" if whole else
+               f"does not end within the first {len(body):,} bytes (an unterminated quote, or a header that long)")
+        raise InputError(f"{f.path} line {line}: the header {why}", file=f.path, line=line)
+    skip_end = int(recs.ends[opts.skip_rows - 1]) if opts.skip_rows else 0
+    if opts.header:
+        hs, he = int(recs.starts[opts.skip_rows]), int(recs.ends[opts.skip_rows])
+        data_start = he
+        names = _header_names(f, body[hs:he], job, delimiter, hs, body)
+    else:
+        data_start = skip_end
+        names = tuple(opts.column_names or ()) or _generated_names(f, body, recs, opts.skip_rows, job, delimiter)
+    if opts.rename_duplicates:
+        names = rename_columns(names)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes or any(n == "" for n in names):
         what = f"duplicate column names {dupes}" if dupes else "an empty column name"
-        raise InputError(f"{f.path} line 1: the header has {what}", file=f.path, line=1)
-    return names, end, 1 + raw.count(b"\n") + head[:start + int(starts[0])].count(b"\n")
+        line = count_line_ends(body, 0, data_start) if opts.header else 1
+        raise InputError(f"{f.path} line {line}: the header has {what}; set csv.rename_duplicates: true to "
+                         f"name them as DuckDB does (a, a_1; column2 for an empty name), or csv.header: false",
+                         file=f.path, line=line)
+    comments = int((recs.comments[:, 1] <= data_start).sum()) if len(recs.comments) else 0
+    return names, start + data_start, 1 + count_line_ends(body, 0, data_start), comments
+
+
+def _one_record(raw: bytes) -> bytes:
+    """The parser wants a line end after a record that ends the file."""
+    return raw if raw.endswith((b"\n", b"\r")) else raw + b"\n"
+
+
+def _header_names(f: InputFile, raw: bytes, job, delimiter: str, at: int, body: bytes) -> tuple[str, ...]:
+    line = 1 + count_line_ends(body, 0, at)
+    raw = _one_record(raw)
+    try:
+        table = pacsv.read_csv(pa.py_buffer(raw), read_options=pacsv.ReadOptions(
+            use_threads=False, encoding=job.input.csv.encoding), parse_options=_parse_options(job, delimiter))
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise InputError(f"{f.path} line {line}: cannot read the header: {str(exc).splitlines()[0]}",
+                         file=f.path, line=line) from exc
+    return tuple(table.column_names)
+
+
+def _generated_names(f: InputFile, body: bytes, recs, skip: int, job, delimiter: str) -> tuple[str, ...]:
+    """column0, column1, ... (zero-padded as DuckDB names them), as many as the first record has fields."""
+    if len(recs.starts) <= skip:
+        return ()
+    raw = _one_record(body[int(recs.starts[skip]):int(recs.ends[skip])])
+    try:
+        n = pacsv.read_csv(pa.py_buffer(raw), read_options=pacsv.ReadOptions(
+            use_threads=False, encoding=job.input.csv.encoding, autogenerate_column_names=True),
+            parse_options=_parse_options(job, delimiter)).num_columns
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        line = 1 + count_line_ends(body, 0, int(recs.starts[skip]))
+        raise InputError(f"{f.path} line {line}: cannot read the first record: {str(exc).splitlines()[0]}",
+                         file=f.path, line=line) from exc
+    width = len(str(n - 1))
+    return tuple(f"column{i:0{width}d}" for i in range(n))
+
+
+def rename_columns(names) -> tuple[str, ...]:
+    """DuckDB's names for a header: an empty name is column<i>, a repeated one gets _1, _2, ..."""
+    width = len(str(len(names) - 1))
+    out: list[str] = []
+    used: set[str] = set()
+    for i, name in enumerate(names):
+        name = name or f"column{i:0{width}d}"
+        if name in used:
+            k = 1
+            while f"{name}_{k}" in used:
+                k += 1
+            name = f"{name}_{k}"
+        used.add(name)
+        out.append(name)
+    return tuple(out)
 
 
 def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start: int, job,
                        delimiter: str) -> dict[str, pa.DataType]:
     opts = job.input.csv
     sample = head[data_start:data_start + job.input.sample_bytes]
-    quote = opts.quote.encode() if opts.quote else None
+    dialect = _dialect(job, delimiter)
     if not (whole and data_start + job.input.sample_bytes >= len(head)):
-        _starts, ends = record_spans(sample, quote)
+        recs = record_spans(sample, dialect)
         # drop the last record: it may be cut off
-        sample = sample[: int(ends[-2])] if len(ends) > 1 else b""
+        sample = sample[: int(recs.ends[-2])] if len(recs.ends) > 1 else b""
     if not names:
         return {}
     if not sample.strip():
@@ -150,10 +228,9 @@ def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start
     from pipeline.input.read import parse_block  # read imports this module
 
     read_options = pacsv.ReadOptions(column_names=list(names), use_threads=False, encoding=opts.encoding)
-    parse_options = pacsv.ParseOptions(delimiter=delimiter, quote_char=opts.quote or False,
-                                       newlines_in_values=bool(opts.quote))
     convert = pacsv.ConvertOptions(column_types={n: pa.binary() for n in names},
                                    null_values=list(opts.null_values), strings_can_be_null=True)
+    parse_options = _parse_options(job, delimiter)
 
     def parse(data: bytes) -> pa.Table:
         if not data.strip(b"\r\n"):
@@ -162,7 +239,7 @@ def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start
                               convert_options=convert)
 
     # ragged rows in the sample are left out here; they are bad rows when the chunk is read
-    table = parse_block(sample, parse, file=f.path, base_offset=0, first_line=1, quote=quote,
+    table = parse_block(sample, parse, file=f.path, base_offset=0, first_line=1, dialect=dialect,
                         max_record=job.input.max_record_bytes, names=list(names), check_lengths=False,
                         to_schema=lambda t: t).table
     return {n: infer.infer_column(_valid_utf8(table.column(n))) for n in names}
@@ -211,6 +288,18 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
     return {name: table.schema.field(name).type for name in table.column_names}
 
 
+def _sample_json_array_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str, pa.DataType]:
+    """Types from the first elements of a JSON array, read as the JSON Lines they are equivalent to."""
+    text = head.decode("utf-8", errors="replace")
+    lines, size = [], 0
+    for _, element in json_array.elements(text, f.path, partial=not whole):
+        lines.append(element)
+        size += len(element) + 1
+        if size >= job.input.sample_bytes:
+            break
+    return _sample_json_types(f, ("\n".join(lines) + "\n").encode(), True, job) if lines else {}
+
+
 def chunk_size(job, files: list[InputFile], workers: int) -> int:
     """``input.chunk_bytes``, or by default about four chunks per worker, at least 4 MiB, at most
     what ``run.memory_limit`` allows the local executor's workers (see pipeline/memory.py; the Dask
@@ -233,12 +322,12 @@ def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, firs
     if f.compression:
         cid = chunk_id(f, data_start, -1)
         return [Chunk(cid, f, 0, data_start, -1, first_line, -1, tuple(names), delimiter=delimiter)]
-    quote = job.input.csv.quote.encode() if job.input.csv.quote and f.format != "jsonl" else None
+    dialect = JSON_LINES if f.format == "jsonl" else _dialect(job, delimiter)
     chunks = []
     with open_input(f.path) as fh:
         for i, (a, b, line, quotes) in enumerate(
-                split_ranges(fh, data_start, f.size, chunk_bytes, quote, first_line, count_lines=False)):
-            chunks.append(Chunk(chunk_id(f, a, b), f, i, a, b, line, quotes if quote else 0,
+                split_ranges(fh, data_start, f.size, chunk_bytes, dialect, first_line, count_lines=False)):
+            chunks.append(Chunk(chunk_id(f, a, b), f, i, a, b, line, quotes,
                                 tuple(names), delimiter=delimiter))
     return chunks
 
@@ -271,7 +360,7 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
     decided by an earlier run, so that new parts match the output they join.
     """
     files = discover(job.input.paths, job.input.format, follow_symlinks=job.input.follow_symlinks,
-                     line_of=job.line_of)
+                     line_of=job.line_of, hive=job.input.hive_partitioning)
     discovered = files
     if select is not None:
         files = select(files)
@@ -292,21 +381,26 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
                 # Types come from the first SAMPLE_FILES files of a format (and from any file that
                 # brings new columns): with thousands of small files, sampling each would dominate.
                 sample = sampled.get(f.format, 0) < SAMPLE_FILES
-                limit = (max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT) if sample or f.format == "jsonl"
-                         else HEAD_LIMIT)
+                limit = (max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT)
+                         if sample or f.format in ("jsonl", "json") else HEAD_LIMIT)
                 head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
-                if f.format == "jsonl":
+                if f.format == "json":
+                    per_file[f.path] = _sample_json_array_types(f, head, whole, job) if sample else {}
+                    fchunks = [Chunk(chunk_id(f, 0, -1), f, 0, 0, -1)]
+                elif f.format == "jsonl":
                     start = len(BOM) if head.startswith(BOM) else 0
                     per_file[f.path] = _sample_json_types(f, head[start:], whole, job) if sample else {}
                     fchunks = _text_chunks(f, job, "\n", (), start, 1, chunk_bytes)
                 else:
                     delimiter = _delimiter(job, f.format)
-                    names, start, first_line = _header(f, head, job, delimiter)
+                    names, start, first_line, comments = _header(f, head, whole, job, delimiter)
                     if sample or not set(names) <= known:
                         per_file[f.path] = _sample_text_types(f, head, whole, names, start, job, delimiter)
                     else:
                         per_file[f.path] = {n: pa.null() for n in names}
                     fchunks = _text_chunks(f, job, delimiter, names, start, first_line, chunk_bytes)
+                    if comments and fchunks:
+                        fchunks[0] = replace(fchunks[0], lines_skipped=comments)
                 if sample:
                     sampled[f.format] = sampled.get(f.format, 0) + 1
                 known.update(per_file[f.path])
@@ -317,12 +411,13 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
         file_order[f.path] = tuple(per_file[f.path])
         chunks.extend(fchunks)
 
-    schema, inferred = _unify(files, per_file, file_order, job, pinned or {})
+    schema, inferred = _unify(files, per_file, file_order, job, pinned or {}, _partition_types(files, per_file))
     spec = ReadSpec(
         schema=schema,
         delimiter=job.input.csv.delimiter,
         quote=job.input.csv.quote,
         null_values=tuple(job.input.csv.null_values),
+        comment=job.input.csv.comment,
         encoding=job.input.csv.encoding,
         max_record_bytes=job.input.max_record_bytes,
         max_decompressed_bytes=job.input.max_decompressed_bytes,
@@ -332,7 +427,20 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
     return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered)
 
 
-def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[str, str]]:
+def _partition_types(files: list[InputFile], per_file) -> dict[str, pa.DataType]:
+    """The type of every hive partition column, from all its folder values (the files' own columns win
+    nothing: a name that is both a column and a partition folder is refused)."""
+    values: dict[str, list[str | None]] = {}
+    for f in files:
+        for key, value in f.partitions:
+            if key in per_file[f.path]:
+                raise InputError(f"{f.path}: {key!r} is both a column of the file and a partition folder "
+                                 f"({key}=...); rename one, or set input.hive_partitioning: false", file=f.path)
+            values.setdefault(key, []).append(value)
+    return {k: infer.infer_column(pa.array(v, pa.string())) for k, v in values.items()}
+
+
+def _unify(files, per_file, file_order, job, pinned, partitions=None) -> tuple[pa.Schema, dict[str, str]]:
     order: list[str] = []
     types: dict[str, pa.DataType] = {}
     for f in files:
@@ -342,7 +450,10 @@ def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[st
                 types[name] = per_file[f.path][name]
             else:
                 types[name] = infer.unify(types[name], per_file[f.path][name])
-    text_files = [f for f in files if f.format != "jsonl"]
+    for name, dtype in (partitions or {}).items():   # after the files' columns, as pyarrow and DuckDB put them
+        order.append(name)
+        types[name] = dtype
+    text_files = [f for f in files if f.format not in ("jsonl", "json")]
     if not job.input.allow_missing_columns and len(text_files) > 1:
         first = text_files[0]
         base = set(file_order[first.path])
@@ -362,7 +473,7 @@ def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[st
                     file=f.path)
     inferred = {}
     user = job.input.types
-    json_only = bool(files) and all(f.format == "jsonl" for f in files)
+    json_only = bool(files) and all(f.format in ("jsonl", "json") for f in files)
     for name, dtype in user.items():
         if name not in types and json_only:
             # a JSON key the sample did not meet: the schema names it, so read it
@@ -384,6 +495,9 @@ def _unify(files, per_file, file_order, job, pinned) -> tuple[pa.Schema, dict[st
         elif name in pinned:
             dtype = pinned[name]
             inferred[name] = "earlier run"
+        elif name in (partitions or {}):
+            dtype = infer.nullable_to_string(types[name])
+            inferred[name] = "partition folders"
         else:
             dtype = infer.nullable_to_string(types[name])
             inferred[name] = "inferred"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -19,8 +19,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from pipeline.errors import InputError
+from pipeline.input import json_array
 from pipeline.input.plan import Chunk, ReadSpec
-from pipeline.input.split import line_at, line_numbers, record_spans
+from pipeline.input.split import JSON_LINES, Dialect, Scanner, count_line_ends, line_at, line_numbers, record_spans
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
 
@@ -45,6 +46,7 @@ class Block:
     bad: list[BadRow]
     rows_read: int
     locate: Callable[[np.ndarray], list[tuple[int | None, int | None, str | None]]] = field(repr=False)
+    skipped: int = 0       # comment lines left out (csv.comment)
 
 
 # --------------------------------------------------------------------------- parsing a block
@@ -90,8 +92,14 @@ _CSV_COLUMN = re.compile(r"^In CSV column #(\d+): (?:Row #\d+: )?CSV conversion 
 _CSV_PARSE = re.compile(r"^CSV parse error: (?:Row #\d+: )?(Expected \d+ columns, got \d+)", re.S)
 
 
-def _reason(exc: Exception, names: list[str]) -> str:
+def _reason(exc: Exception, names: list[str], record: bytes = b"") -> str:
     msg = str(exc).strip()
+    if msg.startswith("JSON parse error: unexpected field") and record:
+        late = _unknown_keys(record, names)
+        if late:
+            return (f"key {late[0]!r} is not in the input schema: the type sample (input.sample_bytes of the first "
+                    f"files) did not meet it; declare it under input.schema (for example {late[0]}: string) "
+                    f"or raise input.sample_bytes")
     m = _CSV_COLUMN.match(msg)
     if m:
         i = int(m.group(1))
@@ -107,14 +115,19 @@ def _reason(exc: Exception, names: list[str]) -> str:
 
 
 def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, base_offset: int,
-                first_line: int | Callable[[], int], quote: bytes | None, max_record: int, names: list[str],
-                check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table]) -> Block:
+                first_line: int | Callable[[], int], dialect: Dialect, max_record: int, names: list[str],
+                check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table],
+                record_lines: np.ndarray | None = None) -> Block:
     """Parse ``data`` (whole records) into a Block; see the module docstring for the two paths.
 
-    ``first_line`` is the line number of the first byte, or a function that counts it: it is
-    needed only to name the lines of bad rows.
+    The records come from the state machine of ``split`` (the parser's quoting rule): the parse
+    must give exactly one row per record, else the block takes the slow path, so that a parse that
+    stops early (an unterminated quote) is a bad row, never a silent shortfall. Comment lines are
+    taken out before parsing and counted in ``Block.skipped``. ``first_line`` is the line number of
+    the first byte, or a function that counts it: it is needed only to name the lines of bad rows.
+    ``record_lines`` gives each record's line directly (a JSON array turned into JSON Lines); byte
+    offsets are then not reported.
     """
-    spans: list[tuple[np.ndarray, np.ndarray]] = []
     if callable(first_line):
         counted: list[int] = []
         count = first_line
@@ -129,44 +142,76 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
         def line_base() -> int:
             return fixed
 
-    def all_spans() -> tuple[np.ndarray, np.ndarray]:
-        if not spans:
-            spans.append(record_spans(data, quote))
-        return spans[0]
+    original = data
+    skipped = 0
+    to_source = None
+    index: list = []
+
+    def records():
+        """The state machine's records of ``data`` (comment lines taken out of ``data`` first)."""
+        nonlocal data, skipped, to_source
+        if not index:
+            recs = record_spans(data, dialect)
+            if len(recs.comments):
+                skipped = len(recs.comments)
+                data, to_source = _without(data, recs.comments)
+                recs = record_spans(data, replace(dialect, comment=None))
+            index.append(recs)
+        return index[0]
+
+    def source(offsets: np.ndarray) -> np.ndarray:
+        return to_source(offsets) if to_source is not None else offsets
+
+    def lines_of(recs: np.ndarray) -> np.ndarray:
+        if record_lines is not None:
+            return record_lines[recs]
+        return line_numbers(original, source(records().starts[recs]), line_base(), dialect.cr)
+
+    def offset_of(record: int) -> int | None:
+        return None if record_lines is not None else base_offset + int(source(records().starts[record:record + 1])[0])
 
     def raw_of(s: int, e: int) -> str:
         return data[s:e].rstrip(b"\r\n").decode("utf-8", errors="replace")
 
-    try:
-        table = parse(data)
-        if check_lengths and len(data) > max_record and _longest_value(table) > max_record:
-            raise _TooLong()
-        table = to_schema(table)
-        starts_cache: list[np.ndarray] = []
+    def where(recs: np.ndarray):
+        st, en = records().starts, records().ends
+        return [(int(ln), offset_of(int(r)), raw_of(int(st[r]), int(en[r]))) for ln, r in zip(lines_of(recs), recs)]
 
-        def locate(rows: np.ndarray):
-            if not starts_cache:
-                st, en = all_spans()
-                starts_cache.append(st)
-                starts_cache.append(en)
-            st, en = starts_cache
-            if len(st) != table.num_rows:
-                return [(None, None, None)] * len(rows)
-            lines = line_numbers(data, st[rows], line_base())
-            return [(int(ln), base_offset + int(st[r]), raw_of(int(st[r]), int(en[r]))) for ln, r in zip(lines, rows)]
+    # Without a quote character (``check_lengths`` off) records cannot merge in the parser: the
+    # record index is built only if a bad row needs it. Otherwise the parse must give one row per
+    # record of the state machine, and a quote left open at the end is a bad row.
+    eager = check_lengths or dialect.comment is not None
+    if eager:
+        records()
+    if not (eager and records().unterminated):
+        try:
+            table = parse(data)
+            if eager and table.num_rows != len(records().starts):
+                raise pa.ArrowInvalid(f"expected {len(records().starts)} records, parsed {table.num_rows}")
+            if check_lengths and len(data) > max_record and _longest_value(table) > max_record:
+                raise _TooLong()
+            table = to_schema(table)
+            rows = table.num_rows
 
-        return Block(table, [], table.num_rows, locate)
-    except (pa.ArrowInvalid, _TooLong):
-        pass
+            def locate(recs: np.ndarray):
+                if len(records().starts) != rows:   # cannot happen when eager; a guard for the lazy index
+                    return [(None, None, None)] * len(recs)
+                return where(recs)
 
-    starts, ends = all_spans()
-    lines = line_numbers(data, starts, line_base())
+            return Block(table, [], rows, locate, skipped)
+        except (pa.ArrowInvalid, _TooLong):
+            pass
+
+    recs = records()
+    starts, ends = recs.starts, recs.ends
+    open_record = len(starts) - 1 if recs.unterminated else -1
     bad: list[BadRow] = []
     good_pieces: list[tuple[int, pa.Table]] = []
     good_index: list[np.ndarray] = []
+    bad_lines = lines_of(np.arange(len(starts)))
 
     def bad_row(i: int, reason: str) -> None:
-        bad.append(BadRow(file, int(lines[i]), base_offset + int(starts[i]), "read", reason,
+        bad.append(BadRow(file, int(bad_lines[i]), offset_of(i), "read", reason,
                           raw_of(int(starts[i]), int(ends[i]))[:max_record]))
 
     def bisect(i: int, j: int) -> None:
@@ -180,32 +225,56 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
             good_index.append(np.arange(i, j))
         except pa.ArrowInvalid as exc:
             if j - i == 1:
-                bad_row(i, _reason(exc, names))
+                bad_row(i, _reason(exc, names, data[int(starts[i]):int(ends[i])]))
                 return
             m = (i + j) // 2
             bisect(i, m)
             bisect(m, j)
 
     lengths = ends - starts
-    too_long = np.flatnonzero(lengths > max_record)
+    special = {int(i): f"record of {int(lengths[i])} bytes is longer than input.max_record_bytes "
+                       f"({max_record}); an unterminated quote?" for i in np.flatnonzero(lengths > max_record)}
+    if open_record >= 0:
+        special[open_record] = (f"unterminated quote: a quoted field opened on this line is never closed "
+                                f"({int(lengths[open_record])} bytes to the end of the data)")
     prev = 0
-    for i in list(too_long) + [len(starts)]:
-        bisect(prev, int(i))
+    for i in sorted(special) + [len(starts)]:
+        bisect(prev, i)
         if i < len(starts):
-            bad_row(int(i), f"record of {int(lengths[i])} bytes is longer than input.max_record_bytes "
-                            f"({max_record}); an unterminated quote?")
-        prev = int(i) + 1
-    bad.sort(key=lambda b: b.offset or 0)
+            bad_row(i, special[i])
+        prev = i + 1
+    bad.sort(key=lambda b: (b.line or 0, b.offset or 0))
     tables = [to_schema(t) for _, t in sorted(good_pieces, key=lambda p: p[0])]
     table = pa.concat_tables(tables) if tables else to_schema(parse(b""))
-    index = np.concatenate(good_index) if good_index else np.zeros(0, dtype=np.int64)
-    index.sort()
+    kept = np.concatenate(good_index) if good_index else np.zeros(0, dtype=np.int64)
+    kept.sort()
+    return Block(table, bad, len(starts), lambda rows: where(kept[rows]), skipped)
 
-    def locate_slow(rows: np.ndarray):
-        recs = index[rows]
-        return [(int(lines[r]), base_offset + int(starts[r]), raw_of(int(starts[r]), int(ends[r]))) for r in recs]
 
-    return Block(table, bad, len(starts), locate_slow)
+def _without(data: bytes, spans: np.ndarray) -> tuple[bytes, Callable[[np.ndarray], np.ndarray]]:
+    """``data`` without the byte ranges ``spans``, and a map from new offsets to offsets in ``data``."""
+    keep_starts = np.concatenate(([0], spans[:, 1]))
+    keep_ends = np.concatenate((spans[:, 0], [len(data)]))
+    ok = keep_ends > keep_starts
+    keep_starts, keep_ends = keep_starts[ok], keep_ends[ok]
+    out = b"".join(data[int(a):int(b)] for a, b in zip(keep_starts, keep_ends))
+    new_starts = np.concatenate(([0], np.cumsum(keep_ends - keep_starts)[:-1])) if len(keep_starts) else keep_starts
+
+    def to_source(offsets: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(new_starts, offsets, side="right") - 1
+        return keep_starts[k] + (offsets - new_starts[k])
+
+    return out, to_source
+
+
+def _unknown_keys(record: bytes, names: list[str]) -> list[str]:
+    import json
+
+    try:
+        value = json.loads(record)
+    except ValueError:
+        return []
+    return [k for k in value if k not in names] if isinstance(value, dict) else []
 
 
 class _TooLong(Exception):
@@ -221,6 +290,28 @@ def _longest_value(table: pa.Table) -> int:
             m = pc.max(pc.binary_length(col)).as_py()
             longest = max(longest, m or 0)
     return longest
+
+
+def with_partitions(f, schema: pa.Schema, to_schema: Callable[[pa.Table], pa.Table]) -> Callable[[pa.Table], pa.Table]:
+    """``to_schema``, then the file's hive partition values (``key=value`` folders) in their columns."""
+    if not f.partitions:
+        return to_schema
+    values = []
+    for key, value in f.partitions:
+        fld = schema.field(key)
+        try:
+            values.append((schema.get_field_index(key), fld, pa.array([value], pa.string()).cast(fld.type)[0]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(f"{f.path}: partition folder {key}={value} does not fit the column type {fld.type}: "
+                             f"{exc}", file=f.path) from exc
+
+    def fill(table: pa.Table) -> pa.Table:
+        table = to_schema(table)
+        for i, fld, scalar in values:
+            table = table.set_column(i, fld, pa.repeat(scalar, table.num_rows))
+        return table
+
+    return fill
 
 
 def conform(schema: pa.Schema) -> Callable[[pa.Table], pa.Table]:
@@ -245,26 +336,38 @@ def conform(schema: pa.Schema) -> Callable[[pa.Table], pa.Table]:
 # --------------------------------------------------------------------------- chunks -> blocks
 
 
+def dialect_of(chunk: Chunk, spec: ReadSpec) -> Dialect:
+    """The record rule of a chunk's file: JSON Lines end at LF; delimited text by the quoting rule."""
+    if chunk.file.format in ("jsonl", "json"):
+        return JSON_LINES
+    return Dialect.csv(chunk.delimiter, spec.quote, spec.comment, spec.encoding)
+
+
 def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     """The blocks of a chunk, in order. Uncompressed text: one block; streams: bounded blocks."""
     f = chunk.file
     if f.format == "parquet":
         yield from _read_parquet(chunk, spec)
         return
+    if f.format == "json":
+        yield from _read_json_array(chunk, spec)
+        return
     if f.format == "jsonl":
         parse = _json_parser(spec)
-        quote = None
         names = spec.schema.names
     else:
         parse = _csv_parser(chunk, spec)
-        quote = spec.quote.encode() if spec.quote else None
         names = list(chunk.columns)
-    to_schema = conform(spec.schema)
+    dialect = dialect_of(chunk, spec)
+    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
+
+    before = [chunk.lines_skipped]   # comment lines before the header: counted with the first block
 
     def block(data: bytes, offset: int, line: int | Callable[[], int], quotes: int, final: bool) -> Block:
-        result = parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, quote=quote,
+        result = parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, dialect=dialect,
                              max_record=spec.max_record_bytes, names=names,
                              check_lengths=quotes != 0, to_schema=to_schema)
+        result.skipped += before.pop() if before else 0
         if f.format == "jsonl" and final and result.bad and data and not data.endswith(b"\n"):
             last = result.bad[-1]
             if last.offset == offset + data.rfind(b"\n") + 1:
@@ -282,12 +385,13 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         if len(data) != chunk.end - chunk.start:
             raise InputError(f"{f.path}: file changed while reading (expected {chunk.end - chunk.start} bytes "
                              f"at offset {chunk.start}, got {len(data)})", file=f.path)
-        first = chunk.first_line or (lambda: line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path)))
+        first = chunk.first_line or (lambda: line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path),
+                                                     cr=dialect.cr))
         yield block(data, chunk.start, first, chunk.quotes, chunk.end == f.size)
         return
 
     previous = None
-    for piece in stream_blocks(chunk, spec, quote):
+    for piece in stream_blocks(chunk, spec, dialect):
         if previous is not None:
             yield block(*previous, -1, False)
         previous = piece
@@ -295,19 +399,13 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         yield block(*previous, -1, True)
 
 
-def last_boundary(data: bytes, quote: bytes | None) -> int:
-    """Offset just after the last newline that ends a record (0 if none)."""
-    if quote is None or quote not in data:
-        return data.rfind(b"\n") + 1
-    _starts, ends = record_spans(data, quote)
-    complete = ends[(ends > 0) & (ends <= len(data))]
-    for e in complete[::-1]:
-        if data[int(e) - 1] == 0x0A:
-            return int(e)
-    return 0
+def last_boundary(data: bytes, dialect: Dialect) -> int:
+    """Offset just after the last record or comment line that ends inside ``data`` (0 if none)."""
+    scan = Scanner(dialect).feed(data, final=False)
+    return int(scan.breaks[-1]) if len(scan.breaks) else 0
 
 
-def stream_blocks(chunk: Chunk, spec: ReadSpec, quote: bytes | None) -> Iterator[tuple[bytes, int, int]]:
+def stream_blocks(chunk: Chunk, spec: ReadSpec, dialect: Dialect) -> Iterator[tuple[bytes, int, int]]:
     """Decompress a file as a stream and cut it into blocks of about ``block_bytes`` whole records.
 
     Never holds more than about two blocks of the decompressed file in memory.
@@ -325,7 +423,7 @@ def stream_blocks(chunk: Chunk, spec: ReadSpec, quote: bytes | None) -> Iterator
                 pending += piece
                 if len(pending) < spec.block_bytes:
                     continue
-                cut = last_boundary(pending, quote)
+                cut = last_boundary(pending, dialect)
                 if cut == 0:
                     if len(pending) > spec.max_record_bytes + spec.block_bytes:
                         raise InputError(
@@ -338,9 +436,49 @@ def stream_blocks(chunk: Chunk, spec: ReadSpec, quote: bytes | None) -> Iterator
             if data:
                 yield data, offset, line
                 offset += len(data)
-                line += data.count(b"\n")
+                line += count_line_ends(data, 0, len(data), dialect.cr)
             if not piece:
                 return
+
+
+def read_json_array_text(f, spec: ReadSpec) -> str:
+    """The text of a JSON array file, refused above ``json_array.MAX_BYTES``."""
+    limit = json_array.MAX_BYTES
+    with open_decompressed(f.path, f.compression, spec.max_decompressed_bytes) as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{f.path}: a JSON array file is read whole, and this one is larger than "
+                         f"{limit >> 20} MiB; convert it to JSON Lines (one object per line)", file=f.path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{f.path} line {line}: not valid UTF-8 JSON: {exc.reason}", file=f.path, line=line) from exc
+
+
+def _read_json_array(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
+    f = chunk.file
+    parse = _json_parser(spec)
+    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
+    lines: list[int] = []
+    pieces: list[str] = []
+    size = 0
+
+    def block() -> Block:
+        data = ("\n".join(pieces) + "\n").encode()
+        return parse_block(data, parse, file=f.path, base_offset=0, first_line=1, dialect=JSON_LINES,
+                           max_record=spec.max_record_bytes, names=spec.schema.names, check_lengths=False,
+                           to_schema=to_schema, record_lines=np.array(lines, dtype=np.int64))
+
+    for line, text in json_array.elements(read_json_array_text(f, spec), f.path):
+        lines.append(line)
+        pieces.append(text)
+        size += len(text) + 1
+        if size >= spec.block_bytes:
+            yield block()
+            lines, pieces, size = [], [], 0
+    if pieces:
+        yield block()
 
 
 def _read_parquet(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
@@ -352,7 +490,7 @@ def _read_parquet(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         table = pf.read_row_groups(list(chunk.row_groups), columns=present, use_threads=False)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{f.path}: cannot read Parquet row groups {chunk.row_groups}: {exc}", file=f.path) from exc
-    to_schema = conform(spec.schema)
+    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
     try:
         out = to_schema(table)
         good = None
@@ -408,17 +546,22 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
         for i in range(n):
             yield first + i + 1, None, ""
         return
-    quote = spec.quote.encode() if spec.quote and f.format != "jsonl" else None
+    if f.format == "json":
+        for line, text in json_array.elements(read_json_array_text(f, spec), f.path):
+            yield line, None, text
+        return
+    dialect = dialect_of(chunk, spec)
     blocks: Iterable[tuple[bytes, int, int]]
     if chunk.end >= 0 and not f.compression:
         with open_input(f.path) as fh:
             fh.seek(chunk.start)
             blocks = [(fh.read(chunk.end - chunk.start), chunk.start,
-                       chunk.first_line or line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path)))]
+                       chunk.first_line or line_at(f.path, chunk.start, opener=lambda path, mode: open_input(path),
+                                                   cr=dialect.cr))]
     else:
-        blocks = stream_blocks(chunk, spec, quote)
+        blocks = stream_blocks(chunk, spec, dialect)
     for data, offset, line in blocks:
-        starts, ends = record_spans(data, quote)
-        lines = line_numbers(data, starts, line)
-        for s, e, ln in zip(starts, ends, lines):
+        recs = record_spans(data, dialect)
+        lines = line_numbers(data, recs.starts, line, dialect.cr)
+        for s, e, ln in zip(recs.starts, recs.ends, lines):
             yield int(ln), offset + int(s), data[int(s):int(e)].rstrip(b"\r\n").decode("utf-8", errors="replace")

@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 from pipeline import arrays
 from pipeline.errors import OutputError, StageError
 from pipeline.execution.worker import REJECT_SCHEMA, set_title, unspool
+from pipeline.input.discover import NULL_PARTITION
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
-NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 MAX_PARTITION_VALUE = 200
 DONE_GRACE_SECONDS = 30.0
 
