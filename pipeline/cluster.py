@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Job, plural
-from pipeline.errors import OutputError, StageError
+from pipeline.dtypes import type_name, widens
+from pipeline.errors import InputError, OutputError
 from pipeline.input.plan import Chunk, Plan
 from pipeline.input.storage import (
     check_remote_target,
@@ -41,6 +42,7 @@ from pipeline.input.storage import (
     read_remote_manifest,
     remove_unlisted,
 )
+from pipeline.output.carry import carry_previous
 from pipeline.output.lock import JobLock
 from pipeline.output.publish import REJECTS, SPOOL, OutputPaths, check_target, link_previous, publish, recover
 from pipeline.progress import Progress
@@ -50,11 +52,11 @@ log = logging.getLogger("pipeline")
 
 def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: str, *,
                     out_schema: pa.Schema | None, mode: str, progress: bool | None,
-                    full_refresh: bool):
+                    full_refresh: bool, null_columns: tuple[str, ...] = (), replaced: frozenset[str] = frozenset()):
     """Run the planned chunks and publish; fills and returns ``report`` (see ``run._run``)."""
     from pipeline.input.lookups import job_lookup_tables
     from pipeline.output.finalize import finalize_staged
-    from pipeline.run import FINALIZE_SPILL, build_manifest, count_results, state_dir
+    from pipeline.run import FINALIZE_SPILL, build_manifest, check_not_all_rejected, count_results, state_dir
     from pipeline.state.store import Seen, fingerprint
 
     run_id = report.run_id
@@ -86,11 +88,13 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
 
         try:
             if job.run.executor == "dask":
-                files, schema = _run_dask(job, plan, run_id, staging or url, out_schema, on_result, report)
+                files, schema = _run_dask(job, plan, run_id, staging or url, out_schema, on_result, report,
+                                          null_columns)
             else:
-                files, schema = _run_local_then_upload(job, plan, run_id, url, out_schema, on_result)
+                files, schema = _run_local_then_upload(job, plan, run_id, url, out_schema, on_result, null_columns)
             bar.close()
             _check_counts(counts, files, job.run.on_bad_rows == "quarantine")
+            check_not_all_rejected(job, report)
             keep_previous = previous if mode == "append" else None
             publish_mode, finalized = mode, None
             if job.finalize is not None:
@@ -105,13 +109,18 @@ def run_distributed(job: Job, plan: Plan, report, started: float, store, thash: 
                 files, schema, keep_previous = outcome.files, outcome.schema, outcome.previous
                 publish_mode, finalized = outcome.publish_mode, outcome.record
                 report.finalize = finalized
-            if not files:
-                files = _empty_part(job, run_id, staging or url, schema)
+            if not any(not f["path"].startswith(REJECTS + "/") for f in files):
+                files = files + _empty_part(job, run_id, staging or url, schema)
             if not remote:
                 linked = previous.get("rejects", {}).get("files", []) if publish_mode != mode and previous else []
                 _sweep(staging, {f["path"] for f in files} | {f["path"] for f in linked})
                 if previous is not None and publish_mode == "append":
-                    link_previous(paths.path, staging)
+                    if job.finalize is not None:
+                        link_previous(paths.path, staging)
+                    else:
+                        keep_previous = carry_previous(paths.path, staging, previous, schema,
+                                                       tuple(job.output.partition_by), set(replaced),
+                                                       job.output.compression)
                 manifest = build_manifest(job, plan, run_id, counts, files, schema, keep_previous, thash,
                                           finalize=finalized)
                 publish(paths, staging, manifest, run_id)
@@ -148,12 +157,13 @@ def _check_counts(counts, files: list[dict], quarantine: bool) -> None:
 # ------------------------------------------------------------------------------------ Dask
 
 
-def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result, report):
+def _run_dask(job: Job, plan: Plan, run_id: str, root: str, out_schema, on_result, report, null_columns=()):
     from pipeline.execution.dask import DaskExecutor, PartSpec, TaskSpec, quarantine_write, scheduler_address
     from pipeline.run import staged_partition_by, worker_spec
 
     parts = PartSpec(run_id, root, out_schema, staged_partition_by(job), job.output.compression,
-                     job.output.compression_level, job.output.row_group_rows, job.output.file_bytes)
+                     job.output.compression_level, job.output.row_group_rows, job.output.file_bytes,
+                     tuple(null_columns))
     spec = TaskSpec(worker_spec(job, plan), parts)
 
     def on_poison(chunk: Chunk, why: str, attempts: int):
@@ -193,17 +203,26 @@ def _unify_parts(root: str, writes, out_schema: pa.Schema | None, partition_by: 
     if not schemas:
         return out_schema
     first = schemas[0]
+    for w in writes:
+        if w.schema is not None and w.schema.names != first.names:
+            raise InputError(f"{w.result.source}: the stages produced columns {w.schema.names}, other chunks "
+                             f"{first.names}; every chunk must give the same columns", file=w.result.source)
     fields = []
     for i, fld in enumerate(first):
-        types = {s.field(i).type for s in schemas if not pa.types.is_null(s.field(i).type)}
-        if len(types) > 1:
-            raise StageError(f"column {fld.name!r} has different types in different chunks "
-                             f"({', '.join(sorted(map(str, types)))}); add a `cast` stage to fix its type")
-        fields.append(pa.field(fld.name, types.pop() if types else fld.type))
-    for s in schemas:
-        if s.names != first.names:
-            raise StageError(f"the chunks produced different columns ({first.names} and {s.names}); "
-                             f"every chunk must give the same columns")
+        found = {}
+        for w in writes:
+            if w.schema is not None and not pa.types.is_null(w.schema.field(i).type):
+                found.setdefault(w.schema.field(i).type, w.result.source)
+        if len(found) > 1:
+            # one type every chunk's values widen to, or exit 65 naming the files and both types
+            wide = [t for t in found if all(widens(u, t) for u in found)]
+            if not wide:
+                (a, fa), (b, fb) = list(found.items())[:2]
+                raise InputError(f"{fb}: column {fld.name!r} is {type_name(b)} here but {type_name(a)} in "
+                                 f"{fa}; add a `cast` stage after the stage that makes it "
+                                 f"(- cast: {{{fld.name}: {type_name(a)}}})", file=fb, column=fld.name)
+            found = {wide[0]: ""}
+        fields.append(pa.field(fld.name, next(iter(found)) if found else fld.type))
     schema = pa.schema(fields)
     in_files = pa.schema([f for f in schema if f.name not in partition_by])
     for w in writes:
@@ -278,7 +297,7 @@ def _remove_run_parts(url: str, run_id: str) -> None:
 # ------------------------------------------------------------------------------------ local + upload
 
 
-def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result):
+def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_schema, on_result, null_columns=()):
     """The local executor into a private directory, then its parts uploaded under the prefix."""
     from pipeline.output.write import WriterSpec
     from pipeline.run import local_executor, staged_partition_by, worker_spec, writer_buffer
@@ -291,7 +310,7 @@ def _run_local_then_upload(job: Job, plan: Plan, run_id: str, url: str, out_sche
         executor = local_executor(job, plan, wspec, on_result)
         spec = WriterSpec(job.name, run_id, local, out_schema, staged_partition_by(job),
                           job.output.compression, job.output.compression_level,
-                          job.output.row_group_rows, job.output.file_bytes,
+                          job.output.row_group_rows, job.output.file_bytes, null_columns=tuple(null_columns),
                           buffer_bytes=writer_buffer(job, plan))
         execution = executor.run(plan.chunks, wspec, spec)
         shutil.rmtree(spool)

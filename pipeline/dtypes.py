@@ -1,4 +1,5 @@
-"""Type names as users write them in the job file (``int64``, ``timestamp[s]``, ``decimal(10,2)``)."""
+"""Type names as users write them in the job file (``int64``, ``timestamp[s]``, ``decimal(10,2)``), and
+which types may be cast to which when chunks or runs of one output meet (``widens``)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,33 @@ def type_name(dtype: pa.DataType) -> str:
     if pa.types.is_boolean(dtype):
         return "bool"
     return str(dtype)
+
+
+# ------------------------------------------------------------------------------------ types that meet
+
+
+def widens(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Whether values of ``src`` may be cast to ``dst`` (checked value by value, ``safe=True``).
+
+    Null to anything; integers to wider integers or floats; floats to floats; string, binary and
+    their large forms; timestamps across units; decimals; a dictionary to its value type.
+    Anything else (text to numbers, floats to integers) is a change of type, not a widening.
+    """
+    t = pa.types
+    if src == dst or t.is_null(src):
+        return True
+    if t.is_dictionary(src):
+        return widens(src.value_type, dst)
+    if t.is_integer(src):
+        return t.is_integer(dst) or t.is_floating(dst) or t.is_decimal(dst)
+    if t.is_floating(src):
+        return t.is_floating(dst)
+    if (t.is_string(src) or t.is_large_string(src)) and (t.is_string(dst) or t.is_large_string(dst)):
+        return True
+    if (t.is_binary(src) or t.is_large_binary(src)) and (t.is_binary(dst) or t.is_large_binary(dst)):
+        return True
+    if t.is_timestamp(src) and t.is_timestamp(dst):
+        return src.tz == dst.tz
+    if t.is_decimal(src) and t.is_decimal(dst):
+        return True
+    return bool(t.is_date(src) and t.is_date(dst))

@@ -27,6 +27,7 @@ from pipeline.input.plan import Chunk, Plan, build_plan
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import is_url, read_remote_manifest
 from pipeline.memory import memory_plan
+from pipeline.output.carry import carry_previous
 from pipeline.output.finalize import finalize_schema, finalize_staged
 from pipeline.output.lock import JobLock
 from pipeline.output.publish import (
@@ -41,8 +42,17 @@ from pipeline.output.publish import (
     recover,
 )
 from pipeline.output.write import WriterSpec
+from pipeline.preflight import (
+    StageSchema,
+    append_schema,
+    check_output_path,
+    manifest_schema,
+    stage_schema,
+    target_schema,
+)
 from pipeline.progress import Progress
-from pipeline.stages import StageContext, output_schema
+from pipeline.stages import StageContext
+from pipeline.state.incremental import Selection
 from pipeline.state.metrics import write_metrics
 from pipeline.state.resume import JOURNAL, find_resumable, start_journal
 from pipeline.state.store import Seen, StateStore, fingerprint
@@ -157,11 +167,16 @@ def stage_context(job: Job, chunk: str = "") -> StageContext:
 
 def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
     """The output schema after the stages; ConfigError naming the stage for any problem."""
+    return stage_check(job, plan).schema
+
+
+def stage_check(job: Job, plan: Plan, sample: bool = True) -> StageSchema:
+    """The output schema after the stages, from sampled rows (see ``preflight``); ConfigError naming
+    the stage for any problem. ``sample`` off: python-stage columns are left to the first chunk."""
     job_lookup_tables(job)   # read now: a missing, oversized or broken lookup is named as itself
-    stages = [(s.name, s.spec) for s in job.stages]
-    keys = [s.key for s in job.stages]
     try:
-        schema = output_schema(plan.read.schema, stages, stage_context(job), keys)
+        checked = stage_schema(job, plan, stage_context(job), sample)
+        schema = checked.schema
     except ExprError as exc:
         key = exc.context.get("key")
         if key and not exc.context.get("line"):
@@ -173,7 +188,7 @@ def check_stages(job: Job, plan: Plan) -> pa.Schema | None:
         raise
     if schema is not None and job.finalize is None:   # with finalize, its result is partitioned
         check_partitions(job, schema)
-    return schema
+    return checked
 
 
 def check_partitions(job: Job, schema: pa.Schema, what: str = "the output columns") -> None:
@@ -250,6 +265,20 @@ def count_results(job: Job, report: Report, bar: Progress):
                              f"nothing was published", rows_rejected=counts.rows_rejected)
 
     return on_result
+
+
+def check_not_all_rejected(job: Job, report: Report) -> None:
+    """A run whose every row was rejected is a failure (exit 65), unless run.max_bad_rows allows that many."""
+    c = report.counts
+    if c.rows_written or not c.rows_rejected or job.run.max_bad_rows is not None:
+        return
+    first = report.bad_samples[0] if report.bad_samples else None
+    why = ""
+    if first is not None:
+        where = f"{first.file} line {first.line}" if first.line else first.file
+        why = f" (the first: {where}: {first.reason})"
+    raise InputError(f"every row was rejected: {c.rows_rejected:,} of {c.rows_read:,} read{why}; nothing was "
+                     f"published. Set run.max_bad_rows to allow it", rows_rejected=c.rows_rejected)
 
 
 def local_executor(job: Job, plan: Plan, wspec: WorkerSpec, on_result) -> LocalExecutor:
@@ -396,25 +425,39 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
                 f"it reads values changed); run with --full-refresh to rebuild it from all inputs",
                 file=str(job.config_path), key="stages")
         seen = store.seen_files(job.name) if store is not None else {}
-        select = lambda files: _new_or_changed(files, seen)  # noqa: E731
+        select = Selection(seen, job.input.on_changed_file)
         pinned = {c["name"]: parse_type(c["type"]) for c in previous.get("input_schema", [])}
         mode = "append"
     plan = build_plan(job, workers=workers, select=select, pinned=pinned)
-    if select is not None and not plan.files:
+    replaced = select.replaced if select is not None else set()
+    if not plan.files:
         report.status = "up to date"
-        report.note = (f"nothing new: {plural(len(plan.discovered), 'input file')} "
-                       f"{'was' if len(plan.discovered) == 1 else 'were'} processed by earlier runs")
+        report.note = _nothing_to_do(job, plan, select)
         report.seconds = time.monotonic() - started
         log.info("%s", report.note)
         return report
-    out_schema = check_stages(job, plan)
+    checked = stage_check(job, plan, sample=dry_run)
+    out_schema = checked.schema
     check_finalize(job, out_schema)
-    if mode == "append" and previous is not None and previous.get("schema") and out_schema is not None \
-            and job.finalize is None:
-        out_schema = _append_schema(out_schema, previous["schema"])
+    if mode == "append" and previous is not None and job.finalize is None:
+        out_schema = append_schema(job, out_schema, previous, paths.path)
+        old = manifest_schema(previous)
+        if is_url(job.output.path) and (replaced or (old is not None and out_schema is not None
+                                                     and out_schema.names != old.names)):
+            raise ConfigError("an object-store output cannot yet have its earlier parts rewritten (a new column "
+                              "under output.on_schema_change: add_columns, or input.on_changed_file: reprocess); "
+                              "write to a local or mounted output.path, or rebuild with --full-refresh",
+                              file=str(job.config_path), key="output.path")
+    if replaced and job.finalize is not None:
+        raise ConfigError("input.on_changed_file: reprocess cannot be combined with finalize yet; use fail or "
+                          "skip, or rebuild with --full-refresh", file=str(job.config_path),
+                          key="input.on_changed_file", line=job.line_of("input.on_changed_file"))
+    null_columns = tuple(n for n in (out_schema.names if out_schema is not None else ())
+                         if checked.schema is not None and n not in checked.schema.names)
     report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
     report.chunks, report.workers = len(plan.chunks), plan.workers
     if dry_run:
+        target_schema(job, checked, mode, contract=job.finalize is None)
         report.status = "dry-run"
         report.seconds = time.monotonic() - started
         return report
@@ -422,8 +465,10 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
         from pipeline.cluster import run_distributed
 
         return run_distributed(job, plan, report, started, store, thash, out_schema=out_schema, mode=mode,
-                               progress=progress, full_refresh=full_refresh)
+                               progress=progress, full_refresh=full_refresh, null_columns=null_columns,
+                               replaced=frozenset(replaced))
 
+    check_output_path(paths.path)
     os.makedirs(paths.parent, exist_ok=True)
     with JobLock(paths.lock, job.name, run_id):
         if store is not None and store.mark_dead(job.name, run_id):
@@ -467,7 +512,7 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
                               job.output.compression, job.output.compression_level,
                               job.output.row_group_rows, job.output.file_bytes,
                               journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0,
-                              buffer_bytes=writer_buffer(job, plan))
+                              null_columns=null_columns, buffer_bytes=writer_buffer(job, plan))
             execution = executor.run(todo, wspec, spec)
             bar.close()
             shutil.rmtree(spool)
@@ -476,6 +521,7 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
             if written != counts.rows_written or not counts.balanced():
                 raise RuntimeError(f"row counts do not add up ({counts}; the writer received {written} rows); "
                                    f"nothing was published")
+            check_not_all_rejected(job, report)
             info = execution.writer
             # files kept from the killed run are this run's output now
             files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + info["files"]
@@ -493,8 +539,11 @@ def _run(job: Job, report: Report, started: float, store, thash: str, *, workers
                 files, schema, extends = outcome.files, outcome.schema, outcome.previous
                 publish_mode, finalized = outcome.publish_mode, outcome.record
                 report.finalize = finalized
-            if previous_manifest is not None and publish_mode == "append":
-                link_previous(paths.path, staging)
+                if previous_manifest is not None and publish_mode == "append":
+                    link_previous(paths.path, staging)
+            elif previous_manifest is not None and mode == "append":
+                extends = carry_previous(paths.path, staging, previous_manifest, schema,
+                                         tuple(job.output.partition_by), replaced, job.output.compression)
             prints = {f.path: fingerprint(f.path, f.size) for f in plan.files}
             manifest = build_manifest(job, plan, run_id, counts, files, schema, extends, thash,
                                       fingerprints=prints, mode=mode, started=wall_started, finalize=finalized)
@@ -529,32 +578,19 @@ def _has_checkpoint(journal: str) -> bool:
         return False
 
 
-def _new_or_changed(files, seen) -> list:
-    chosen = []
-    for f in files:
-        old = seen.get(f.path)
-        if old is None:
-            chosen.append(f)
-        elif (old.size, old.mtime_ns) != (f.size, f.mtime_ns) and fingerprint(f.path, f.size) != old.fingerprint:
-            log.warning("%s changed since run %s: its rows are appended again (the earlier ones stay; "
-                        "use --full-refresh to rebuild)", f.path, old.run_id)
-            chosen.append(f)
-    return chosen
-
-
-def _append_schema(schema: pa.Schema, previous: list[dict]) -> pa.Schema:
-    """Appended parts take the column types of the output they join."""
-    types = {c["name"]: c["type"] for c in previous}
-    fields = []
-    for f in schema:
-        if f.name in types:
-            try:
-                fields.append(pa.field(f.name, parse_type(types[f.name])))
-                continue
-            except ValueError:
-                pass
-        fields.append(f)
-    return pa.schema(fields)
+def _nothing_to_do(job: Job, plan: Plan, select: Selection | None) -> str:
+    """Why a run has no file to read (exit 0, the output left as it is)."""
+    parts = []
+    if plan.discovered:
+        parts.append(f"{plural(len(plan.discovered), 'input file')} "
+                     f"{'was' if len(plan.discovered) == 1 else 'were'} processed by earlier runs")
+        if select is not None and select.skipped:
+            parts[-1] += f" ({len(select.skipped)} changed since, skipped: input.on_changed_file is skip)"
+    elif not plan.young:
+        parts.append("no input file yet")
+    if plan.young:
+        parts.append(f"{len(plan.young)} file(s) modified less than input.min_age ago, left for the next run")
+    return "nothing new: " + "; ".join(parts)
 
 
 def build_manifest(job: Job, plan: Plan, run_id: str, counts: Counts, files: list[dict],

@@ -205,10 +205,14 @@ def test_configuration_reference_describes_every_key():
             full = prefix + key
             if f"| `{full}` |" not in text:
                 missing.append(full)
-            target = next((schema["$defs"][o["$ref"].rsplit("/", 1)[1]] for o in [prop, *prop.get("anyOf", ())]
-                           if "$ref" in o), None)
-            if target is not None and "properties" in target:
-                walk(target, full + ".")
+            options = [prop, *prop.get("anyOf", ())]
+            refs = [o["$ref"] for o in options if "$ref" in o]
+            named = [o["additionalProperties"]["$ref"] for o in options
+                     if isinstance(o.get("additionalProperties"), dict) and "$ref" in o["additionalProperties"]]
+            for ref, below in [(r, full + ".") for r in refs] + [(r, full + ".<name>.") for r in named]:
+                target = schema["$defs"][ref.rsplit("/", 1)[1]]
+                if "properties" in target:
+                    walk(target, below)
 
     walk(schema, "")
     assert not missing, missing

@@ -41,7 +41,7 @@ def test_any_bytes_are_read_or_rejected_never_lost(tmp_path_factory, data, chunk
     tmp = tmp_path_factory.mktemp("bytes")
     (tmp / "in.csv").write_bytes(b"a,b\n" + data)
     job = basic_job("in.csv", input={"chunk_bytes": chunk_bytes, "schema": {"a": "string", "b": "string"}},
-                    run={"on_bad_rows": "quarantine"})
+                    run={"on_bad_rows": "quarantine", "max_bad_rows": 1000})
     code, _, _ = run_cli("run", write_job(tmp, job), "--no-progress")
     assert code == 0
     c = manifest_of(tmp / "out")["counts"]

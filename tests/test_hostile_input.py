@@ -23,7 +23,7 @@ def test_unterminated_quote_is_a_bad_row_not_one_giant_field(tmp_path, capsys):
     body = "".join(f"{i},row {i}\n" for i in range(2, 200))
     data = f'id,note\n1,"never closed\n{body}'.encode()
     (tmp_path / "in.csv").write_bytes(data)
-    job = basic_job("in.csv", input={"max_record_bytes": 1024}, run={"on_bad_rows": "quarantine"})
+    job = basic_job("in.csv", input={"max_record_bytes": 1024}, run={"on_bad_rows": "quarantine", "max_bad_rows": 10})
     code, _out, err = _run(tmp_path, job, capsys)
     assert code == 0, err
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()

@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
+import pyarrow as pa
+
+from pipeline import preflight
 from pipeline.config import Job, format_bytes, plural
 from pipeline.dtypes import type_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.input.plan import build_plan
-from pipeline.run import check_finalize, check_stages
+from pipeline.run import check_finalize, check_stages, stage_check
 from pipeline.stages import check_python_spec
 
 
 def validate(job: Job) -> int:
+    """Everything `run` checks before it writes: the data, the stages on sampled rows, the output."""
     plan = build_plan(job)
-    schema = check_finalize(job, check_stages(job, plan))
+    if not plan.files:
+        young = f", {len(plan.young)} younger than input.min_age" if plan.young else ""
+        print(f"{job.config_path}: OK (no input file to check yet{young})")
+        return 0
+    checked = stage_check(job, plan)
+    final = check_finalize(job, checked.schema)
     _check_python_stages(job)
+    schema = preflight.target_schema(job, checked, job.output.mode, contract=job.finalize is None)
+    if job.finalize is not None:
+        schema = final
     print(f"{job.config_path}: OK")
     print(f"  job       {job.name}")
     print(f"  input     {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
           f"{plural(len(plan.chunks), 'chunk')}")
-    print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}")
-    cols = (", ".join(f"{f.name}: {type_name(f.type)}" for f in schema) if schema is not None
-            else "(decided by a python stage)")
-    print(f"  output    {job.output.path} ({_MODE_WORDS[job.output.mode]}); columns {cols}")
+    print(f"  stages    {len(job.stages)}: {', '.join(s.name for s in job.stages) or '(none)'}"
+          + (f" (tried on the first {checked.sample_rows} rows)" if job.stages and checked.sample_rows else ""))
+    if checked.rows_rejected:
+        stage, reason = checked.rejected[0]
+        print(f"  rejects   {checked.rows_rejected} of the first {checked.sample_rows} rows ({stage}: {reason})")
+    shown = dataclasses.replace(checked, schema=schema) if schema is not None else checked
+    print(f"  output    {job.output.path} ({_MODE_WORDS[job.output.mode]}); columns "
+          f"{preflight.describe_columns(shown)}")
     return 0
 
 
@@ -47,7 +64,7 @@ def _check_python_stages(job: Job) -> None:
 
 def show_plan(job: Job, workers: int | None = None) -> int:
     plan = build_plan(job, workers=workers)
-    schema = check_finalize(job, check_stages(job, plan))
+    schema = check_finalize(job, check_stages(job, plan)) if plan.files else None
     print(f"plan for {job.name} ({job.config_path})")
     print(f"  {plural(len(plan.files), 'file')}, {format_bytes(plan.total_bytes)}, "
           f"{plural(len(plan.chunks), 'chunk')}, "
@@ -69,7 +86,8 @@ def show_plan(job: Job, workers: int | None = None) -> int:
         print("    (decided by a python stage at run time)")
     else:
         for fld in schema:
-            print(f"    {fld.name:<24} {type_name(fld.type)}")
+            known = "not yet known (null in every sampled row)" if pa.types.is_null(fld.type) else type_name(fld.type)
+            print(f"    {fld.name:<24} {known}")
     part = f", partitioned by {', '.join(job.output.partition_by)}" if job.output.partition_by else ""
     print(f"  output: {job.output.path} (mode {job.output.mode}, {job.output.compression}{part})")
     return 0

@@ -10,6 +10,7 @@ writes the file, and a test checks that the committed copy is current, so a key 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 INTRO = """\
@@ -71,6 +72,13 @@ def reference_text() -> str:
                 nested.append((full, target))
                 rows.append((full, "section", "", _description(prop, target) + f" See [`{full}`](#{_anchor(full)})."))
                 continue
+            named = _named_sections(prop, defs)
+            if named is not None:  # {name: {keys...}, ...}: one section for the keys of every entry
+                entry = f"{full}.<name>"
+                nested.append((entry, named))
+                rows.append((full, "mapping of sections", "",
+                             _description(prop, None) + f" See [`{entry}`](#{_anchor(entry)})."))
+                continue
             default = "*required*" if key in required else _default(prop)
             rows.append((full, _type(prop, defs), default, _description(prop, None)))
         title = f"`{path}`" if path else "Top level"
@@ -102,7 +110,16 @@ def _stages(schema: dict) -> str:
 
 
 def _anchor(path: str) -> str:
-    return path.replace(".", "").lower()
+    return re.sub(r"[^\w-]", "", path.lower())
+
+
+def _named_sections(prop: dict, defs: dict) -> dict | None:
+    """The object schema of each value, when ``prop`` maps names to sections (``lookups``)."""
+    for option in [prop, *prop.get("anyOf", ())]:
+        values = option.get("additionalProperties")
+        if isinstance(values, dict):
+            return _section(values, defs)
+    return None
 
 
 def _section(prop: dict, defs: dict) -> dict | None:

@@ -198,8 +198,16 @@ class InputConfig(_Model):
         "`key=value` folders below the wildcards of a glob become columns (`key`) of the rows of the files "
         "under them, as pyarrow and DuckDB read hive-partitioned data."))
     incremental: bool = Field(False, description=(
-        "Read only the files that are new or changed since the job's last successful run, and append "
-        "their rows to the output; `run --full-refresh` rebuilds from every file (see docs/cron.md)."))
+        "Read only the files that are new since the job's last successful run, and append their rows to "
+        "the output; `run --full-refresh` rebuilds from every file (see docs/cron.md). An empty landing "
+        "folder is `up to date` (exit 0). Changed files: see `on_changed_file`."))
+    on_changed_file: Literal["fail", "skip", "reprocess"] = Field("fail", description=(
+        "Incremental runs: a file an earlier run processed that has changed since. `fail`: exit 65, "
+        "nothing written; `skip`: it stays as it was processed; `reprocess`: its earlier rows (and "
+        "rejects) are replaced by its rows now (see docs/output-schema.md)."))
+    min_age: Duration | None = Field(None, description=(
+        "Leave files modified more recently than this (e.g. `5m`) for the next run: they may still be "
+        "being written. None: take every file."))
 
     @model_validator(mode="before")
     @classmethod
@@ -230,7 +238,7 @@ class OutputConfig(_Model):
         "atomically: nothing of a run is visible there until the run succeeds."))
     mode: Literal["overwrite", "append", "error"] = Field("error", description=(
         "When the path already holds an output: `overwrite` replaces it, `append` keeps its files and adds "
-        "this run's (the new rows' columns are not checked against the existing files'), `error` fails "
+        "this run's (its schema must match the output's, see `on_schema_change`), `error` fails "
         "the run (exit 74). A non-empty folder that this tool did not write is always refused (exit 74)."))
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = Field("zstd", description=(
         "The Parquet compression codec."))
@@ -244,6 +252,11 @@ class OutputConfig(_Model):
     file_bytes: ByteSize = Field(512 * 1024**2, description=(
         "A part file is closed, and the next one started, once it passes this size."))
     row_group_rows: PositiveInt = Field(1_000_000, description="Rows per Parquet row group.")
+    on_schema_change: Literal["fail", "add_columns"] = Field("fail", description=(
+        "Append (and incremental) runs whose columns differ from the output's. `fail`: exit 65 before "
+        "anything is written, the output untouched. `add_columns`: new columns are added and every part "
+        "file is given the whole schema, with nulls where a run had no value, so plain readers "
+        "(pyarrow, pandas, DuckDB) see every column. A changed type always fails (see docs/output-schema.md)."))
 
     @field_validator("path")
     @classmethod

@@ -31,12 +31,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError, OutputError, PipelineError, StageError
+from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.worker import REJECT_SCHEMA, ChunkResult, WorkerSpec, chunk_tables, rejects_table
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import filesystem, is_url
-from pipeline.output.write import Partition, RowGroupWriter, dictionary_columns
+from pipeline.output.write import (
+    Partition,
+    RowGroupWriter,
+    add_null_columns,
+    conform_table,
+    dictionary_columns,
+    empty_like,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -55,6 +62,12 @@ class PartSpec:
     compression_level: int | None = None
     row_group_rows: int = 1_000_000
     file_bytes: int = 512 << 20
+    null_columns: tuple[str, ...] = ()    # output columns this run's rows lack (append, add_columns)
+
+
+def _decided(target: pa.Schema, got: pa.Schema) -> pa.Schema:
+    """A column the plan could not type (all null in the sampled rows) takes the type the rows have."""
+    return pa.schema([g if pa.types.is_null(w.type) else w for w, g in zip(target, got)])
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,7 @@ class _Sink:
         self.rel = rel
         self.fs = fs
         self.rows = 0
+        self.sources: list = []          # [input file, rows] in row order
         compression = None if spec.compression == "none" else spec.compression
         if fs is None:
             self.final = os.path.join(spec.root, rel)
@@ -135,7 +149,10 @@ class _Sink:
         else:
             size = self.handle.tell()
             self.handle.close()  # the upload completes here, and only here
-        return {"path": self.rel, "rows": self.rows, "bytes": size}
+        info = {"path": self.rel, "rows": self.rows, "bytes": size}
+        if self.sources:
+            info["sources"] = [list(s) for s in self.sources]
+        return info
 
     def abort(self) -> None:
         try:
@@ -168,8 +185,8 @@ class PartWriter(RowGroupWriter):
         self.rejects = Partition(REJECTS)
         self.files: list[dict] = []
 
-    def write(self, table: pa.Table, where: str) -> None:
-        self._buffer(self._conform(table, where))
+    def write(self, table: pa.Table, where: str, source: str = "") -> None:
+        self._buffer(self._conform(table, where), source)
 
     def write_rejects(self, table: pa.Table) -> None:
         self._write_rows(self.rejects, table, REJECT_SCHEMA)
@@ -191,28 +208,22 @@ class PartWriter(RowGroupWriter):
         if target is None:
             self.schema = table.schema
             return table
+        table = add_null_columns(table, self.spec.null_columns)
+        if table.num_rows == 0:
+            return empty_like(self.schema or target)
         if set(table.column_names) != set(target.names):
-            raise StageError(f"{where}: the stages produced columns {table.column_names}, but the output has "
-                             f"{target.names}; every chunk must give the same columns", chunk=self.chunk_id)
-        table = table.select(target.names)
-        fields = []
-        for want, got in zip(target, table.schema):
-            # a column the plan could not type (all null so far) takes the type the rows have
-            fields.append(got if pa.types.is_null(want.type) else want)
-        schema = pa.schema(fields)
+            return conform_table(table, target, where, "the output's schema")   # raises, naming the columns
+        schema = _decided(target, table.select(target.names).schema)
         if self.schema is not None and not schema.equals(self.schema):
             written = self.files or any(p.open for p in self.partitions.values())
             if written:
-                schema = self.schema  # the cast below fails if a typed column meets an untyped one
+                schema = self.schema  # the conform below fails if a typed column meets an untyped one
             else:
                 for part in self.partitions.values():
                     part.tables = [t.cast(schema) for t in part.tables]
         self.schema = schema
-        try:
-            return table if table.schema.equals(schema) else table.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise StageError(f"{where}: the stages produced types that differ from the output's: {exc}",
-                             chunk=self.chunk_id) from exc
+        return conform_table(table, schema, where, "the output's schema (from the first rows or the output "
+                                                   "appended to)")
 
     def _open(self, part: Partition, schema: pa.Schema) -> None:
         name = part_name(self.chunk_id, part.seq, self.spec.run_id)
@@ -242,7 +253,7 @@ def write_chunk(chunk: Chunk, spec: TaskSpec) -> ChunkWrite:
             if kind == "rejects":
                 out.write_rejects(table)
             else:
-                out.write(table, where)
+                out.write(table, where, chunk.file.path)
         files = out.close()
     except PipelineError:
         out.abort()

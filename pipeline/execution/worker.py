@@ -65,6 +65,7 @@ class ChunkResult:
     messages: int = 0
     seconds: float = 0.0
     bad_samples: list[BadRow] = field(default_factory=list)
+    source: str = ""                   # the input file the chunk is part of (named in type errors)
 
 
 _STATE: dict = {}
@@ -155,6 +156,7 @@ def chunk_tables(chunk: Chunk, spec: WorkerSpec, result: ChunkResult) -> Iterato
                        lookups_key=spec.lookups_key,
                        load_lookups=functools.partial(lookup_tables, spec.lookups, spec.lookups_key))
     stage_list = [(name, s) for name, s in spec.stages]
+    result.source = chunk.file.path
     try:
         for block in read_chunk(chunk, spec.read):
             result.rows_read += block.rows_read

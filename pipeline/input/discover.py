@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import stat
+import time
 import urllib.parse
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.input.storage import glob as glob_url
 from pipeline.input.storage import is_url
+
+log = logging.getLogger("pipeline")
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -58,7 +62,7 @@ def detect(path: str, configured: str) -> tuple[str, str | None]:
 
 
 def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlinks: bool = False,
-             line_of=None, hive: bool = True) -> list[InputFile]:
+             line_of=None, hive: bool = True, allow_empty: bool = False) -> list[InputFile]:
     """Expand every glob (sorted), keep regular files, refuse unmatched globs.
 
     Below the part of a glob without wildcards, files and folders whose names start with ``_`` or
@@ -66,7 +70,8 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
     pyarrow and DuckDB do, and ``key=value`` folders are hive partitions: columns of every row of
     the files below them (``hive``).
 
-    A glob that matches nothing is a configuration error naming the pattern. Symlinks are
+    A glob that matches nothing is a configuration error naming the pattern, unless
+    ``allow_empty`` (an incremental job's landing folder may be empty tonight). Symlinks are
     refused unless ``follow_symlinks`` is set, so a planted link cannot pull in other files.
     """
     seen: set[str] = set()
@@ -75,10 +80,13 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
         key = f"input.paths[{i}]"
         line = line_of(key) if line_of else None
         if is_url(pattern):
-            files.extend(_discover_url(pattern, configured_format, seen, key, line, hive))
+            files.extend(_discover_url(pattern, configured_format, seen, key, line, hive, allow_empty))
             continue
         matches = sorted(glob.glob(pattern, recursive=True))
         matches = [m for m in matches if not os.path.isdir(m)]
+        if not matches and allow_empty:
+            log.info("no file matches %r yet", pattern)
+            continue
         if not matches:
             raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
         root = literal_root(pattern, os.sep)
@@ -110,7 +118,19 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
     return files
 
 
-def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str, line, hive: bool) -> list[InputFile]:
+def old_enough(files: list[InputFile], min_age: float | None, now: float | None = None
+               ) -> tuple[list[InputFile], list[InputFile]]:
+    """(files last modified at least ``min_age`` seconds ago, the younger ones): a file still being
+    written is left for the next run."""
+    if not min_age:
+        return files, []
+    now = time.time() if now is None else now
+    cutoff = (now - min_age) * 1e9
+    return [f for f in files if f.mtime_ns <= cutoff], [f for f in files if f.mtime_ns > cutoff]
+
+
+def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str, line, hive: bool,
+                  allow_empty: bool = False) -> list[InputFile]:
     """The files an fsspec URL glob (s3://bucket/raw/*.csv) matches, sorted."""
     try:
         matches = glob_url(pattern)
@@ -120,6 +140,9 @@ def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str
             exc.context.setdefault("line", line)
         raise
     if not matches:
+        if allow_empty:
+            log.info("no file matches %r yet", pattern)
+            return []
         raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
     files = []
     root = literal_root(pattern, "/")

@@ -15,7 +15,7 @@ import pyarrow.json as pajson
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.input import infer, json_array
-from pipeline.input.discover import InputFile, discover
+from pipeline.input.discover import InputFile, discover, old_enough
 from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
@@ -82,6 +82,7 @@ class Plan:
     workers: int
     inferred: dict[str, str] = field(default_factory=dict)   # column -> how its type was decided
     discovered: list[InputFile] = field(default_factory=list)  # every file the globs matched
+    young: list[InputFile] = field(default_factory=list)   # left for the next run (input.min_age)
 
     @property
     def total_bytes(self) -> int:
@@ -360,12 +361,13 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
     decided by an earlier run, so that new parts match the output they join.
     """
     files = discover(job.input.paths, job.input.format, follow_symlinks=job.input.follow_symlinks,
-                     line_of=job.line_of, hive=job.input.hive_partitioning)
+                     line_of=job.line_of, hive=job.input.hive_partitioning, allow_empty=job.input.incremental)
+    files, young = old_enough(files, job.input.min_age)
     discovered = files
-    if select is not None:
+    if select is not None and files:
         files = select(files)
-        if not files:  # nothing new: no schema to decide, no chunk to cut
-            return Plan([], [], ReadSpec(schema=pa.schema([])), 1, {}, discovered)
+    if not files:  # nothing (new) to read: no schema to decide, no chunk to cut
+        return Plan([], [], ReadSpec(schema=pa.schema([])), 1, {}, discovered, young)
     per_file: dict[str, dict[str, pa.DataType]] = {}
     file_order: dict[str, tuple[str, ...]] = {}
     chunks: list[Chunk] = []
@@ -424,7 +426,7 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
         block_bytes=chunk_bytes,
     )
     n = workers or job.run.workers
-    return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered)
+    return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered, young)
 
 
 def _partition_types(files: list[InputFile], per_file) -> dict[str, pa.DataType]:

@@ -116,7 +116,7 @@ def _reason(exc: Exception, names: list[str], record: bytes = b"") -> str:
 
 def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, base_offset: int,
                 first_line: int | Callable[[], int], dialect: Dialect, max_record: int, names: list[str],
-                check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table],
+                check_lengths: bool, to_schema: Callable[[pa.Table], pa.Table], verify: bool = True,
                 record_lines: np.ndarray | None = None) -> Block:
     """Parse ``data`` (whole records) into a Block; see the module docstring for the two paths.
 
@@ -177,10 +177,13 @@ def parse_block(data: bytes, parse: Callable[[bytes], pa.Table], *, file: str, b
         st, en = records().starts, records().ends
         return [(int(ln), offset_of(int(r)), raw_of(int(st[r]), int(en[r]))) for ln, r in zip(lines_of(recs), recs)]
 
-    # Without a quote character (``check_lengths`` off) records cannot merge in the parser: the
-    # record index is built only if a bad row needs it. Otherwise the parse must give one row per
-    # record of the state machine, and a quote left open at the end is a bad row.
-    eager = check_lengths or dialect.comment is not None
+    # The parse must give one row per record of the state machine, and a quote left open at the end
+    # is a bad row. That check needs the record index, which costs about a parse on quoted text, so
+    # it is made where a quote can be left open: data with a quote character (``check_lengths``)
+    # that ends a file or stream (``verify``). A chunk that ends before that ends where the plan's
+    # state machine (the same rule) found a record boundary; its index is built only if a bad row
+    # needs it.
+    eager = (check_lengths and verify) or dialect.comment is not None
     if eager:
         records()
     if not (eager and records().unterminated):
@@ -366,7 +369,7 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     def block(data: bytes, offset: int, line: int | Callable[[], int], quotes: int, final: bool) -> Block:
         result = parse_block(data, parse, file=f.path, base_offset=offset, first_line=line, dialect=dialect,
                              max_record=spec.max_record_bytes, names=names,
-                             check_lengths=quotes != 0, to_schema=to_schema)
+                             check_lengths=quotes != 0, to_schema=to_schema, verify=final)
         result.skipped += before.pop() if before else 0
         if f.format == "jsonl" and final and result.bad and data and not data.endswith(b"\n"):
             last = result.bad[-1]

@@ -107,8 +107,11 @@ def recover(paths: OutputPaths, keep: str | None = None) -> list[str]:
     return done
 
 
-def link_previous(previous: str, staging: str) -> list[str]:
-    """For append: hard-link the existing parts (and rejects) into staging; return their paths."""
+def link_previous(previous: str, staging: str, skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """For append: hard-link the existing parts (and rejects) into staging; return their paths.
+
+    ``skip``: paths (relative to the output) that are not carried over as they are.
+    """
     linked = []
     for root, _, files in os.walk(previous):
         for name in files:
@@ -116,6 +119,8 @@ def link_previous(previous: str, staging: str) -> list[str]:
                 continue
             src = os.path.join(root, name)
             rel = os.path.relpath(src, previous)
+            if rel in skip or rel.replace(os.sep, "/") in skip:
+                continue
             dst = os.path.join(staging, rel)
             if os.path.exists(dst):
                 raise OutputError(f"append: {rel} exists in both the old output and this run's output")

@@ -32,11 +32,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import arrays
-from pipeline.errors import OutputError, StageError
+from pipeline.dtypes import type_name, widens
+from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.worker import REJECT_SCHEMA, set_title, unspool
 from pipeline.input.discover import NULL_PARTITION
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
+REJECTS_DIR = "_rejects"
 MAX_PARTITION_VALUE = 200
 DONE_GRACE_SECONDS = 30.0
 
@@ -55,6 +57,7 @@ class WriterSpec:
     journal: str | None = None                # append checkpoints here, so a killed run can resume
     checkpoint_seconds: float = 60.0
     buffer_bytes: int = BUFFER_BYTES          # rows held for row groups before the largest buffer is written
+    null_columns: tuple[str, ...] = ()        # output columns this run's rows lack (append, add_columns)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class WrittenFile:
     rows: int
     bytes: int
     run_id: str
+    sources: list = field(default_factory=list)   # [input file, rows] in row order (data files)
 
 
 @dataclass
@@ -71,6 +75,8 @@ class _Open:
     sink: pa.NativeFile
     writer: pq.ParquetWriter
     rows: int = 0
+
+    sources: list = field(default_factory=list)
 
     def write(self, table: pa.Table, row_group_rows: int) -> None:
         self.writer.write_table(table, row_group_size=row_group_rows)
@@ -88,8 +94,32 @@ class Partition:
     tables: list = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
-    open: Any = None     # the part file being written: has write(table, row_group_rows) and size()
+    open: Any = None     # the part file being written: has write(table, row_group_rows), size(), ``sources``
     seq: int = 0
+    segments: list = field(default_factory=list)   # [input file, rows] of the buffered rows, in order
+
+
+def _take_rows(segments: list, n: int) -> list:
+    """Remove the first ``n`` rows' worth of ``[source, rows]`` segments from ``segments``; return them."""
+    taken = []
+    while n > 0 and segments:
+        source, rows = segments[0]
+        if rows <= n:
+            taken.append(segments.pop(0))
+            n -= rows
+        else:
+            taken.append([source, n])
+            segments[0] = [source, rows - n]
+            n = 0
+    return taken
+
+
+def _merge_segments(into: list, segments: list) -> None:
+    for source, rows in segments:
+        if into and into[-1][0] == source:
+            into[-1][1] += rows
+        else:
+            into.append([source, rows])
 
 
 def partition_dir(names: tuple[str, ...], values: tuple) -> str:
@@ -132,24 +162,25 @@ class RowGroupWriter:
     def _close(self, part: Partition) -> None:
         raise NotImplementedError
 
-    def _buffer(self, table: pa.Table) -> None:
+    def _buffer(self, table: pa.Table, source: str = "") -> None:
         if table.num_rows == 0:
             return
         if not self.partition_by:
-            self._add((), table)
+            self._add((), table, source)
         else:
             for values, part in _split_partitions(table, self.partition_by):
-                self._add(values, part)
+                self._add(values, part, source)
         while self.buffered > self.buffer_bytes:
             largest = max(self.partitions.values(), key=lambda p: p.nbytes)
             self._flush(largest, final=True)
 
-    def _add(self, values: tuple, table: pa.Table) -> None:
+    def _add(self, values: tuple, table: pa.Table, source: str = "") -> None:
         directory = partition_dir(self.partition_by, values)   # null and "" share one directory
         part = self.partitions.get(directory)
         if part is None:
             part = self.partitions[directory] = Partition(directory)
         part.tables.append(table)
+        part.segments.append([source, table.num_rows])
         part.rows += table.num_rows
         part.nbytes += table.nbytes
         self.buffered += table.nbytes
@@ -169,15 +200,23 @@ class RowGroupWriter:
             part.tables, part.rows, part.nbytes = [rest], rest.num_rows, rest.nbytes
             self.buffered += rest.nbytes
         if table.num_rows:
-            self._write_rows(part, table, table.schema)  # partition columns are in the path, not the file
+            segments = _take_rows(part.segments, table.num_rows)
+            self._write_rows(part, table, table.schema, segments)  # partition columns are in the path
 
-    def _write_rows(self, part: Partition, table: pa.Table, schema: pa.Schema) -> None:
-        """Append row groups to the partition's open file, rolling to a new file past file_bytes."""
+    def _write_rows(self, part: Partition, table: pa.Table, schema: pa.Schema, segments=None) -> None:
+        """Append row groups to the partition's open file, rolling to a new file past file_bytes.
+
+        ``segments`` ([input file, rows], in row order) say where the rows came from; each file
+        records its own, so that the rows of one input file can be found again (on_changed_file).
+        """
         n = self.row_group_rows
         for start in range(0, table.num_rows, n):
             if part.open is None:
                 self._open(part, schema)
-            part.open.write(table.slice(start, n), n)
+            piece = table.slice(start, n)
+            part.open.write(piece, n)
+            if segments is not None:
+                _merge_segments(part.open.sources, _take_rows(segments, piece.num_rows))
             if part.open.size() >= self.file_bytes:
                 self._close(part)
 
@@ -195,45 +234,45 @@ class DatasetWriter(RowGroupWriter):
         self.spec = spec
         self.root = os.path.realpath(spec.staging)
         self.schema = spec.schema
+        self.open_columns = {f.name for f in spec.schema if pa.types.is_null(f.type)} if spec.schema else set()
         self.files: list[WrittenFile] = []
         self.rejects: Partition | None = None
         self.rejected = 0
         self._opened = False
 
     # -- rows
-    def write(self, table: pa.Table, where: str) -> None:
-        self._buffer(self._conform(table, where))
+    def write(self, table: pa.Table, where: str, source: str = "") -> None:
+        self._buffer(self._conform(table, where), source)
 
     def _conform(self, table: pa.Table, where: str) -> pa.Table:
         if self.schema is None:
             self.schema = table.schema
+            self.open_columns = set(table.column_names)
             return table
-        if table.schema.equals(self.schema):
-            return table
-        if set(table.column_names) != set(self.schema.names):
-            raise StageError(
-                f"{where}: the stages produced columns {table.column_names}, but earlier chunks had "
-                f"{self.schema.names}; every chunk must give the same columns", chunk=where)
-        table = table.select(self.schema.names)
+        table = add_null_columns(table, self.spec.null_columns)
+        if table.num_rows == 0:
+            return empty_like(self.schema)
+        # a column the plan left open (a python stage's) takes the first real type, and widens to
+        # a later chunk's wider type (int64 then float64), until a file is written
         undecided = [i for i, f in enumerate(self.schema)
-                     if pa.types.is_null(f.type) and not pa.types.is_null(table.schema.field(i).type)]
+                     if f.name in table.column_names and not pa.types.is_null(table.schema.field(f.name).type)
+                     and (pa.types.is_null(f.type) or (
+                         f.name in self.open_columns and table.schema.field(f.name).type != f.type
+                         and widens(f.type, table.schema.field(f.name).type)))]
         if undecided and not self._opened:
-            # a column that was all null so far (say, from a python stage) takes the first real type
             schema = self.schema
             for i in undecided:
-                schema = schema.set(i, pa.field(schema.field(i).name, table.schema.field(i).type))
+                schema = schema.set(i, pa.field(schema.field(i).name, table.schema.field(schema.field(i).name).type))
             self.schema = schema
             for part in self.partitions.values():
                 part.tables = [t.cast(schema) for t in part.tables]
-        elif undecided:
-            names = [self.schema.field(i).name for i in undecided]
-            raise StageError(f"{where}: column(s) {names} were all null in earlier chunks and were written "
-                             f"with no type; add a `cast` stage after the stage that makes them", chunk=where)
-        try:
-            return table.cast(self.schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise StageError(f"{where}: the stages produced types that differ from earlier chunks: {exc}",
-                             chunk=where) from exc
+        elif any(pa.types.is_null(self.schema.field(i).type) for i in undecided):
+            names = [self.schema.field(i).name for i in undecided if pa.types.is_null(self.schema.field(i).type)]
+            raise InputError(f"{where}: column(s) {names} were null in every row of earlier chunks and were "
+                             f"written with no type; add a `cast` stage after the stage that makes them",
+                             file=where, column=names[0])
+        return conform_table(table, self.schema, where, "the output's schema (from the first rows, earlier "
+                                                        "chunks or the output appended to)")
 
     def _open(self, part: Partition, schema: pa.Schema) -> None:
         directory = os.path.join(self.root, part.directory)
@@ -260,13 +299,14 @@ class DatasetWriter(RowGroupWriter):
         opened.sink.close()
         _fsync(opened.path)
         self.files.append(WrittenFile(os.path.relpath(opened.path, self.root), opened.rows,
-                                      os.path.getsize(opened.path), self.spec.run_id))
+                                      os.path.getsize(opened.path), self.spec.run_id,
+                                      [list(s) for s in opened.sources]))
         part.open = None
 
     # -- rejects
     def write_rejects(self, table: pa.Table) -> None:
         if self.rejects is None:
-            self.rejects = Partition("_rejects")
+            self.rejects = Partition(REJECTS_DIR)
         self.rejected += table.num_rows
         self._write_rows(self.rejects, table, REJECT_SCHEMA)
 
@@ -284,7 +324,8 @@ class DatasetWriter(RowGroupWriter):
         self._flush_all()
         if self.rejects is not None:
             self._close(self.rejects)
-        if not self.files and self.schema is not None and not self.spec.partition_by:
+        data = [f for f in self.files if not f.path.startswith(REJECTS_DIR + os.sep)]
+        if not data and self.schema is not None and not self.spec.partition_by:
             # An empty result is still a readable dataset with the right schema.
             empty = Partition("")
             self._open(empty, self.schema)
@@ -292,6 +333,54 @@ class DatasetWriter(RowGroupWriter):
         for d, _, _ in os.walk(self.root):
             _fsync(d)
         return self.files
+
+
+def conform_table(table: pa.Table, schema: pa.Schema, where: str, against: str = "earlier chunks") -> pa.Table:
+    """``table`` in ``schema``: the same columns, each cast where that is a safe widening.
+
+    Otherwise InputError (exit 65) naming ``where`` (a file), the column, both types and the fix.
+    """
+    if table.schema.equals(schema):
+        return table
+    if set(table.column_names) != set(schema.names):
+        missing = [n for n in schema.names if n not in table.column_names]
+        extra = [n for n in table.column_names if n not in schema.names]
+        parts = ([f"lacks {missing}"] if missing else []) + ([f"has extra {extra}"] if extra else [])
+        raise InputError(f"{where}: the stages' result {' and '.join(parts)} compared with {against} "
+                         f"(columns {schema.names}); every chunk must give the same columns", file=where)
+    table = table.select(schema.names)
+    columns = []
+    for want, col in zip(schema, table.columns):
+        if col.type == want.type:
+            columns.append(col)
+            continue
+        if not widens(col.type, want.type):
+            raise InputError(_type_change(where, want.name, col.type, want.type, against), file=where,
+                             column=want.name)
+        try:
+            columns.append(col.cast(want.type, safe=True))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(_type_change(where, want.name, col.type, want.type, against) + f" ({exc})",
+                             file=where, column=want.name) from exc
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _type_change(where: str, column: str, found: pa.DataType, expected: pa.DataType, against: str) -> str:
+    return (f"{where}: column {column!r} is {type_name(found)} here but {type_name(expected)} in {against}; "
+            f"add a `cast` stage after the stage that makes it (- cast: {{{column}: {type_name(expected)}}}), "
+            f"so that every chunk gives it one type")
+
+
+def add_null_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    """``table`` with the named columns added as nulls where it lacks them (schema evolution on append)."""
+    for name in names:
+        if name not in table.column_names:
+            table = table.append_column(pa.field(name, pa.null()), pa.nulls(table.num_rows))
+    return table
+
+
+def empty_like(schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_batches([], schema=schema)
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str] | bool:
@@ -366,7 +455,7 @@ def writer_main(queue, events, spec: WriterSpec) -> None:
         events.put(("error", exc))
     except OSError as exc:
         events.put(("error", OutputError(f"cannot write the output: {exc}", path=getattr(exc, "filename", None))))
-    except StageError as exc:
+    except PipelineError as exc:
         events.put(("error", exc))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run with exit 1
         events.put(("error", RuntimeError(f"writer failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
@@ -414,7 +503,7 @@ def run_writer(queue, events, spec: WriterSpec) -> dict:
             for what, path in pieces:
                 table = unspool(path)
                 if what == "data":
-                    out.write(table, f"chunk {chunk_id}")
+                    out.write(table, result.source or f"chunk {chunk_id}", result.source)
                     written += table.num_rows
                 else:
                     out.write_rejects(table)

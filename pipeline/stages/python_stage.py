@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.errors import ExprError, StageError
+from pipeline.errors import ExprError, Interrupted, StageError
 from pipeline.stages.registry import StageContext, register
 
 _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
@@ -179,6 +179,8 @@ def python(table: pa.Table, spec: PythonSpec, ctx: StageContext) -> pa.Table:
     data = _to_pandas(table) if spec.api == "pandas" else table
     try:
         result = fn(data, **spec.params)
+    except Interrupted:
+        raise
     except Exception as e:
         raise StageError(f"{where}: {spec.function} raised {type(e).__name__}: {e}{on}", **context) from e
     if spec.api == "pandas":

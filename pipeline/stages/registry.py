@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline import arrays
-from pipeline.errors import ConfigError, ExprError, PipelineError, StageError
+from pipeline.errors import ConfigError, ExprError, Interrupted, PipelineError, StageError
 
 REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string())])
 REJECTED_SCHEMA = pa.schema([("row", pa.int64()), ("reason", pa.string())])
@@ -357,6 +357,8 @@ def output_schema(
             if name == "python":
                 return None
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None
+        except Interrupted:
+            raise        # Ctrl-C or SIGTERM while the stages are checked: not a configuration error
         except PipelineError as e:
             raise ExprError(e.message, key=_join_key(key, e.context.get("key"))) from None
         except Exception as e:
