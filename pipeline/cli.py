@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="also append the log lines to this file (its folder must exist)").complete = _FILE
         sp.add_argument("--param", dest="params", action="append", default=[], type=_param, metavar="NAME=VALUE",
                         help="set a job parameter (repeatable); see params: in the job file")
+        sp.add_argument("-v", "--verbose", action="store_true",
+                        help="more detail on the terminal: a failing python stage's traceback")
         if run_options:
             sp.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: run.workers)")
 
@@ -47,9 +49,32 @@ def _parser() -> argparse.ArgumentParser:
     common(v)
     pl = sub.add_parser("plan", help="show the files, chunks and schema a run would use; writes nothing")
     common(pl, run_options=True)
+    pv = sub.add_parser("preview", help="run the stages on the first rows and show them; writes nothing")
+    common(pv)
+    pv.add_argument("--rows", type=_positive, metavar="N",
+                    help="read chunks until N rows were read, and show up to N rows (default: the first chunk, "
+                         "10 rows shown)")
     h = sub.add_parser("history", help="list the past runs of a job from its state store")
     common(h)
-    h.add_argument("--limit", type=_positive, default=20, help="how many runs (newest first)")
+    h.add_argument("--limit", type=_positive, default=20, help="how many runs (newest first; default 20)")
+    h.add_argument("--status", choices=["succeeded", "failed", "running", "died", "up to date"],
+                   help="only runs that ended so")
+    h.add_argument("--json", action="store_true", help="one JSON object a run, a line each")
+    st = sub.add_parser("init", help="write a starter job (and a Makefile snippet) for some input files")
+    st.add_argument("directory", metavar="DIR", nargs="?", default=".",
+                    help="the folder for NAME.yaml and NAME.mk (default: the current folder)")
+    st.add_argument("--from", dest="sources", metavar="GLOB", nargs="+", required=True,
+                    help="the input files: globs (quote them) or paths")
+    st.add_argument("--name", type=_job_name, help="the job's name (default: from the first file's name)")
+    st.add_argument("--force", action="store_true", help="replace NAME.yaml and NAME.mk if they exist")
+    rp = sub.add_parser("report", help="write one self-contained HTML page: the last run and the job's history")
+    rp.add_argument("target", metavar="OUTPUT_OR_CONFIG", help="an output directory, or the job file")
+    rp.add_argument("-o", "--output", dest="out_file", metavar="FILE",
+                    help="where to write the page (default: JOB-report.html in the current folder)")
+    rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key by its dotted path (repeatable)")
+    rp.add_argument("--param", dest="params", action="append", default=[], type=_param, metavar="NAME=VALUE",
+                    help="set a job parameter (repeatable), to find a dated job's output")
     i = sub.add_parser("inspect", help="show an output: schema, rows, files, counts")
     path: Any = i.add_argument("path", metavar="PATH",
                                help="an output directory (output.path of a job) or a URL such as s3://bucket/out")
@@ -76,6 +101,14 @@ def _param(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
+def _job_name(text: str) -> str:
+    import re
+
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", text):
+        raise argparse.ArgumentTypeError(f"a job name is letters, digits, '_', '.' and '-', got {text!r}")
+    return text
+
+
 def _positive(text: str) -> int:
     try:
         n = int(text)
@@ -100,24 +133,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline: error: --log-file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
         return EX_USAGE
     previous = signal.signal(signal.SIGTERM, _on_signal), signal.signal(signal.SIGINT, _on_signal)
+    verbose = getattr(args, "verbose", False)
     try:
         return _dispatch(args)
     except PipelineError as exc:
         if isinstance(exc, ConfigError) and not exc.context.get("file") and getattr(args, "config", None):
             exc.context["file"] = args.config
         _print_report(exc)
-        print(f"pipeline: error: {exc}", file=sys.stderr)
-        logmod.to_file_only(logging.ERROR, f"error: {exc}")
+        _final_error(f"error: {exc}", exc.exit_code, exc.context.get("traceback"), verbose, type(exc).__name__)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("pipeline: interrupted by SIGINT; nothing was published", file=sys.stderr)
+        _final_error("interrupted by SIGINT; nothing was published", EX_SIGINT, None, verbose, "Interrupted")
         return EX_SIGINT
     except BrokenPipeError:
         return EX_FAILURE
     except Exception as exc:  # noqa: BLE001 - a bug: say so, with the traceback in the log
         _print_report(exc)
-        log.error("unexpected failure:\n%s", traceback.format_exc())
-        print(f"pipeline: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _final_error(f"unexpected failure: {type(exc).__name__}: {exc}", EX_FAILURE, traceback.format_exc(),
+                     True, type(exc).__name__)
         return EX_FAILURE
     finally:
         signal.signal(signal.SIGTERM, previous[0])
@@ -127,6 +160,27 @@ def main(argv: list[str] | None = None) -> int:
 def _on_signal(signum, frame):
     name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
     raise Interrupted(f"interrupted by {name}; nothing was published", signum=signum)
+
+
+def _final_error(message: str, code: int, trace: str | None, verbose: bool, kind: str) -> None:
+    """The last words of a failed command: one line on stderr (a JSON line with --log-format json).
+
+    A traceback (a user function's, limited to the job's own frames, or a bug's) goes to the log
+    file, and to the terminal with ``-v``.
+    """
+    from pipeline import log as logmod
+
+    text = message if message.startswith("unexpected") else message.removeprefix("error: ")
+    fields = {"event": "error", "error": kind, "exit_code": code}
+    if logmod.is_json():
+        with_trace = dict(fields, traceback=trace) if trace else fields
+        logmod.emit(logging.ERROR, text, with_trace if verbose else fields, files=False)
+        logmod.emit(logging.ERROR, text, with_trace, terminal=False)
+        return
+    if trace and verbose:
+        print(trace, file=sys.stderr)
+    print(f"pipeline: {message}", file=sys.stderr, flush=True)
+    logmod.to_file_only(logging.ERROR, message + (f"\n{trace}" if trace else ""))
 
 
 def _print_report(exc: BaseException) -> None:
@@ -149,10 +203,32 @@ def _dispatch(args) -> int:
         from pipeline.commands.inspect_output import inspect_output
 
         return inspect_output(args.path, as_json=args.json)
+    if args.command == "init":
+        from pipeline.commands.starter import init
+
+        return init(args.directory, args.sources, name=args.name, force=args.force)
+    if args.command == "report":
+        from pipeline.commands.report import report as write_report
+
+        return write_report(args.target, args.out_file, overrides=args.overrides, params=dict(args.params))
     from pipeline.config import load_config
     from pipeline.stages import STAGES
 
     job = load_config(args.config, args.overrides, params=dict(args.params), stages=STAGES)
+    if args.command == "run" and args.dry_run:
+        from pipeline.commands.job import show_plan, validate
+
+        validate(job)
+        print()
+        show_plan(job, workers=args.workers)
+        print()
+        print("dry run: the job was validated and planned (as `pipeline validate` and `pipeline plan` do); "
+              "nothing was run or written")
+        return 0
+    if args.command == "preview":
+        from pipeline.commands.preview import preview
+
+        return preview(job, rows=args.rows)
     if args.command == "run":
         from pipeline.run import run_job
 
@@ -163,7 +239,8 @@ def _dispatch(args) -> int:
     if args.command == "history":
         from pipeline.commands.job import history
 
-        return history(job, limit=args.limit)
+        return history(job, limit=args.limit, status=args.status, as_json=args.json,
+                       params={name for name, _ in args.params})
     if args.command == "validate":
         from pipeline.commands.job import validate
 

@@ -52,6 +52,8 @@ def setup(fmt: str = "text", log_file: str | None = None, level: int = logging.I
                                       datefmt="%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     _file_handlers.clear()
+    _terminal_handlers[:] = handlers[:1]
+    _format[0] = fmt
     if log_file:
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
         _file_handlers.append(handlers[-1])
@@ -63,15 +65,27 @@ def setup(fmt: str = "text", log_file: str | None = None, level: int = logging.I
 
 
 _file_handlers: list[logging.Handler] = []
+_terminal_handlers: list[logging.Handler] = []
+_format = ["text"]
+
+
+def is_json() -> bool:
+    return _format[0] == "json"
+
+
+def emit(level: int, message: str, fields: dict | None = None, *, terminal: bool = True,
+         files: bool = True) -> None:
+    """One record to the terminal, to --log-file, or both; ``fields`` become JSON keys."""
+    logger = logging.getLogger(LOGGER)
+    record = logger.makeRecord(LOGGER, level, __file__, 0, message, (), None, extra={"fields": fields or {}})
+    _context.filter(record)
+    for handler in (_terminal_handlers if terminal else []) + (_file_handlers if files else []):
+        handler.handle(record)
 
 
 def to_file_only(level: int, message: str) -> None:
     """A record for --log-file alone (stderr already got the same words from the CLI)."""
-    logger = logging.getLogger(LOGGER)
-    record = logger.makeRecord(LOGGER, level, __file__, 0, message, (), None)
-    for handler in _file_handlers:
-        _context.filter(record)
-        handler.handle(record)
+    emit(level, message, terminal=False)
 
 
 def set_context(job: str | None = None, run_id: str | None = None) -> None:

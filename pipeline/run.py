@@ -103,6 +103,7 @@ class Report:
     exit_code: int | None = None
     note: str = ""
     skip_metrics: bool = False
+    chunk_results: list = field(default_factory=list)   # every committed ChunkResult, for the state store
     finalize: dict | None = None      # the manifest's finalize entry: scope, rows in and out
 
     def succeeded(self, files: list[dict], started: float) -> Report:
@@ -256,6 +257,7 @@ def count_results(job: Job, report: Report, bar: Progress):
 
     def on_result(result: ChunkResult) -> None:
         counts.add(result)
+        report.chunk_results.append(result)
         room = BAD_SAMPLES - len(report.bad_samples)
         if room > 0:
             report.bad_samples.extend(result.bad_samples[:room])
@@ -362,6 +364,8 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
                       progress=progress, full_refresh=full_refresh)
         if store is not None and result.status == "up to date":
             store.run_finished(run_id, "up to date", 0, result.counts.__dict__)
+        if store is not None:
+            _record_chunks(store, report)
         return result
     except BaseException as exc:
         report.status = "failed"
@@ -381,6 +385,7 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
                 store.run_finished(run_id, "failed", code, report.counts.__dict__, error=str(exc)[:2000])
             except sqlite3.Error as db_exc:
                 log.error("could not record the failed run in the state store: %s", db_exc)
+            _record_chunks(store, report)
         try:
             exc.report = report  # type: ignore[attr-defined]
         except AttributeError:
@@ -391,6 +396,14 @@ def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
             write_metrics(job.run.metrics_file, job.name, report, store)
         if store is not None:
             store.close()
+
+
+def _record_chunks(store: StateStore, report: Report) -> None:
+    """Each chunk's worker and times, for ``pipeline report``; a failure here loses only that picture."""
+    try:
+        store.record_chunks(report.run_id, report.chunk_results)
+    except sqlite3.Error as exc:
+        log.warning("could not record the chunks' times in the state store: %s", exc)
 
 
 def _previous_output(paths: OutputPaths) -> dict | None:

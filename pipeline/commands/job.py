@@ -103,24 +103,34 @@ def _short(path: str) -> str:
     return rel if len(rel) < len(path) else path
 
 
-def history(job: Job, limit: int = 20) -> int:
-    """Past runs of the job, newest first, from its state store."""
+def history(job: Job, limit: int = 20, status: str | None = None, as_json: bool = False,
+            params: frozenset[str] | set[str] = frozenset()) -> int:
+    """Past runs of the job, newest first, from its state store.
+
+    ``params`` names the ``--param`` values given on the command line: only runs made with those
+    values are shown.
+    """
     import time
 
     from pipeline.run import state_dir
     from pipeline.state.store import StateStore
 
     directory = state_dir(job)
-    if not os.path.exists(os.path.join(directory, "state.db")):
-        print(f"{job.name}: no runs recorded yet (state store {directory})")
+    runs: list[dict] = []
+    if os.path.exists(os.path.join(directory, "state.db")):
+        with StateStore(directory) as store:
+            wanted = {k: v for k, v in job.params.items() if k in params}
+            runs = store.history(job.name, limit, status=status, params=wanted)
+    if as_json:
+        for r in runs:
+            print(json.dumps(_run_record(r), sort_keys=False))
         return 0
-    with StateStore(directory) as store:
-        runs = store.history(job.name, limit)
     if not runs:
-        print(f"{job.name}: no runs recorded yet (state store {directory})")
+        which = f"{status} " if status else ""
+        print(f"{job.name}: no {which}runs recorded yet (state store {directory})")
         return 0
     print(f"{'started':<20} {'status':<11} {'exit':>4} {'seconds':>8} {'read':>11} {'written':>11} "
-          f"{'rejected':>9}  {'run':<24} params")
+          f"{'rejected':>9}  {'run':<24} {'params':<16} error")
     for r in runs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
         secs = f"{r['finished'] - r['started']:.1f}" if r["finished"] else "-"
@@ -129,7 +139,33 @@ def history(job: Job, limit: int = 20) -> int:
         def n(v):
             return "-" if v is None else f"{v:,}"
 
-        params = " ".join(f"{k}={v}" for k, v in json.loads(r["params"] or "{}").items())
+        given = " ".join(f"{k}={v}" for k, v in json.loads(r["params"] or "{}").items())
         print(f"{when:<20} {r['status']:<11} {code:>4} {secs:>8} {n(r['rows_read']):>11} "
-              f"{n(r['rows_written']):>11} {n(r['rows_rejected']):>9}  {r['run_id']:<24} {params}".rstrip())
+              f"{n(r['rows_written']):>11} {n(r['rows_rejected']):>9}  {r['run_id']:<24} {given or '-':<16} "
+              f"{first_line(r['error'])}".rstrip())
     return 0
+
+
+def first_line(error: str | None, width: int = 120) -> str:
+    """The first line of a failure, cut to ``width`` characters."""
+    if not error:
+        return ""
+    line = error.strip().splitlines()[0] if error.strip() else ""
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+def _run_record(r: dict) -> dict:
+    """A state-store row as the JSON ``history --json`` prints (times in ISO 8601 UTC)."""
+    import time
+
+    def iso(t):
+        return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    return {
+        "run_id": r["run_id"], "status": r["status"], "exit_code": r["exit_code"],
+        "started": iso(r["started"]), "finished": iso(r["finished"]),
+        "seconds": None if r["finished"] is None else round(r["finished"] - r["started"], 3),
+        "rows_read": r["rows_read"], "rows_written": r["rows_written"], "rows_filtered": r["rows_filtered"],
+        "rows_rejected": r["rows_rejected"], "files_processed": r["files_processed"],
+        "params": json.loads(r["params"] or "{}"), "error": r["error"],
+    }

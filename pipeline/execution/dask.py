@@ -245,7 +245,7 @@ class PartWriter(RowGroupWriter):
 def write_chunk(chunk: Chunk, spec: TaskSpec) -> ChunkWrite:
     """The Dask task: read a chunk, apply the stages, write its part files, return its record."""
     started = time.monotonic()
-    result = ChunkResult(chunk.id, 0, os.getpid())
+    result = ChunkResult(chunk.id, 0, os.getpid(), started=time.time())
     out = PartWriter(spec.parts, chunk.id)
     where = chunk.describe()
     try:

@@ -43,6 +43,7 @@ class WorkerSpec:
     on_bad_rows: str
     spool: str = ""                    # directory for the Arrow files the queue messages point to
     allowed_modules: tuple[str, ...] = ()
+    trace_filtered: bool = False       # also yield the filtered rows (``pipeline preview``)
     memory_bytes: int = 256 << 20       # DuckDB's memory limit for the sql stages of one worker
     lookups: tuple = ()                 # pipeline.input.lookups.Lookup records
     lookups_key: tuple = ()             # their fingerprints: a changed file is read again
@@ -63,6 +64,7 @@ class ChunkResult:
     lines_skipped: int = 0      # comment lines (csv.comment): not rows, counted apart
     bytes_read: int = 0
     messages: int = 0
+    started: float = 0.0               # wall-clock time (epoch seconds) the worker began the chunk
     seconds: float = 0.0
     bad_samples: list[BadRow] = field(default_factory=list)
     source: str = ""                   # the input file the chunk is part of (named in type errors)
@@ -146,7 +148,8 @@ def _stage_rejects(block, rejects: pa.Table, file: str) -> list[BadRow]:
 
 
 def chunk_tables(chunk: Chunk, spec: WorkerSpec, result: ChunkResult) -> Iterator[tuple[str, pa.Table]]:
-    """Read one chunk and run the stages: yields ``("data", rows)`` and ``("rejects", rows)``.
+    """Read one chunk and run the stages: yields ``("data", rows)`` and ``("rejects", rows)``
+    (and ``("filtered", rows)``, in the rejects' layout, when ``spec.trace_filtered``).
 
     The one path from a chunk to its output rows, whichever executor runs it; the counts and
     bad-row samples go into ``result``. Bad rows beyond the job's policy raise InputError.
@@ -163,8 +166,10 @@ def chunk_tables(chunk: Chunk, spec: WorkerSpec, result: ChunkResult) -> Iterato
             result.lines_skipped += block.skipped
             bad = list(block.bad)
             if spec.stages:
-                out = apply_stages(block.table, stage_list, ctx)
+                out = apply_stages(block.table, stage_list, ctx, trace_filtered=spec.trace_filtered)
                 bad += _stage_rejects(block, out.rejects, chunk.file.path)
+                if out.filtered is not None and out.filtered.num_rows:
+                    yield "filtered", rejects_table(_stage_rejects(block, out.filtered, chunk.file.path), chunk)
                 result.rows_filtered += out.rows_filtered
                 result.rows_added += out.rows_added
                 table = out.table
@@ -207,7 +212,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     # process holds even if the chunk kills it a moment later
     _STATE["events"].put(("start", chunk.id, attempt, os.getpid(), time.time()))
     started = time.monotonic()
-    result = ChunkResult(chunk.id, attempt, os.getpid())
+    result = ChunkResult(chunk.id, attempt, os.getpid(), started=time.time())
     messages = 0
 
     def send(kind: str, table: pa.Table) -> None:

@@ -33,15 +33,13 @@ class JobLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = ""
             try:
                 info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-                holder = f" (pid {info.get('pid')}, started {info.get('started')}, run {info.get('run_id')})"
             except ValueError:
-                pass
+                info = {}
             os.close(fd)
-            raise LockedError(f"another run of job {self.job_name!r} is in progress{holder}; try again later",
-                              lock=self.path) from None
+            raise LockedError(holder_message(info, self.job_name), lock=self.path,
+                              holder_pid=info.get("pid"), holder_run_id=info.get("run_id")) from None
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "run_id": self.run_id, "job": self.job_name,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -65,6 +63,14 @@ class JobLock:
 
 
 _HELD: set[int] = set()
+
+
+def holder_message(info: dict, job_name: str) -> str:
+    """Who holds the lock, from what the holder wrote into the lock file."""
+    if not isinstance(info, dict) or not info.get("pid"):
+        return f"another run holds the lock of job {job_name!r}'s output; try again later"
+    return (f"job {info.get('job') or job_name!r} holds the lock on this output: pid {info.get('pid')}, "
+            f"started {info.get('started', '?')}, run {info.get('run_id', '?')}; try again later")
 
 
 def close_inherited() -> None:

@@ -12,9 +12,12 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import os
 import re
 import sys
+import sysconfig
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -120,6 +123,40 @@ def check_python_spec(spec: PythonSpec | dict, base_dir: Path, allowed_modules: 
     load_function(spec.function, Path(base_dir), tuple(allowed_modules))
 
 
+def user_traceback(exc: BaseException, fn: Callable, base_dir: Path) -> str:
+    """The traceback of an exception a user function raised, with the job's own frames only.
+
+    A frame is the user's when it is in the function's own folder, or in the job file's folder
+    but neither in this program nor in an installed package.
+    """
+    module_file = (getattr(sys.modules.get(getattr(fn, "__module__", None) or ""), "__file__", None)
+                   or getattr(getattr(fn, "__code__", None), "co_filename", None))
+    job_dir = os.path.realpath(base_dir)
+    ours = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    installed = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")}
+    own = os.path.realpath(module_file) if module_file else None
+    if own and os.path.dirname(own) not in installed:
+        own = os.path.dirname(own)     # a package or the folder of the user's file, not all of site-packages
+
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+    def users(filename: str) -> bool:
+        path = os.path.realpath(filename)
+        if inside(path, ours):
+            return False
+        if own and inside(path, own) and any(inside(own, d) for d in installed):
+            return True     # an installed module the job allows by name
+        return ((own is not None and inside(path, own)) or inside(path, job_dir)) and \
+            not any(inside(path, d) for d in installed)
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if users(f.filename)]
+    lines = ["Traceback (most recent call last; the job's own code only):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n")
+
+
 @functools.lru_cache(maxsize=1)
 def _nullable() -> dict:
     import pandas as pd  # only jobs with a pandas stage pay for importing pandas
@@ -179,10 +216,11 @@ def python(table: pa.Table, spec: PythonSpec, ctx: StageContext) -> pa.Table:
     data = _to_pandas(table) if spec.api == "pandas" else table
     try:
         result = fn(data, **spec.params)
-    except Interrupted:
+    except Interrupted:     # SIGTERM or SIGINT while the function ran: not the function's failure
         raise
     except Exception as e:
-        raise StageError(f"{where}: {spec.function} raised {type(e).__name__}: {e}{on}", **context) from e
+        raise StageError(f"{where}: {spec.function} raised {type(e).__name__}: {e}{on}",
+                         traceback=user_traceback(e, fn, ctx.base_dir), **context) from e
     if spec.api == "pandas":
         import pandas as pd
 

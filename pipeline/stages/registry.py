@@ -60,6 +60,7 @@ class StagesResult:
     rows_rejected: int      # rows failing validate or cast
     rows_added: int         # rows a python stage added
     rejects: pa.Table       # row (int64 position in the original table, null if unknown), stage, reason
+    filtered: pa.Table | None = None   # like rejects, for the filtered rows (with trace_filtered only)
 
 
 @dataclass(frozen=True)
@@ -249,16 +250,20 @@ def apply_stages(
     stages: Sequence[tuple[str, Any]],
     ctx: StageContext,
     keys: Sequence[str] = (),
+    trace_filtered: bool = False,
 ) -> StagesResult:
     """Run ``stages`` (``(name, spec)`` pairs) over ``table``.
 
     Keeps each row's position in ``table`` through the stages so that rejected rows can be
     traced to the input; after a ``python`` stage that changes the number of rows the positions
     are unknown (null). ``rows_in == rows_out + rows_filtered + rows_rejected - rows_added``.
+    With ``trace_filtered`` the result also says which rows each stage filtered out (where the
+    positions are known), for ``pipeline preview``.
     """
     positions: pa.Array = arrays.array(np.arange(table.num_rows, dtype=np.int64))
     filtered = rejected = added = 0
     rejects: list[pa.Table] = []
+    dropped: list[pa.Table] = []
     for i, (name, spec) in enumerate(stages):
         key = _stage_key(i, name, keys)
         sctx = dataclasses.replace(ctx, stage=key)
@@ -287,6 +292,17 @@ def apply_stages(
             }, schema=REJECTS_SCHEMA))
         rejected += n_rej
         n_out = out.table.num_rows
+        if out.kept is not None and trace_filtered and len(positions):
+            gone = ~arrays.to_numpy(out.kept)
+            if n_rej and out.rejected is not None:
+                gone[arrays.to_numpy(out.rejected.column("row"))] = False
+            if gone.any():
+                origin = positions.filter(arrays.array(gone))
+                dropped.append(pa.table({
+                    "row": pc.cast(origin, pa.int64()),
+                    "stage": pa.repeat(arrays.scalar(key, pa.string()), len(origin)),
+                    "reason": pa.repeat(arrays.scalar("filtered out", pa.string()), len(origin)),
+                }, schema=REJECTS_SCHEMA))
         if out.kept is not None:
             positions = positions.filter(out.kept)
             removed = n_in - len(positions) - n_rej
@@ -304,8 +320,11 @@ def apply_stages(
         all_rejects = pa.concat_tables(rejects)
     else:
         all_rejects = empty_table(REJECTS_SCHEMA)
+    traced = None
+    if trace_filtered:
+        traced = pa.concat_tables(dropped) if dropped else empty_table(REJECTS_SCHEMA)
     return StagesResult(table=table, rows_filtered=filtered, rows_rejected=rejected,
-                        rows_added=added, rejects=all_rejects)
+                        rows_added=added, rejects=all_rejects, filtered=traced)
 
 
 def _on(ctx: StageContext) -> str:

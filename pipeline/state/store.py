@@ -47,6 +47,17 @@ CREATE TABLE IF NOT EXISTS files (
     run_id TEXT NOT NULL,
     PRIMARY KEY (job, path)
 );
+CREATE TABLE IF NOT EXISTS chunks (
+    run_id TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    started REAL NOT NULL,
+    seconds REAL NOT NULL,
+    rows_read INTEGER, rows_written INTEGER, rows_filtered INTEGER, rows_rejected INTEGER,
+    bytes_read INTEGER,
+    PRIMARY KEY (run_id, chunk_id)
+);
 """
 
 
@@ -134,6 +145,19 @@ class StateStore:
                 self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
                                 (job, f.path, f.size, f.mtime_ns, f.fingerprint, f.run_id))
 
+    def record_chunks(self, run_id: str, results) -> None:
+        """When and by which process each chunk of a run was done (``ChunkResult``s; resumed ones have no time)."""
+        rows = [(run_id, r.chunk_id, r.attempt, r.pid, r.started, r.seconds, r.rows_read, r.rows_written,
+                 r.rows_filtered, r.rows_rejected, r.bytes_read) for r in results if r.started]
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def chunks(self, run_id: str) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM chunks WHERE run_id=? ORDER BY started", (run_id,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
     def mark_dead(self, job: str, current_run: str) -> int:
         """Runs left 'running' by a process that died (call with the job's lock held)."""
         cur = self.db.execute("UPDATE runs SET status='died' WHERE job=? AND status='running' AND run_id!=?",
@@ -181,11 +205,20 @@ class StateStore:
             " ORDER BY finished DESC LIMIT 1", (job,)).fetchone()
         return None if row is None else {"run_id": row[0], "transform_hash": row[1], "finished": row[2]}
 
-    def history(self, job: str, limit: int = 50) -> list[dict]:
+    def history(self, job: str, limit: int = 50, status: str | None = None,
+                params: dict[str, str] | None = None) -> list[dict]:
+        """The job's runs, newest first; only those with ``status`` and made with ``params``, if given."""
+        where, args = "job=?", [job]
+        if status:
+            where += " AND status=?"
+            args.append(status)
+        for name, value in (params or {}).items():
+            where += " AND json_extract(params, ?) = ?"
+            args += [f'$."{name}"', value]
         cur = self.db.execute(
             "SELECT run_id, started, finished, status, exit_code, rows_read, rows_written, rows_filtered,"
-            " rows_rejected, files_processed, params, error FROM runs WHERE job=? ORDER BY started DESC LIMIT ?",
-            (job, limit))
+            " rows_rejected, files_processed, params, error FROM runs WHERE " + where +
+            " ORDER BY started DESC LIMIT ?", (*args, limit))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
