@@ -39,6 +39,7 @@ from pipeline.input.plan import Plan, build_plan
 from pipeline.input.read import BadRow
 from pipeline.input.storage import is_url
 from pipeline.log import set_context
+from pipeline.memory import memory_plan
 from pipeline.output.carry import carry_previous
 from pipeline.output.finalize import finalize_schema, finalize_staged
 from pipeline.output.lock import JobLock
@@ -254,12 +255,13 @@ def staged_partition_by(job: Job) -> tuple[str, ...]:
 
 
 def writer_settings(job: Job, run_id: str, root: str, schema: pa.Schema | None,
-                    journal: str | None = None, null_columns: tuple[str, ...] = ()) -> WriterSettings:
+                    journal: str | None = None, null_columns: tuple[str, ...] = (),
+                    buffer_bytes: int | None = None) -> WriterSettings:
     return WriterSettings(job.name, run_id, root, schema, staged_partition_by(job),
                           job.output.compression, job.output.compression_level,
                           job.output.row_group_rows, job.output.file_bytes,
                           journal=journal, checkpoint_seconds=job.run.checkpoint_interval or 0.0,
-                          null_columns=null_columns)
+                          null_columns=null_columns, **({"buffer_bytes": buffer_bytes} if buffer_bytes else {}))
 
 
 def bad_row_cap(job: Job) -> int | None:
@@ -305,7 +307,13 @@ def make_executor(job: Job, plan: Plan) -> Executor:
         return DaskExecutor(scheduler_address(job.run.dask.address), plan.workers, retries=job.run.retries,
                             connect_timeout=job.run.dask.connect_timeout)
     return LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
-                         chunk_timeout=job.run.chunk_timeout)
+                         chunk_timeout=job.run.chunk_timeout,
+                         in_flight=memory_plan(job.run.memory_budget, plan.workers).in_flight)
+
+
+def writer_buffer(job: Job, plan: Plan) -> int:
+    """The writer's row-group buffer within ``run.memory_limit``."""
+    return memory_plan(job.run.memory_budget, plan.workers).writer_buffer
 
 
 def verify_counts(counts: Counts, files: list[dict], quarantine: bool) -> None:
@@ -501,7 +509,7 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         task = TaskSettings(worker_settings(job, plan, spool),
                             writer_settings(job, run_id, staging.parts, out_schema,
                                             journal=staging.journal if resume is not None else None,
-                                            null_columns=null_columns))
+                                            null_columns=null_columns, buffer_bytes=writer_buffer(job, plan)))
         committed = Committed()
         if todo or resumed is None:
             with executor:

@@ -43,6 +43,7 @@ from pipeline.config.values import (
     resolve_path,
 )
 from pipeline.dtypes import parse_type
+from pipeline.memory import memory_plan
 
 
 class _Model(BaseModel):
@@ -180,8 +181,8 @@ class InputConfig(_Model):
         "named here that is in no input file is an error."))
     chunk_bytes: ByteSize | None = Field(None, description=(
         "Target size of a chunk, the unit of work of a worker (and of a streamed block of a compressed "
-        "file). By default about four chunks per worker over the whole input, between 4 MiB and 32 MiB, so "
-        "that every worker stays busy to the end."))
+        "file). By default 4 MiB, or less when run.memory_limit is tight (a small input is not cut finer than "
+        "4 MiB); with the Dask executor about four chunks per worker, between 4 MiB and 32 MiB."))
     sample_bytes: ByteSize = Field(1024**2, description="How much of each text file is read to infer column types.")
     max_record_bytes: ByteSize = Field(16 * 1024**2, description=(
         "A longer record is a bad row. (A quote that is never closed is a bad row whatever its length.)"))
@@ -443,8 +444,24 @@ class RunConfig(_Model):
             "Installed modules that `python` stages may import (`[numpy, mypackage]`); listing a package "
             "allows its submodules. Modules beside the job file need no listing."))
     memory_limit: ByteSize = Field(1024**3, description=(
-        "DuckDB's memory budget: `sql` stages share it between the workers (at least 64 MiB each); "
-        "finalize has all of it and spills to disk past it."))
+        "The most memory the run's processes (parent, writer, workers; summed PSS) should use, e.g. 1GiB. "
+        "The local executor sizes from it the chunks (when input.chunk_bytes is not set), the results in "
+        "flight to the writer and the writer's row-group buffer: about 48 MiB for each process, 4x the "
+        "chunk for each worker, a quarter of the rest (at most 256 MiB) for the writer; chunks between 1 MiB "
+        "and 4 MiB (see pipeline/memory.py). Left unset, it is 1 GiB, raised to what run.workers need. "
+        "DuckDB has it too: `sql` stages share it between the workers (at least 64 MiB each); finalize "
+        "has all of it and spills to disk past it."))
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, value: int, info: ValidationInfo) -> int:
+        memory_plan(value, info.data.get("workers") or 1)   # ValueError: too little for the workers
+        return value
+
+    @property
+    def memory_budget(self) -> int | None:
+        """``memory_limit`` when the job sets it; None: the default, sized for the workers."""
+        return self.memory_limit if "memory_limit" in self.model_fields_set else None
 
     @field_validator("state_dir", "metrics_file")
     @classmethod

@@ -85,7 +85,8 @@ class LocalExecutor:
     writes_urls = False    # the writer process writes into a local directory
 
     def __init__(self, workers: int, start_method: str = "fork", *, retries: int = 2,
-                 chunk_timeout: float | None = None):
+                 chunk_timeout: float | None = None, in_flight: int | None = None):
+        self.in_flight = in_flight or max(4, 4 * workers)   # results queued for the writer, at most
         self.workers = workers
         self.start_method = start_method
         self.retries = retries
@@ -116,7 +117,7 @@ class LocalExecutor:
     def _execute(self, chunks: Sequence[Chunk], worker_spec: WorkerSettings,
                  writer_spec: WriterSettings) -> Execution:
         ctx: Any = mp.get_context(self.start_method)  # a fork, spawn or forkserver context
-        data_q = ctx.Queue(maxsize=max(4, 4 * self.workers))
+        data_q = ctx.Queue(maxsize=self.in_flight)
         events = ctx.Queue()
         starts = ctx.SimpleQueue()   # workers' "start" messages: synchronous, see worker.process_chunk
         ex = Execution()

@@ -88,7 +88,7 @@ def read_lookup(lookup: Lookup) -> pa.Table:
         raise _error(lookup, f"cannot read the lookup file {cfg.path}: {exc.strerror or exc}") from None
     if size > cfg.max_bytes:
         raise _too_big(lookup, f"the file is {_format_bytes(size)}")
-    job = SimpleNamespace(input=cfg.as_input(), run=SimpleNamespace(workers=1),
+    job = SimpleNamespace(input=cfg.as_input(), run=SimpleNamespace(workers=1, executor="local", memory_budget=None),
                           line_of=lambda key: lookup.line)
     try:
         plan = build_plan(job, workers=1)

@@ -19,6 +19,7 @@ from pipeline.input.discover import InputFile, discover, old_enough
 from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
+from pipeline.memory import memory_plan
 
 BOM = b"\xef\xbb\xbf"
 HEAD_LIMIT = 1 << 20
@@ -301,14 +302,20 @@ def _sample_json_array_types(f: InputFile, head: bytes, whole: bool, job) -> dic
 
 
 def chunk_size(job, files: list[InputFile], workers: int) -> int:
-    """``input.chunk_bytes``, or by default about four chunks per worker, between MIN_AUTO_CHUNK and MAX_AUTO_CHUNK.
+    """``input.chunk_bytes``, or by default about four chunks per worker, at least 4 MiB, at most
+    what ``run.memory_limit`` allows the local executor's workers (see pipeline/memory.py; the Dask
+    executor writes a part file per chunk, and keeps chunks of up to 32 MiB).
 
     Fewer, larger chunks cost less per chunk; more chunks keep every worker busy to the end.
     """
     if job.input.chunk_bytes:
         return job.input.chunk_bytes
     total = sum(f.size for f in files)
-    return int(min(MAX_AUTO_CHUNK, max(MIN_AUTO_CHUNK, total / (4 * max(workers, 1)))))
+    if job.run.executor == "local":
+        largest = memory_plan(job.run.memory_budget, workers).chunk_bytes
+    else:
+        largest = MAX_AUTO_CHUNK
+    return int(min(largest, max(MIN_AUTO_CHUNK, total / (4 * max(workers, 1)))))
 
 
 def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, first_line: int,

@@ -60,6 +60,7 @@ class WriterSettings:
     journal: str | None = None                # append checkpoints here, so a killed run can resume
     checkpoint_seconds: float = 60.0
     null_columns: tuple[str, ...] = ()        # output columns this run's rows lack (append, add_columns)
+    buffer_bytes: int = BUFFER_BYTES          # rows held for row groups before the largest buffer is written
 
 
 @dataclass
@@ -149,7 +150,9 @@ class RowGroupWriter:
     and the next one opened, once it passes ``file_bytes``. Subclasses open and close the files.
     """
 
-    def __init__(self, partition_by: tuple[str, ...], row_group_rows: int, file_bytes: int):
+    def __init__(self, partition_by: tuple[str, ...], row_group_rows: int, file_bytes: int,
+                 buffer_bytes: int = BUFFER_BYTES):
+        self.buffer_bytes = buffer_bytes
         self.partition_by = tuple(partition_by)
         self.row_group_rows = row_group_rows
         self.file_bytes = file_bytes
@@ -170,7 +173,7 @@ class RowGroupWriter:
         else:
             for values, part in _split_partitions(table, self.partition_by):
                 self._add(values, part, source)
-        while self.buffered > BUFFER_BYTES:
+        while self.buffered > self.buffer_bytes:
             largest = max(self.partitions.values(), key=lambda p: p.nbytes)
             self._flush(largest, final=True)
 
@@ -230,7 +233,7 @@ class DatasetWriter(RowGroupWriter):
     """The writer process's Parquet output in the run's staging directory."""
 
     def __init__(self, spec: WriterSettings):
-        super().__init__(spec.partition_by, spec.row_group_rows, spec.file_bytes)
+        super().__init__(spec.partition_by, spec.row_group_rows, spec.file_bytes, spec.buffer_bytes)
         self.spec = spec
         self.root = os.path.realpath(spec.root)
         self.schema = spec.schema

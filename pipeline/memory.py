@@ -1,0 +1,70 @@
+"""The run's memory budget (``run.memory_limit``) turned into sizes: chunk, chunks in flight, writer buffer.
+
+The budget is for the summed PSS of all the run's processes (parent, writer, workers). Measured on
+the W1 benchmark job (CSV -> filter, derive, select -> zstd Parquet, 2 workers), a process with the
+pipeline, pyarrow and numpy loaded costs about ``PROCESS_BYTES`` (forked processes share pages,
+each counted in part), and a worker needs about ``CHUNK_FACTOR`` times its chunk on top: the
+chunk's text, the parsed table, the stages' results and the Arrow data it sends. On 4 M rows the
+run's summed PSS peaked at 238, 287, 325 and about 500 MiB with 1, 4, 8 and 32 MiB chunks, and its
+CPU time (user + system, all processes; on a busy machine) was 4.0, 3.2, 3.2 and 3.4-3.6 s: below 4 MiB each chunk's
+fixed cost shows, above it only memory grows. So chunks are at most ``MAX_CHUNK``, whatever the budget.
+
+    fixed      = PROCESS_BYTES * (workers + 2)                     # parent, writer, workers
+    available  = memory_limit - fixed
+    writer     = min(256 MiB, available / 4)                       # rows waiting for a row group
+    chunk      = (available - writer) / (workers * CHUNK_FACTOR), between 1 MiB and 4 MiB
+    in flight  = (available - writer - workers * CHUNK_FACTOR * chunk) / chunk messages,
+                 between 2 and 4 per worker                        # results queued for the writer
+
+``input.chunk_bytes``, when set, wins over the computed chunk size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1 << 20
+DEFAULT_LIMIT = 1 << 30
+PROCESS_BYTES = 48 * MIB
+CHUNK_FACTOR = 4
+MIN_CHUNK = 1 * MIB
+MAX_CHUNK = 4 * MIB
+MAX_WRITER_BUFFER = 256 * MIB
+MIN_WRITER_BUFFER = 16 * MIB
+IN_FLIGHT_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    limit: int
+    chunk_bytes: int          # the largest chunk the budget allows
+    in_flight: int            # results a bounded queue holds for the writer
+    writer_buffer: int        # rows the writer holds for row groups before it writes the largest buffer out
+
+
+def minimum(workers: int) -> int:
+    """The smallest budget that runs ``workers`` workers with the smallest chunks."""
+    return PROCESS_BYTES * (workers + 2) + MIN_WRITER_BUFFER + workers * CHUNK_FACTOR * MIN_CHUNK
+
+
+def default_limit(workers: int) -> int:
+    """1 GiB, or what ``workers`` workers need at the smallest settings when that is more."""
+    return max(DEFAULT_LIMIT, minimum(workers) * 2)
+
+
+def memory_plan(limit: int | None, workers: int) -> MemoryPlan:
+    """Sizes for ``workers`` workers within ``limit`` bytes (None: the default); ValueError when
+    ``limit`` is below :func:`minimum`."""
+    workers = max(1, workers)
+    if limit is None:
+        limit = default_limit(workers)
+    if limit < minimum(workers):
+        raise ValueError(f"{limit / MIB:.0f} MiB is too little for {workers} worker(s): a run needs at least "
+                         f"{minimum(workers) / MIB:.0f} MiB (about {PROCESS_BYTES // MIB} MiB for each process "
+                         f"and {CHUNK_FACTOR}x the chunk size for each worker); raise it or lower run.workers")
+    available = limit - PROCESS_BYTES * (workers + 2)
+    writer = int(min(MAX_WRITER_BUFFER, max(MIN_WRITER_BUFFER, available / 4)))
+    chunk = int(min(MAX_CHUNK, max(MIN_CHUNK, (available - writer) / (workers * CHUNK_FACTOR))))
+    left = available - writer - workers * CHUNK_FACTOR * chunk
+    in_flight = int(min(IN_FLIGHT_PER_WORKER * workers, max(2, left // chunk)))
+    return MemoryPlan(limit, chunk, in_flight, writer)

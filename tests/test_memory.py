@@ -1,0 +1,94 @@
+"""run.memory_limit: the chunk size, the chunks in flight and the writer's buffer follow from it,
+and a run stays within it (summed PSS of its processes)."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from pipeline.memory import MAX_CHUNK, MIB, memory_plan, minimum
+from tests.helpers import ROOT, basic_job, read_output, run_cli, write_job
+
+STAGES = [{"filter": "status == 'ok' and qty > 0"}, {"derive": {"total": "price * qty"}},
+          {"select": ["id", "country", "total"]}]
+
+
+def _csv(path, rows: int) -> int:
+    rng = np.random.default_rng(7)
+    table = pa.table({
+        "id": np.arange(rows), "country": pa.array(rng.choice(["DE", "FR", "US"], rows)),
+        "price": np.round(rng.random(rows) * 100, 2), "qty": rng.integers(-1, 5, rows),
+        "status": pa.array(rng.choice(["ok", "ok", "ok", "refunded"], rows)),
+        "note": pa.array(rng.choice(["plain", "with, comma", 'a "quoted" word'], rows)),
+    })
+    pacsv.write_csv(table, path)
+    return path.stat().st_size
+
+
+def _chunks(out: str) -> int:
+    return int(re.search(r"(\d+) chunks?, (\d+) workers?", out).group(1))
+
+
+def test_the_sizes_follow_the_budget():
+    default = memory_plan(None, 2)
+    assert default.limit == 1 << 30 and default.chunk_bytes == MAX_CHUNK and default.in_flight == 8
+    small = memory_plan(minimum(2), 2)
+    assert small.chunk_bytes == MIB and small.in_flight == 2 and small.writer_buffer == 16 * MIB
+    for limit in (300 * MIB, 400 * MIB, 600 * MIB, 2 << 30):
+        plan = memory_plan(limit, 2)
+        # what the formula promises fits in the budget
+        used = 48 * MIB * 4 + plan.writer_buffer + 2 * 4 * plan.chunk_bytes
+        assert used <= limit
+        assert plan.chunk_bytes >= memory_plan(limit - 50 * MIB, 2).chunk_bytes   # more memory, never smaller
+    with pytest.raises(ValueError, match="at least"):
+        memory_plan(minimum(4) - 1, 4)
+
+
+def test_memory_limit_sets_the_chunk_size(tmp_path, capsys):
+    size = _csv(tmp_path / "in.csv", 120_000)
+    assert size > 4 * MIB
+    counts = {}
+    for limit in (None, "216MiB"):
+        run = {"workers": 2} if limit is None else {"workers": 2, "memory_limit": limit}
+        job = basic_job("in.csv", out=f"out-{limit}", run=run, stages=STAGES)
+        code, out, err = run_cli("run", write_job(tmp_path, job, f"{limit}.yaml"), "--no-progress", capsys=capsys)
+        assert code == 0, err
+        counts[limit] = _chunks(out)
+        got = read_output(tmp_path / f"out-{limit}")
+        ref = duckdb.sql(f"select count(*), sum(price * qty) from read_csv('{tmp_path}/in.csv') "
+                         f"where status = 'ok' and qty > 0").fetchall()[0]
+        assert (got.num_rows, pytest.approx(sum(got.column("total").to_pylist()))) == ref
+    # the default: chunks of at least 4 MiB (a small input is not cut finer); 216 MiB: 1 MiB chunks
+    assert counts[None] <= math.ceil(size / (4 * MIB)) + 1
+    assert counts["216MiB"] >= size // MIB
+
+
+def test_too_small_a_memory_limit_is_a_config_error(tmp_path, capsys):
+    _csv(tmp_path / "in.csv", 100)
+    job = basic_job("in.csv", run={"workers": 2, "memory_limit": "100MiB"})
+    path = write_job(tmp_path, job)
+    code, _, err = run_cli("run", path, "--no-progress", capsys=capsys)
+    assert code == 78
+    assert "run.memory_limit" in err and "at least 216 MiB" in err
+
+
+@pytest.mark.slow
+def test_a_run_stays_within_its_memory_limit(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from bench import measure
+
+    _csv(tmp_path / "in.csv", 1_500_000)
+    limit = 320 * MIB
+    job = basic_job("in.csv", run={"workers": 2, "memory_limit": "320MiB"}, stages=STAGES)
+    path = write_job(tmp_path, job)
+    m = measure.run([sys.executable, "-m", "pipeline", "run", str(path), "--no-progress"], cwd=str(tmp_path),
+                    log_path=str(tmp_path / "log"), interval=0.01)
+    assert m.returncode == 0, (tmp_path / "log").read_text()[-2000:]
+    assert 0 < m.peak_pss <= limit, {k: v[0] // MIB for k, v in m.pss_at_peak.items()}
