@@ -528,6 +528,10 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         publish_mode: str = mode
         finalized = None
         if job.finalize is not None and schema is not None:
+            # finalize replaces the staged parts: a resume journal naming them must not outlive them, or a
+            # kill between here and the publish would leave a staging the next run resumes from
+            if os.path.exists(staging.journal):
+                os.unlink(staging.journal)
             outcome = finalize_staged(
                 job.finalize, files=files, schema=schema, parts_root=staging.parts, output_path=target.path,
                 previous=staging.previous, mode=mode, run_id=run_id, output=job.output, threads=plan.workers,
