@@ -90,19 +90,9 @@ class DirectoryTarget:
 
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
                 resume: tuple[str, list[str]] | None) -> Staging:
-        os.makedirs(self.paths.parent, exist_ok=True)
-        resumed = find_resumable(self.paths, *resume) if resume is not None else None
-        for what in recover(self.paths, keep=resumed.staging if resumed else None):
-            log.info("recovered: %s", what)
+        resumed = _recover(self.paths, resume)
         previous = check_target(self.paths, mode)
-        if resumed is not None:
-            directory = resumed.staging
-            journal = os.path.join(directory, JOURNAL)
-        else:
-            directory = self.paths.staging(run_id)
-            os.makedirs(directory, mode=0o755)
-            journal = start_journal(directory, run_id, resume[0], resume[1]) if resume is not None else \
-                os.path.join(directory, JOURNAL)
+        directory, journal = _open_staging(self.paths, run_id, resume, resumed)
         return Staging(run_id, directory, directory, journal, previous, resumed)
 
     def publish(self, staging: Staging, manifest: dict, mode: str) -> None:
@@ -117,6 +107,27 @@ class DirectoryTarget:
 
     def discard(self, staging: Staging, *, keep: bool) -> None:
         _keep_or_remove(staging, keep)
+
+
+def _recover(paths: OutputPaths, resume: tuple[str, list[str]] | None, parts: str = "") -> Resumed | None:
+    """Undo what dead runs left beside ``paths``, keeping the staging of one this run can resume."""
+    os.makedirs(paths.parent, exist_ok=True)
+    resumed = find_resumable(paths, *resume, parts=parts) if resume is not None else None
+    for what in recover(paths, keep=resumed.staging if resumed else None):
+        log.info("recovered: %s", what)
+    return resumed
+
+
+def _open_staging(paths: OutputPaths, run_id: str, resume: tuple[str, list[str]] | None,
+                  resumed: Resumed | None, parts: str = "") -> tuple[str, str]:
+    """The run's staging directory and journal: the resumed run's, or new ones."""
+    if resumed is not None:
+        return resumed.staging, os.path.join(resumed.staging, JOURNAL)
+    directory = paths.staging(run_id)
+    os.makedirs(directory, mode=0o755)
+    if resume is None:
+        return directory, os.path.join(directory, JOURNAL)
+    return directory, start_journal(directory, run_id, resume[0], resume[1], parts=parts)
 
 
 class ObjectStoreTarget:
@@ -144,19 +155,9 @@ class ObjectStoreTarget:
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
                 resume: tuple[str, list[str]] | None) -> Staging:
         parts = self.path if parts_on_url else ""
-        os.makedirs(self.local.parent, exist_ok=True)
-        resumed = find_resumable(self.local, *resume, parts=parts) if resume is not None else None
-        for what in recover(self.local, keep=resumed.staging if resumed else None):
-            log.info("recovered: %s", what)
+        resumed = _recover(self.local, resume, parts)
         previous = check_remote_target(self.path, mode)
-        if resumed is not None:
-            directory = resumed.staging
-            journal = os.path.join(directory, JOURNAL)
-        else:
-            directory = self.local.staging(run_id)
-            os.makedirs(directory, mode=0o755)
-            journal = start_journal(directory, run_id, resume[0], resume[1], parts=parts) \
-                if resume is not None else os.path.join(directory, JOURNAL)
+        directory, journal = _open_staging(self.local, run_id, resume, resumed, parts)
         return Staging(run_id, directory, parts or directory, journal, previous, resumed)
 
     def publish(self, staging: Staging, manifest: dict, mode: str) -> None:
