@@ -49,6 +49,7 @@ def sample_table(plan, limit: int = SAMPLE_ROWS, sample_bytes: int = 1 << 20) ->
     Reads only the head of a chunk (about ``sample_bytes``); bad rows are left out here, the run
     counts them.
     """
+    from pipeline.input import boundaries
     from pipeline.input.read import dialect_of, read_chunk
     from pipeline.input.split import split_ranges
     from pipeline.input.storage import open_input
@@ -58,7 +59,12 @@ def sample_table(plan, limit: int = SAMPLE_ROWS, sample_bytes: int = 1 << 20) ->
     rows = 0
     for chunk in plan.chunks[:SAMPLE_CHUNKS]:
         head = chunk
-        if chunk.file.format in ("csv", "tsv", "jsonl") and chunk.end >= 0 and not chunk.file.compression \
+        if chunk.cut:
+            # the records that start in the first sample_bytes of the range, at their exact boundaries
+            at = boundaries.locate(dataclasses.replace(chunk, end=min(chunk.end, chunk.start + sample_bytes)),
+                                   dialect_of(chunk, plan.read), boundaries.StateTable())
+            head = dataclasses.replace(chunk, start=at.start, end=at.end, origin=-1, step=0)
+        elif chunk.file.format in ("csv", "tsv", "jsonl") and chunk.end >= 0 and not chunk.file.compression \
                 and chunk.end - chunk.start > sample_bytes:
             with open_input(chunk.file.path) as fh:
                 _, end, _, quotes = next(split_ranges(fh, chunk.start, chunk.end, sample_bytes,

@@ -8,7 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import load_config
+from pipeline.input import boundaries
 from pipeline.input.plan import build_plan
+from pipeline.input.read import dialect_of
 from pipeline.stages import STAGES
 from tests.helpers import basic_job, write_job
 
@@ -29,16 +31,18 @@ def test_text_chunks_cover_the_file_and_ids_are_stable(tmp_path):
     assert first.chunks[0].start == len("id,note\n") and first.chunks[-1].end == size
     for a, b in zip(first.chunks, first.chunks[1:]):
         assert a.end == b.start
+    assert first.chunks[0].first_line == 2
+    assert all(c.cut and c.first_line == 0 for c in first.chunks[1:])
+    # the records each chunk reads are the file's records, each once (boundaries found by the reader)
     data = (tmp_path / "a.csv").read_bytes()
+    table = boundaries.StateTable()
+    pieces = [boundaries.locate(c, dialect_of(c, first.read), table) for c in first.chunks]
+    assert b"".join(p.data for p in pieces) == data[len("id,note\n"):]
+    assert all(p.data.count(b'"') % 2 == 0 for p in pieces)
     from pipeline.input.split import line_at
 
-    assert first.chunks[0].first_line == 2
-    for c in first.chunks:
-        # later chunks learn their first line only when a bad row needs it
-        assert c.first_line in (0, data.count(b"\n", 0, c.start) + 1)
-        assert line_at(str(tmp_path / "a.csv"), c.start) == data.count(b"\n", 0, c.start) + 1
-        assert data[c.start:c.end].count(b'"') % 2 == 0
-
+    for p in pieces:
+        assert line_at(str(tmp_path / "a.csv"), p.start) == data.count(b"\n", 0, p.start) + 1
 
 def test_compressed_files_are_one_chunk_and_parquet_splits_by_row_groups(tmp_path):
     (tmp_path / "a.csv.gz").write_bytes(gzip.compress(b"id\n" + b"1\n" * 10000))

@@ -31,6 +31,7 @@ from pipeline.dtypes import type_name, widens
 from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.executor import Committed, OnResult, TaskSettings
 from pipeline.execution.worker import chunk_tables
+from pipeline.input.boundaries import resolve_states
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import filesystem, is_url
@@ -214,7 +215,10 @@ class DaskExecutor:
             key = f"pipeline-chunk-{task.parts.run_id}-{c.id}"
             by_key[key] = c
             keys.append(key)
-        futures = self.client.map(write_chunk, list(chunks), spec=task, key=keys, pure=False)
+        # the quote state at every cut: each range's transfer on the cluster, composed here
+        resolved = resolve_states(list(chunks), task.worker.read,
+                                  lambda fn, items: self.client.gather(self.client.map(fn, items, pure=False)))
+        futures = self.client.map(write_chunk, resolved, spec=task, key=keys, pure=False)
         taken: dict[str, ChunkWrite] = {}
         try:
             for future in as_completed(futures, loop=self.client.loop):

@@ -28,6 +28,7 @@ from typing import Any
 from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.executor import Committed, OnResult, TaskSettings
 from pipeline.execution.worker import WorkerSettings, init, process_chunk
+from pipeline.input import boundaries
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import is_url
@@ -62,11 +63,12 @@ def set_parent_death_signal() -> None:
         return
 
 
-def _worker_init(queue, events, spec: WorkerSettings, title: str, parent: int | None) -> None:
+def _worker_init(queue, events, spec: WorkerSettings, title: str, parent: int | None, states, slots) -> None:
     set_parent_death_signal()
     if parent is not None and os.getppid() != parent:
         os._exit(1)  # the run died before this process got going
     lock_mod.close_inherited()
+    boundaries.use_table(boundaries.StateTable(states, slots))
     init(queue, events, spec, title)
 
 
@@ -129,10 +131,13 @@ class LocalExecutor:
                              name=f"pipeline: {writer_spec.job_name} writer", daemon=True)
         self._writer = (writer, events)
         title = f"pipeline: {worker_spec.job_name} worker"
+        # the quote state at each cut of a cut file, shared by the workers (see input.boundaries)
+        n_slots, slots = boundaries.shared_slots(chunks)
+        states = ctx.RawArray("b", [boundaries.UNKNOWN] * max(n_slots, 1))
 
         def new_pool(todo: list[Chunk]):
             pool = ctx.Pool(min(self.workers, max(len(todo), 1)), initializer=_worker_init,
-                            initargs=(data_q, starts, worker_spec, title, me))
+                            initargs=(data_q, starts, worker_spec, title, me, states, slots))
             # Pool replaces and forgets dead workers on its own thread; remember every one it starts,
             # so that a worker born and killed between two polls is still seen with its exit code.
             pool._pool = _Recorded(pool._pool, state.procs)

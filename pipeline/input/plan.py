@@ -58,6 +58,15 @@ class Chunk:
     row_groups: tuple[int, ...] = ()
     delimiter: str = ","
     lines_skipped: int = 0         # comment lines before the header (first chunk of a file)
+    origin: int = -1               # a cut text chunk: where the file's records start (see input.boundaries)
+    step: int = 0                  # a cut text chunk: the byte length of every range of its file
+    states: tuple[int, int] = (-1, -1)   # quote state at both cuts, when resolved before the run (Dask)
+
+    @property
+    def cut(self) -> bool:
+        """``start``-``end`` is a byte range cut without reading: the chunk's records are the ones
+        that start in it, and the worker finds their boundaries (pipeline/input/boundaries.py)."""
+        return self.origin >= 0
 
     @property
     def nbytes(self) -> int:
@@ -324,6 +333,17 @@ def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, firs
         cid = chunk_id(f, data_start, -1)
         return [Chunk(cid, f, 0, data_start, -1, first_line, -1, tuple(names), delimiter=delimiter)]
     dialect = JSON_LINES if f.format == "jsonl" else _dialect(job, delimiter)
+    if dialect.comment is None:
+        # cut without reading: each worker finds its chunk's record boundaries (input.boundaries)
+        step = max(1, chunk_bytes)
+        out: list[Chunk] = []
+        if data_start >= f.size:
+            return out
+        for i, a in enumerate(range(data_start, max(f.size, data_start + 1), step)):
+            b = min(a + step, f.size)
+            out.append(Chunk(chunk_id(f, a, b), f, i, a, b, first_line if i == 0 else 0, -1, tuple(names),
+                             delimiter=delimiter, origin=data_start, step=step))
+        return out
     chunks = []
     with open_input(f.path) as fh:
         for i, (a, b, line, quotes) in enumerate(

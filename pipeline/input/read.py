@@ -9,6 +9,7 @@ Every format goes through the same two paths:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from pipeline.errors import InputError
-from pipeline.input import json_array
+from pipeline.input import boundaries, json_array
+from pipeline.input.boundaries import dialect_of
 from pipeline.input.plan import Chunk, ReadSpec
 from pipeline.input.split import JSON_LINES, Dialect, Scanner, count_line_ends, line_at, line_numbers, record_spans
 from pipeline.input.storage import open_input, parquet_file
@@ -339,13 +341,6 @@ def conform(schema: pa.Schema) -> Callable[[pa.Table], pa.Table]:
 # --------------------------------------------------------------------------- chunks -> blocks
 
 
-def dialect_of(chunk: Chunk, spec: ReadSpec) -> Dialect:
-    """The record rule of a chunk's file: JSON Lines end at LF; delimited text by the quoting rule."""
-    if chunk.file.format in ("jsonl", "json"):
-        return JSON_LINES
-    return Dialect.csv(chunk.delimiter, spec.quote, spec.comment, spec.encoding)
-
-
 def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     """The blocks of a chunk, in order. Uncompressed text: one block; streams: bounded blocks."""
     f = chunk.file
@@ -378,6 +373,15 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
                                  f"final newline); the file looks truncated", file=f.path, line=last.line)
         return result
 
+    if chunk.cut:
+        at = boundaries.locate(chunk, dialect)
+        if chunk.index == 0:
+            first: int | Callable[[], int] = chunk.first_line
+        else:
+            first = functools.partial(line_at, f.path, at.start, opener=_open_binary, cr=dialect.cr)
+        yield block(at.data, at.start, first, -1 if spec.quote and spec.quote.encode() in at.data else 0,
+                    at.final)
+        return
     if chunk.end >= 0 and not f.compression:
         try:
             with open_input(f.path) as fh:
@@ -400,6 +404,10 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         previous = piece
     if previous is not None:
         yield block(*previous, -1, True)
+
+
+def _open_binary(path: str, mode: str = "rb"):
+    return open_input(path)
 
 
 def last_boundary(data: bytes, dialect: Dialect) -> int:
@@ -555,7 +563,11 @@ def raw_records(chunk: Chunk, spec: ReadSpec) -> Iterator[tuple[int | None, int 
         return
     dialect = dialect_of(chunk, spec)
     blocks: Iterable[tuple[bytes, int, int]]
-    if chunk.end >= 0 and not f.compression:
+    if chunk.cut:
+        at = boundaries.locate(chunk, dialect)
+        blocks = [(at.data, at.start, chunk.first_line if chunk.index == 0
+                   else line_at(f.path, at.start, opener=_open_binary, cr=dialect.cr))]
+    elif chunk.end >= 0 and not f.compression:
         with open_input(f.path) as fh:
             fh.seek(chunk.start)
             blocks = [(fh.read(chunk.end - chunk.start), chunk.start,

@@ -1,0 +1,300 @@
+"""Record boundaries of a text chunk, found by the process that reads it.
+
+The plan cuts an uncompressed text file at fixed byte offsets (``Chunk.cut``) without reading it.
+A chunk's records are those that *start* in its byte range, so every record belongs to exactly one
+chunk at any chunk size; its bytes run from the first record boundary at or after the range's
+start to the first one at or after its end.
+
+Where a boundary is depends on one bit at the cut: whether the cut falls inside a quoted field.
+That bit is a chain: the state at the end of range k follows from the state at its start and the
+quote runs in the range (see ``split``: each run is identity, flip or reset). This is the two-phase
+design of parallel CSV parsers (ParPaRaw): each range's transfer is computed by the worker that
+reads the range, from the bytes it reads anyway, and the small prefix over the chain is shared:
+
+- a worker learns the state at its range's start from the :class:`StateTable` (the local executor
+  shares one between its workers), computes the state at its end and publishes it at once, before
+  it parses, so the next range's worker normally finds its start state waiting;
+- a worker that finds no state for its start (it started before its neighbour published, or runs
+  alone, or on another machine) computes the missing links itself from the nearest known one:
+  never a wrong guess, at worst some ranges' quote runs scanned twice.
+
+Only quote characters are looked at for the chain; the boundaries themselves come from the one
+state machine (:class:`split.Scanner`) run over a small window at each end of the range. With
+``csv.comment`` set the plan cuts at exact boundaries instead (a comment line changes the state
+machine's state in ways a quote run does not), and so do compressed files (read as one stream).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.input.split import CR, JSON_LINES, LF, Dialect, Scanner, _quote_runs
+from pipeline.input.storage import open_input
+
+OUT, IN, UNKNOWN = 0, 1, -1
+WINDOW = 64 << 10      # bytes read past a range's end to find its last record's end
+
+
+@dataclass
+class StateTable:
+    """The quote state (``OUT``/``IN``) at each cut of each cut file; ``UNKNOWN`` until computed.
+
+    ``array`` is shared memory (a ``multiprocessing`` RawArray) when several processes fill it;
+    ``slots`` maps ``(path, range index)`` to its position there. Without one, a dict of this
+    process. Values are deterministic, so concurrent writers agree and no lock is needed.
+    """
+
+    array: Any = None
+    slots: dict[tuple[str, int], int] = field(default_factory=dict)
+    local: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def get(self, path: str, i: int) -> int:
+        slot = self.slots.get((path, i))
+        if slot is not None and self.array is not None:
+            return int(self.array[slot])
+        return self.local.get((path, i), UNKNOWN)
+
+    def put(self, path: str, i: int, state: int) -> None:
+        slot = self.slots.get((path, i))
+        if slot is not None and self.array is not None:
+            self.array[slot] = state
+        else:
+            self.local[(path, i)] = state
+
+
+def ranges_of(chunk) -> int:
+    """How many cut ranges the chunk's file has."""
+    return max(1, math.ceil((chunk.file.size - chunk.origin) / chunk.step))
+
+
+def shared_slots(chunks) -> tuple[int, dict[tuple[str, int], int]]:
+    """Positions in a shared table for every cut of the files of ``chunks`` (files cut in more than one range)."""
+    slots: dict[tuple[str, int], int] = {}
+    seen: set[str] = set()
+    for c in chunks:
+        if not c.cut or c.file.path in seen:
+            continue
+        seen.add(c.file.path)
+        n = ranges_of(c)
+        if n > 1:
+            for i in range(1, n + 1):
+                slots[(c.file.path, i)] = len(slots)
+    return len(slots), slots
+
+
+_TABLE = StateTable()
+
+
+def use_table(table: StateTable) -> None:
+    """The table this process reads and fills (a worker's, shared with its siblings)."""
+    global _TABLE
+    _TABLE = table
+
+
+def table() -> StateTable:
+    return _TABLE
+
+
+# --------------------------------------------------------------------------- the chain
+
+
+def _skip_run(arr: np.ndarray, x: int, prev: int, quote: int | None) -> tuple[int, int]:
+    """Past the rest of a quote run that started before ``x``: (new x, the byte before it)."""
+    if quote is None or prev != quote:
+        return x, prev
+    while x < len(arr) and arr[x] == quote:
+        x += 1
+    return x, quote
+
+
+def state_after(arr: np.ndarray, lo: int, hi: int, state: int, prev: int, d: Dialect) -> int:
+    """The quote state after every quote run that starts in ``arr[lo:hi]``, from ``state`` at ``lo``.
+
+    ``prev`` is the byte before ``lo`` (LF at the start of a file). A run that starts before ``hi``
+    and goes on past it counts whole: ``arr`` must hold it (the caller reads past ``hi``).
+    """
+    q = d.quote
+    if q is None:
+        return OUT
+    lo, prev = _skip_run(arr, lo, prev, q)
+    if lo >= hi:
+        return state
+    e = hi
+    while e < len(arr) and arr[e - 1] == q and arr[e] == q:
+        e += 1
+    runs, after = _quote_runs(arr, lo, e, q, d.delimiter, bool(state), prev)
+    return int(after[-1]) if len(runs) else state
+
+
+def _transfer(fh: IO[bytes], chunk, i: int, state: int, d: Dialect) -> int:
+    """The state at the end of range ``i`` of the chunk's file, from ``state`` at its start."""
+    a, b = range_bounds(chunk, i)
+    lo = max(a - 1, 0)
+    fh.seek(lo)
+    buf = fh.read(b - lo + 4096)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    prev = int(arr[a - lo - 1]) if a > 0 else LF
+    return state_after(arr, a - lo, b - lo, state, prev, d)
+
+
+def range_bounds(chunk, i: int) -> tuple[int, int]:
+    a = chunk.origin + i * chunk.step
+    return a, min(a + chunk.step, chunk.file.size)
+
+
+def start_state(chunk, fh: IO[bytes], d: Dialect, states: StateTable | None = None) -> int:
+    """The quote state at the chunk's cut: from the table, else computed from the nearest known cut."""
+    if chunk.index == 0:
+        return OUT
+    if chunk.states[0] != UNKNOWN:
+        return chunk.states[0]
+    states = states or _TABLE
+    path = chunk.file.path
+    s = states.get(path, chunk.index)
+    if s != UNKNOWN:
+        return s
+    j = chunk.index - 1
+    while j > 0 and states.get(path, j) == UNKNOWN:
+        j -= 1
+    s = OUT if j == 0 else states.get(path, j)
+    for i in range(j, chunk.index):
+        s = _transfer(fh, chunk, i, s, d)
+        states.put(path, i + 1, s)
+    return s
+
+
+# --------------------------------------------------------------------------- boundaries
+
+
+def _is_eol_before(arr: np.ndarray, x: int, prev: int, d: Dialect) -> bool:
+    """A line ends just before ``x`` (a CR followed by LF ends after the LF)."""
+    if prev == LF:
+        return True
+    return d.cr and prev == CR and (x >= len(arr) or arr[x] != LF)
+
+
+def first_boundary(buf: bytes, x: int, state: int, prev: int, d: Dialect, eof: bool) -> int | None:
+    """The first record boundary at or after ``x`` in ``buf``, given the quote state at ``x`` (after
+    the runs that start before it) and the byte before it; None if ``buf`` ends first (not at EOF).
+
+    ``buf``'s end is the end of the file when ``eof``: the last record ends there.
+    """
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    x, prev = _skip_run(arr, x, prev, d.quote)
+    if state == OUT and (x < len(arr) or eof) and _is_eol_before(arr, x, prev, d):
+        return x
+    sc = Scanner(d, offset=x, inside=bool(state), prev=prev)
+    pos, size = x, WINDOW
+    while True:
+        end = min(len(buf), pos + size)
+        final = eof and end == len(buf)
+        scan = sc.feed(buf[pos:end], final=final)
+        if len(scan.breaks):
+            return int(scan.breaks[0])
+        if end == len(buf):
+            return len(buf) if eof else None
+        pos = sc.offset
+        size *= 2
+
+
+@dataclass
+class Located:
+    """A cut chunk's records: their bytes and where they start in the file."""
+
+    data: bytes
+    start: int
+    end: int
+    final: bool            # the data ends the file
+
+
+def locate(chunk, d: Dialect, states: StateTable | None = None) -> Located:
+    """Read a cut chunk's records: from the first boundary at or after its start to the first one
+    at or after its end. Publishes the state at its end before returning."""
+    f = chunk.file
+    a, b = chunk.start, chunk.end
+    states = states or _TABLE
+    try:
+        with open_input(f.path) as fh:
+            s = start_state(chunk, fh, d, states)
+            lo = max(a - 1, 0)
+            fh.seek(lo)
+            buf = fh.read(min(b - lo + WINDOW, f.size - lo))   # never past the size the plan saw
+            if lo + len(buf) < b:
+                raise InputError(f"{f.path}: file changed while reading (expected {b - lo} bytes at offset {lo}, "
+                                 f"got {len(buf)})", file=f.path)
+            arr = np.frombuffer(buf, dtype=np.uint8)
+            x = a - lo
+            prev = int(arr[x - 1]) if a > 0 else LF
+            if chunk.states[1] != UNKNOWN:
+                s_end = chunk.states[1]
+            else:
+                s_end = state_after(arr, x, b - lo, s, prev, d)
+                if b < f.size:
+                    states.put(f.path, chunk.index + 1, s_end)
+            # the end: the first boundary at or after b (reading on until one is found)
+            e: int | None = len(buf) if b >= f.size else None
+            while e is None:
+                e = first_boundary(buf, b - lo, s_end, int(buf[b - lo - 1]), d, lo + len(buf) >= f.size)
+                if e is not None:
+                    break
+                more = fh.read(min(max(len(buf), WINDOW), f.size - lo - len(buf)))
+                if not more:
+                    raise InputError(f"{f.path}: file changed while reading (it ended before byte {f.size})",
+                                     file=f.path)
+                buf += more
+    except OSError as exc:
+        raise InputError(f"{f.path}: cannot read: {exc.strerror or exc}", file=f.path) from exc
+    if chunk.index == 0:
+        start = x
+    else:
+        first = first_boundary(buf[:e], x, s, prev, d, True)
+        start = e if first is None else min(first, e)
+    return Located(buf[start:e], lo + start, lo + e, lo + e >= f.size)
+
+
+def dialect_of(chunk, spec) -> Dialect:
+    """The record rule of a chunk's file: JSON Lines end at LF; delimited text by the quoting rule."""
+    if chunk.file.format in ("jsonl", "json"):
+        return JSON_LINES
+    return Dialect.csv(chunk.delimiter, spec.quote, spec.comment, spec.encoding)
+
+
+def range_transfer(item: tuple) -> tuple[int, int]:
+    """Phase one for range ``i`` of a cut chunk's file: its end state from OUT and from IN."""
+    chunk, i, d = item
+    a, b = range_bounds(chunk, i)
+    lo = max(a - 1, 0)
+    with open_input(chunk.file.path) as fh:
+        fh.seek(lo)
+        buf = fh.read(b - lo + 4096)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    prev = int(arr[a - lo - 1]) if a > 0 else LF
+    return state_after(arr, a - lo, b - lo, OUT, prev, d), state_after(arr, a - lo, b - lo, IN, prev, d)
+
+
+def resolve_states(chunks, spec, map_fn=None) -> list:
+    """The chunks with the quote state at both cuts of every cut range filled in (``Chunk.states``),
+    for workers that share no table (Dask). Phase one computes every range's transfer through
+    ``map_fn(function, items)`` (in parallel on a cluster; here by default); the prefix over the
+    chain is composed here."""
+    from dataclasses import replace
+
+    files: dict[str, Any] = {}
+    for c in chunks:
+        if c.cut and ranges_of(c) > 1:
+            files.setdefault(c.file.path, c)
+    items = [(c, i, dialect_of(c, spec)) for c in files.values() for i in range(ranges_of(c) - 1)]
+    results = list((map_fn or (lambda fn, xs: [fn(x) for x in xs]))(range_transfer, items))
+    at: dict[tuple[str, int], int] = {}
+    for path in files:
+        at[(path, 0)] = OUT
+    for (c, i, _), (t_out, t_in) in zip(items, results):
+        s = at[(c.file.path, i)]
+        at[(c.file.path, i + 1)] = t_in if s == IN else t_out
+    return [replace(c, states=(at.get((c.file.path, c.index), OUT), at.get((c.file.path, c.index + 1), OUT)))
+            if c.cut else c for c in chunks]
