@@ -160,7 +160,11 @@ class LocalExecutor:
                     except mp.TimeoutError:
                         pass
                 else:
-                    time.sleep(POLL_SECONDS)
+                    # every result is in: wait for the writer's acknowledgements, waking on each
+                    try:
+                        self._event(events.get(timeout=POLL_SECONDS), state, ex)
+                    except queue_mod.Empty:
+                        pass
                 self._drain_events(events, state, ex)
                 while not starts.empty():
                     self._event(starts.get(), state, ex)
