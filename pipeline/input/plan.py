@@ -137,8 +137,8 @@ def _header(f: InputFile, head: bytes, whole: bool, job, delimiter: str) -> tupl
     opts = job.input.csv
     start = len(BOM) if head.startswith(BOM) else 0
     body = head[start:]
-    recs = record_spans(body, _dialect(job, delimiter))
     want = opts.skip_rows + (1 if opts.header else 0)
+    recs = _leading_records(body, _dialect(job, delimiter), want)
     if len(recs.starts) < want or (want and not whole and int(recs.ends[want - 1]) == len(body)) or \
             (want and whole and recs.unterminated and want == len(recs.starts)):
         if whole and len(recs.starts) < want:
@@ -171,12 +171,32 @@ def _header(f: InputFile, head: bytes, whole: bool, job, delimiter: str) -> tupl
     return names, start + data_start, 1 + count_line_ends(body, 0, data_start), comments
 
 
+HEADER_PROBE = 64 << 10
+
+
+def _leading_records(body: bytes, dialect: Dialect, want: int):
+    """The records of ``body`` as far as the header needs them: from a short prefix when the first
+    ``want`` records end well inside it (the state machine runs from the start, so they are final),
+    else from all of ``body``. Many small files with the same header cost a prefix each, not a head."""
+    if len(body) > HEADER_PROBE:
+        recs = record_spans(body[:HEADER_PROBE], dialect)
+        if len(recs.starts) > want + 1 and (not want or int(recs.ends[want - 1]) < HEADER_PROBE - 1):
+            return recs
+    return record_spans(body, dialect)
+
+
 def _one_record(raw: bytes) -> bytes:
     """The parser wants a line end after a record that ends the file."""
     return raw if raw.endswith((b"\n", b"\r")) else raw + b"\n"
 
 
+_HEADERS: dict[tuple, tuple[str, ...]] = {}   # header bytes and how they are read -> names (many files, one header)
+
+
 def _header_names(f: InputFile, raw: bytes, job, delimiter: str, at: int, body: bytes) -> tuple[str, ...]:
+    key = (raw, delimiter, job.input.csv.quote, job.input.csv.encoding)
+    if key in _HEADERS:
+        return _HEADERS[key]
     line = 1 + count_line_ends(body, 0, at)
     raw = _one_record(raw)
     try:
@@ -185,7 +205,10 @@ def _header_names(f: InputFile, raw: bytes, job, delimiter: str, at: int, body: 
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise InputError(f"{f.path} line {line}: cannot read the header: {str(exc).splitlines()[0]}",
                          file=f.path, line=line) from exc
-    return tuple(table.column_names)
+    names = tuple(table.column_names)
+    if len(_HEADERS) < 1000:
+        _HEADERS[key] = names
+    return names
 
 
 def _generated_names(f: InputFile, body: bytes, recs, skip: int, job, delimiter: str) -> tuple[str, ...]:
