@@ -219,7 +219,7 @@ def test_configuration_reference_describes_every_key():
 
 
 def test_performance_table_is_the_last_bench_run():
-    """docs/performance.md shows the first table of bench/results.md, less any target columns."""
+    """docs/performance.md and the README show the first table of bench/results.md, less any target columns."""
 
     def table(text: str) -> list[list[str]]:
         lines = text.split("\n\n| ", 1)[1].split("\n\n", 1)[0]
@@ -231,6 +231,8 @@ def test_performance_table_is_the_last_bench_run():
     bench = table((ROOT / "bench" / "results.md").read_text())
     docs = table((ROOT / "docs" / "performance.md").read_text())
     assert len(bench) > 1 and docs == bench, "copy the table of bench/results.md into docs/performance.md"
+    readme = table((ROOT / "README.md").read_text().split("\n## Performance\n", 1)[1])
+    assert readme == bench, "copy the table of bench/results.md into the README's Performance section"
 
 
 def test_readme_is_a_short_map():

@@ -80,3 +80,20 @@ def test_default_chunk_size_gives_every_worker_several_chunks(tmp_path):
     assert len(build_plan(job).chunks) >= 4
     pinned = load_config(write_job(tmp_path, basic_job("a.csv", input={"chunk_bytes": "1MiB"})), stages=STAGES)
     assert chunk_size(pinned, [], 2) == 1 << 20
+
+
+def test_headers_of_many_files_and_of_a_header_longer_than_the_probe(tmp_path):
+    """The header is read from a short prefix of a file when it ends there, else from the whole head;
+    names of a header met before are reused. The names equal pyarrow's reading of each file."""
+    import pyarrow.csv as pacsv
+
+    (tmp_path / "in").mkdir()
+    wide = [f"column_with_a_long_name_{i}" for i in range(4000)]       # a header of about 110 KB
+    (tmp_path / "in" / "a_wide.csv").write_text(",".join(wide) + "\n" + ",".join("1" * 4000) + "\n")
+    for i in range(30):
+        (tmp_path / "in" / f"b{i:02d}.csv").write_text("id,note\n" + "".join(f'{j},"x\n{j}"\n' for j in range(2000)))
+    job = basic_job("in/b*.csv", input={"allow_missing_columns": True})
+    plan = _plan(tmp_path, job)
+    assert plan.read.schema.names == pacsv.read_csv(tmp_path / "in" / "b00.csv").column_names
+    plan = _plan(tmp_path, basic_job("in/a_wide.csv"))
+    assert plan.read.schema.names == wide
