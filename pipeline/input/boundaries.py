@@ -131,15 +131,15 @@ def state_after(arr: np.ndarray, lo: int, hi: int, state: int, prev: int, d: Dia
     return int(after[-1]) if len(runs) else state
 
 
-def _transfer(fh: IO[bytes], chunk, i: int, state: int, d: Dialect) -> int:
-    """The state at the end of range ``i`` of the chunk's file, from ``state`` at its start."""
+def _transfer(fh: IO[bytes], chunk, i: int, starts: tuple[int, ...], d: Dialect) -> list[int]:
+    """The state at the end of range ``i`` of the chunk's file, from each state in ``starts`` at its start."""
     a, b = range_bounds(chunk, i)
     lo = max(a - 1, 0)
     fh.seek(lo)
     buf = fh.read(b - lo + 4096)
     arr = np.frombuffer(buf, dtype=np.uint8)
     prev = int(arr[a - lo - 1]) if a > 0 else LF
-    return state_after(arr, a - lo, b - lo, state, prev, d)
+    return [state_after(arr, a - lo, b - lo, s, prev, d) for s in starts]
 
 
 def range_bounds(chunk, i: int) -> tuple[int, int]:
@@ -163,7 +163,7 @@ def start_state(chunk, fh: IO[bytes], d: Dialect, states: StateTable | None = No
         j -= 1
     s = OUT if j == 0 else states.get(path, j)
     for i in range(j, chunk.index):
-        s = _transfer(fh, chunk, i, s, d)
+        s = _transfer(fh, chunk, i, (s,), d)[0]
         states.put(path, i + 1, s)
     return s
 
@@ -267,14 +267,9 @@ def dialect_of(chunk, spec) -> Dialect:
 def range_transfer(item: tuple) -> tuple[int, int]:
     """Phase one for range ``i`` of a cut chunk's file: its end state from OUT and from IN."""
     chunk, i, d = item
-    a, b = range_bounds(chunk, i)
-    lo = max(a - 1, 0)
     with open_input(chunk.file.path) as fh:
-        fh.seek(lo)
-        buf = fh.read(b - lo + 4096)
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    prev = int(arr[a - lo - 1]) if a > 0 else LF
-    return state_after(arr, a - lo, b - lo, OUT, prev, d), state_after(arr, a - lo, b - lo, IN, prev, d)
+        t_out, t_in = _transfer(fh, chunk, i, (OUT, IN), d)
+    return t_out, t_in
 
 
 def resolve_states(chunks, spec, map_fn=None) -> list:
