@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline import arrays
 from pipeline.errors import InputError
+from pipeline.input.read import conform
 from pipeline.output.publish import link_previous
 
 
@@ -55,7 +56,7 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
             table = table.filter(arrays.array(~drop))
             entry["sources"] = [s for s in entry.get("sources", []) if s[0] not in replaced]
         if file_schema is not None:
-            table = _widen(table, file_schema)
+            table = conform(file_schema)(table)
         dst = os.path.join(staging, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         pq.write_table(table, dst, compression=None if compression == "none" else compression)
@@ -111,16 +112,3 @@ def _rows_of(entry: dict, replaced: set[str], path: str) -> np.ndarray | None:
 def _has_columns(path: str, schema: pa.Schema) -> bool:
     names = set(pq.read_schema(path).names)
     return all(f.name in names for f in schema)
-
-
-def _widen(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with every column of ``schema``, in its order; missing ones are nulls."""
-    columns = []
-    for f in schema:
-        if f.name in table.column_names:
-            col = table.column(f.name)
-            columns.append(col if col.type == f.type else col.cast(f.type))
-        else:
-            columns.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-

@@ -14,7 +14,7 @@ import re
 
 from pipeline.errors import OutputError
 from pipeline.input.storage import filesystem
-from pipeline.output.publish import MANIFEST, SUCCESS
+from pipeline.output.publish import MANIFEST, SUCCESS, refuse_existing
 
 log = logging.getLogger("pipeline")
 
@@ -68,13 +68,7 @@ def check_remote_target(url: str, mode: str) -> dict | None:
     manifest = read_remote_manifest(url)
     if manifest is None and all(_ours(f) for f in files):
         return None  # only parts of runs that never published: nothing to keep
-    if mode == "error":
-        raise OutputError(f"output.path {url} already holds data and output.mode is 'error'; "
-                          f"use mode overwrite or append, or remove it")
-    if manifest is None:
-        raise OutputError(f"output.path {url} holds files that this program did not write (no {MANIFEST}); "
-                          f"refusing to replace them: remove them or choose another path")
-    return manifest
+    return refuse_existing(url, manifest, mode)
 
 
 _PART = re.compile(r"(^|/)part-[0-9A-Za-z]+(-[0-9]+)?-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}\.parquet$")

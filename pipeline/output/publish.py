@@ -71,7 +71,12 @@ def check_target(paths: OutputPaths, mode: str) -> dict | None:
         raise OutputError(f"output.path {path} exists and is not a directory")
     if not holds_data(path):
         return None
-    manifest = read_manifest(path)
+    return refuse_existing(path, read_manifest(path), mode)
+
+
+def refuse_existing(path: str, manifest: dict | None, mode: str) -> dict | None:
+    """An output that already holds data: its manifest; OutputError for mode ``error`` and for files
+    this program did not write (no manifest)."""
     if mode == "error":
         raise OutputError(f"output.path {path} already holds data and output.mode is 'error'; "
                           f"use mode overwrite or append, or remove it")
@@ -159,7 +164,8 @@ def _exchange(a: str, b: str) -> bool:
     raise OutputError(f"cannot publish {b}: {os.strerror(err)}")
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory (a directory: so that the names in it are durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -173,7 +179,7 @@ def publish(paths: OutputPaths, staging: str, manifest: dict, run_id: str) -> No
     with open(os.path.join(staging, SUCCESS), "w") as fh:
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(staging)
+    fsync_path(staging)
     for root, _dirs, files in os.walk(staging):
         os.chmod(root, 0o755)
         for name in files:
@@ -190,7 +196,7 @@ def publish(paths: OutputPaths, staging: str, manifest: dict, run_id: str) -> No
     else:
         os.makedirs(paths.parent, exist_ok=True)
         os.rename(staging, target)
-    _fsync_dir(paths.parent)
+    fsync_path(paths.parent)
 
 
 def new_run_id() -> str:

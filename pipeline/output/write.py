@@ -35,6 +35,7 @@ from pipeline.dtypes import type_name, widens
 from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.input.discover import NULL_PARTITION
 from pipeline.log import set_title
+from pipeline.output.publish import fsync_path
 from pipeline.output.records import REJECTS_FILE_SCHEMA, ChunkResult, unspool
 from pipeline.output.resume import append_checkpoint
 
@@ -300,7 +301,7 @@ class DatasetWriter(RowGroupWriter):
             return
         opened.writer.close()
         opened.sink.close()
-        _fsync(opened.path)
+        fsync_path(opened.path)
         self.files.append(WrittenFile(os.path.relpath(opened.path, self.root), opened.rows,
                                       os.path.getsize(opened.path), self.spec.run_id,
                                       [list(s) for s in opened.sources]))
@@ -320,7 +321,7 @@ class DatasetWriter(RowGroupWriter):
         if self.rejects is not None:
             self._close(self.rejects)
         for d in {os.path.dirname(os.path.join(self.root, f.path)) for f in self.files[before:]}:
-            _fsync(d)
+            fsync_path(d)
         return self.files[before:]
 
     def close(self) -> list[WrittenFile]:
@@ -334,7 +335,7 @@ class DatasetWriter(RowGroupWriter):
             self._open(empty, self.schema)
             self._close(empty)
         for d, _, _ in os.walk(self.root):
-            _fsync(d)
+            fsync_path(d)
         return self.files
 
 
@@ -393,14 +394,6 @@ def dictionary_columns(schema: pa.Schema) -> list[str] | bool:
              if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_binary(f.type)
              or pa.types.is_dictionary(f.type)]
     return names or False
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _split_partitions(table: pa.Table, keys: tuple[str, ...]):
