@@ -178,26 +178,27 @@ def _is_eol_before(arr: np.ndarray, x: int, prev: int, d: Dialect) -> bool:
     return d.cr and prev == CR and (x >= len(arr) or arr[x] != LF)
 
 
-def first_boundary(buf: bytes, x: int, state: int, prev: int, d: Dialect, eof: bool) -> int | None:
-    """The first record boundary at or after ``x`` in ``buf``, given the quote state at ``x`` (after
-    the runs that start before it) and the byte before it; None if ``buf`` ends first (not at EOF).
+def first_boundary(buf: bytes, x: int, state: int, prev: int, d: Dialect, eof: bool,
+                   limit: int | None = None) -> int | None:
+    """The first record boundary at or after ``x`` in ``buf[:limit]``, given the quote state at ``x``
+    (after the runs that start before it) and the byte before it; None if the bytes end first.
 
-    ``buf``'s end is the end of the file when ``eof``: the last record ends there.
+    The end (``limit``, else ``buf``'s end) is the end of the file when ``eof``: the last record ends there.
     """
-    arr = np.frombuffer(buf, dtype=np.uint8)
+    n = len(buf) if limit is None else limit
+    arr = np.frombuffer(buf, dtype=np.uint8, count=n)
     x, prev = _skip_run(arr, x, prev, d.quote)
-    if state == OUT and (x < len(arr) or eof) and _is_eol_before(arr, x, prev, d):
+    if state == OUT and (x < n or eof) and _is_eol_before(arr, x, prev, d):
         return x
     sc = Scanner(d, offset=x, inside=bool(state), prev=prev)
     pos, size = x, WINDOW
     while True:
-        end = min(len(buf), pos + size)
-        final = eof and end == len(buf)
-        scan = sc.feed(buf[pos:end], final=final)
+        end = min(n, pos + size)
+        scan = sc.feed(buf[pos:end], final=eof and end == n)
         if len(scan.breaks):
             return int(scan.breaks[0])
-        if end == len(buf):
-            return len(buf) if eof else None
+        if end == n:
+            return n if eof else None
         pos = sc.offset
         size *= 2
 
@@ -252,7 +253,7 @@ def locate(chunk, d: Dialect, states: StateTable | None = None) -> Located:
     if chunk.index == 0:
         start = x
     else:
-        first = first_boundary(buf[:e], x, s, prev, d, True)
+        first = first_boundary(buf, x, s, prev, d, True, limit=e)
         start = e if first is None else min(first, e)
     return Located(buf[start:e], lo + start, lo + e, lo + e >= f.size)
 
