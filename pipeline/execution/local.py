@@ -27,7 +27,7 @@ from typing import Any
 
 from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.executor import Committed, OnResult, TaskSettings
-from pipeline.execution.worker import WorkerSettings, init, process_chunk
+from pipeline.execution.worker import WorkerSettings, init, process_chunks
 from pipeline.input import boundaries
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
@@ -142,10 +142,11 @@ class LocalExecutor:
             # so that a worker born and killed between two polls is still seen with its exit code.
             pool._pool = _Recorded(pool._pool, state.procs)
             tasks = []
-            for chunk in todo:
-                state.tries[chunk.id] += 1
-                tasks.append((chunk, state.tries[chunk.id]))
-            return pool, pool.imap_unordered(process_chunk, tasks, chunksize=1), len(tasks)
+            for group in group_small(todo, worker_spec.read.block_bytes):
+                for chunk in group:
+                    state.tries[chunk.id] += 1
+                tasks.append(tuple((chunk, state.tries[chunk.id]) for chunk in group))
+            return pool, pool.imap_unordered(process_chunks, tasks, chunksize=1), len(tasks)
 
         pool = None
         try:
@@ -155,7 +156,8 @@ class LocalExecutor:
             while not state.finished():
                 if left:
                     try:
-                        self._take(results.next(timeout=POLL_SECONDS), state)
+                        for result in results.next(timeout=POLL_SECONDS):
+                            self._take(result, state)
                         left -= 1
                     except mp.TimeoutError:
                         pass
@@ -174,6 +176,8 @@ class LocalExecutor:
                         raise OutputError(f"the writer process died (exit code {writer.exitcode}); "
                                           f"nothing was published")
                 deaths = self._deaths(pool, state)
+                while deaths and not starts.empty():   # the chunk a worker started just before it died
+                    self._event(starts.get(), state, ex)
                 if deaths and not state.finished():
                     # A dead worker may have held the pool's task-queue lock, which would wedge the
                     # pool for good (and Pool.terminate with it): start a fresh pool for the rest.
@@ -246,6 +250,11 @@ class LocalExecutor:
         if kind == "start":
             _, chunk_id, attempt, pid, _started = msg
             if chunk_id not in state.acked and attempt == state.tries.get(chunk_id):
+                # the chunk this worker ran before is read; its rows wait to go with the rest of its task
+                for other, (p, _, _) in list(state.running.items()):
+                    if p == pid:
+                        del state.running[other]
+                        state.result_pid[other] = pid
                 state.running[chunk_id] = (pid, attempt, time.monotonic())
         elif kind == "ack":
             ex.acked_rows[msg[1]] = msg[3]
@@ -284,11 +293,17 @@ class LocalExecutor:
         """Count a failure against each chunk a dead worker was running; poison the hopeless ones."""
         blamed = False
         for pid, why in deaths:
-            victims = [cid for cid, (p, _, _) in state.running.items() if p == pid]
-            victims += [cid for cid, p in state.result_pid.items() if p == pid and cid not in victims]
-            for chunk_id in victims:
-                if chunk_id in state.acked:
-                    continue
+            running = [cid for cid, (p, _, _) in state.running.items() if p == pid and cid not in state.acked]
+            held = [cid for cid, p in state.result_pid.items()
+                    if p == pid and cid not in running and cid not in state.acked]
+            if running:
+                # the chunk it was on is to blame; those it had finished go again, at no cost to them
+                for chunk_id in held:
+                    blamed = True
+                    log.warning("%s: the worker %s before sending its rows; retrying", state.by_id[chunk_id].describe(),
+                                why)
+                    ex.retried.append((chunk_id, why))
+            for chunk_id in running or held:
                 blamed = True
                 chunk = state.by_id[chunk_id]
                 state.failures[chunk_id] += 1
@@ -348,6 +363,24 @@ class LocalExecutor:
             info = self._event(msg, state, ex)
             if info is not None:
                 return info
+
+
+GROUP_CHUNKS = 64    # small chunks in one pool task, at most
+
+
+def group_small(chunks: Sequence[Chunk], target: int) -> list[list[Chunk]]:
+    """Consecutive chunks, together up to ``target`` bytes (and GROUP_CHUNKS), as one pool task each:
+    a thousand small files cost a few dozen round trips to the workers, not a thousand."""
+    groups: list[list[Chunk]] = []
+    size = 0
+    for chunk in chunks:
+        if groups and len(groups[-1]) < GROUP_CHUNKS and size + chunk.nbytes <= target:
+            groups[-1].append(chunk)
+            size += chunk.nbytes
+        else:
+            groups.append([chunk])
+            size = chunk.nbytes
+    return groups
 
 
 def quarantine_chunk(chunk: Chunk, spec: WorkerSettings, reason: str, attempt: int) -> list[tuple]:

@@ -22,7 +22,7 @@ from pipeline.input.lookups import lookup_tables
 from pipeline.input.plan import Chunk, ReadSpec
 from pipeline.input.read import BadRow, read_chunk
 from pipeline.log import set_title
-from pipeline.output.records import BAD_ROW_SAMPLES, ChunkResult, rejects_table, spool
+from pipeline.output.records import BAD_ROW_SAMPLES, ChunkResult, Shared, rejects_table, spool, spool_together
 from pipeline.stages import StageContext, apply_stages
 
 SPOOL_BYTES = 16 << 20      # Arrow data of one spool file (one queue message) stays under about this size
@@ -134,6 +134,20 @@ def chunk_tables(chunk: Chunk, spec: WorkerSettings, result: ChunkResult) -> Ite
                          file=chunk.file.path) from exc
 
 
+def _to_staging(write, *args):
+    """A spool write; a failure names the staging area (a full disk is exit 74, not a stage error)."""
+    try:
+        return write(*args)
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output's staging area: {exc}", path=args[-1]) from exc
+
+
+def _announce(chunk: Chunk, attempt: int) -> None:
+    # written straight into the pipe (not by a feeder thread), so the parent knows which chunk this
+    # process holds even if the chunk kills it a moment later
+    _STATE["events"].put(("start", chunk.id, attempt, os.getpid(), time.time()))
+
+
 def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     """Read one chunk, run the stages, stream the result to the writer, report the counts.
 
@@ -143,9 +157,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     chunk, attempt = task
     spec: WorkerSettings = _STATE["spec"]
     queue = _STATE["queue"]
-    # written straight into the pipe (not by a feeder thread), so the parent knows which chunk this
-    # process holds even if the chunk kills it a moment later
-    _STATE["events"].put(("start", chunk.id, attempt, os.getpid(), time.time()))
+    _announce(chunk, attempt)
     started = time.monotonic()
     result = ChunkResult(chunk.id, attempt, os.getpid(), started=time.time())
     messages = 0
@@ -153,10 +165,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     def send(kind: str, table: pa.Table) -> None:
         nonlocal messages
         path = os.path.join(spec.spool, f"{chunk.id}.{attempt}.{messages}.arrow")
-        try:
-            spool(table, path)
-        except OSError as exc:
-            raise OutputError(f"cannot write to the output's staging area: {exc}", path=path) from exc
+        _to_staging(spool, table, path)
         queue.put((kind, chunk.id, attempt, path, table.num_rows))
         messages += 1
 
@@ -171,3 +180,52 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     result.seconds = time.monotonic() - started
     queue.put(("end", chunk.id, attempt, messages, result))
     return result
+
+
+def process_chunks(tasks: tuple[tuple[Chunk, int], ...]) -> list[ChunkResult]:
+    """Several small chunks as one pool task (many small files; see ``execution.local.group_small``).
+
+    Each chunk is still announced as it starts, and committed on its own by the writer; their rows
+    travel together, in one spool file per output schema, sent once the last chunk is read. A
+    worker that dies on one of them leaves nothing of any, and only the chunk it was running is
+    blamed."""
+    if len(tasks) == 1:
+        return [process_chunk(tasks[0])]
+    spec: WorkerSettings = _STATE["spec"]
+    queue = _STATE["queue"]
+    done: list[tuple[Chunk, int, ChunkResult, list[pa.Table], pa.Table | None]] = []
+    for chunk, attempt in tasks:
+        _announce(chunk, attempt)
+        started = time.monotonic()
+        result = ChunkResult(chunk.id, attempt, os.getpid(), started=time.time())
+        data: list[pa.Table] = []
+        rejects: list[pa.Table] = []
+        for kind, table in chunk_tables(chunk, spec, result):
+            (rejects if kind == "rejects" else data).append(table)
+        result.bytes_read = chunk.nbytes
+        result.seconds = time.monotonic() - started
+        rows = [t for t in data if t.num_rows]
+        done.append((chunk, attempt, result, rows, pa.concat_tables(rejects) if rejects else None))
+    # one spool file for the rows of each output schema (a python stage may vary it by chunk)
+    by_schema: dict[pa.Schema, list[tuple[int, int]]] = {}
+    for i, (_, _, _, rows, _) in enumerate(done):
+        for j, table in enumerate(rows):
+            by_schema.setdefault(table.schema, []).append((i, j))
+    refs: dict[tuple[int, int], Shared] = {}
+    first_chunk, first_attempt = tasks[0]
+    for n, places in enumerate(by_schema.values()):
+        path = os.path.join(spec.spool, f"{first_chunk.id}.{first_attempt}.group{n}.arrow")
+        refs.update(zip(places, _to_staging(spool_together, [done[i][3][j] for i, j in places], path)))
+    for i, (chunk, attempt, result, rows, bad) in enumerate(done):
+        messages = 0
+        if bad is not None:
+            path = os.path.join(spec.spool, f"{chunk.id}.{attempt}.rejects.arrow")
+            _to_staging(spool, bad, path)
+            queue.put(("rejects", chunk.id, attempt, path, bad.num_rows))
+            messages += 1
+        for j, table in enumerate(rows):
+            queue.put(("data", chunk.id, attempt, refs[(i, j)], table.num_rows))
+            messages += 1
+        result.messages = messages
+        queue.put(("end", chunk.id, attempt, messages, result))
+    return [result for _, _, result, _, _ in done]

@@ -80,12 +80,81 @@ def spool(table: pa.Table, path: str) -> str:
     writing leaves at most an unreferenced file, never a half-written message in the shared pipe.
     """
     tmp = path + ".tmp"
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+    sink = pa.BufferOutputStream()   # one write to the file, not one per piece of the IPC format
+    with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
+    with open(tmp, "wb") as f:
+        f.write(sink.getvalue())
     os.rename(tmp, path)
     return path
+
+
+@dataclass(frozen=True)
+class Shared:
+    """One chunk's rows in a spool file that ``sharers`` chunks share: record batches
+    ``first`` to ``first + count`` (small chunks sent together; see ``spool_together``)."""
+
+    path: str
+    first: int
+    count: int
+    sharers: int
+
+
+def spool_together(tables: list[pa.Table], path: str) -> list[Shared]:
+    """Write tables of one schema as one Arrow IPC file; return where each one's batches are.
+
+    Many small chunks (thousands of small files) cost one file between worker and writer per pool
+    task instead of one each: creating and deleting files is what such a run would otherwise spend
+    its time on."""
+    tmp = path + ".tmp"
+    sink = pa.BufferOutputStream()
+    refs = []
+    at = 0
+    with pa.ipc.new_file(sink, tables[0].schema) as writer:
+        for table in tables:
+            batches = table.to_batches()
+            for batch in batches:
+                writer.write_batch(batch)
+            refs.append(Shared(path, at, len(batches), len(tables)))
+            at += len(batches)
+    with open(tmp, "wb") as f:
+        f.write(sink.getvalue())
+    os.rename(tmp, path)
+    return refs
 
 
 def unspool(path: str) -> pa.Table:
     # The table keeps the mapping alive; the file may be unlinked while it is in use.
     return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+
+
+class SpoolFiles:
+    """The writer's side: reads a chunk's rows, and deletes a spool file once every chunk that has
+    rows in it is done with it."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, int] = {}
+        self.open: dict[str, pa.ipc.RecordBatchFileReader] = {}
+
+    def read(self, ref: str | Shared) -> pa.Table:
+        if not isinstance(ref, Shared):
+            return unspool(ref)
+        reader = self.open.get(ref.path)
+        if reader is None:
+            reader = self.open[ref.path] = pa.ipc.open_file(pa.memory_map(ref.path, "r"))
+        batches = [reader.get_batch(i) for i in range(ref.first, ref.first + ref.count)]
+        return pa.Table.from_batches(batches, schema=reader.schema)
+
+    def release(self, ref: str | Shared) -> None:
+        if isinstance(ref, Shared):
+            left = self.left.get(ref.path, ref.sharers) - 1
+            if left > 0:
+                self.left[ref.path] = left
+                return
+            self.left.pop(ref.path, None)
+            self.open.pop(ref.path, None)
+            ref = ref.path
+        try:
+            os.unlink(ref)
+        except FileNotFoundError:
+            pass

@@ -1,7 +1,8 @@
 """The writer: one process that takes Arrow data from the queue and writes Parquet into staging.
 
 Protocol on the queue (all tuples):
-  ("data",    chunk_id, attempt, path, rows)   rows of a chunk, in an Arrow IPC file (the spool)
+  ("data",    chunk_id, attempt, path, rows)   rows of a chunk, in an Arrow IPC file (the spool); or,
+                                               for small chunks sent together, a records.Shared part of one
   ("rejects", chunk_id, attempt, path, rows)   quarantined rows of a chunk
   ("end",     chunk_id, attempt, n_messages, result)   the chunk is complete (result: its counts)
   ("done",    n_chunks)                        sent by the parent after the pool is joined
@@ -36,7 +37,7 @@ from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.input.discover import NULL_PARTITION
 from pipeline.log import set_title
 from pipeline.output.publish import fsync_path
-from pipeline.output.records import REJECTS_FILE_SCHEMA, ChunkResult, unspool
+from pipeline.output.records import REJECTS_FILE_SCHEMA, ChunkResult, SpoolFiles
 from pipeline.output.resume import append_checkpoint
 
 BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, before a forced flush
@@ -426,14 +427,6 @@ def _split_partitions(table: pa.Table, keys: tuple[str, ...]):
         yield values, data.filter(arrays.array(inverse == g))
 
 
-def _discard(pieces) -> None:
-    for _, path in pieces:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
 def writer_main(queue, events, spec: WriterSettings) -> None:
     """Entry point of the writer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -455,6 +448,7 @@ def run_writer(queue, events, spec: WriterSettings) -> dict:
     os.makedirs(spec.root, exist_ok=True)
     out = DatasetWriter(spec)
     pending: dict[tuple[str, int], list] = {}
+    spooled = SpoolFiles()
     committed: set[str] = set()
     expected: int | None = None
     since_checkpoint: list[ChunkResult] = []
@@ -480,19 +474,20 @@ def run_writer(queue, events, spec: WriterSettings) -> dict:
             _, chunk_id, attempt, n_messages, result = msg
             pieces = pending.pop((chunk_id, attempt), [])
             if chunk_id in committed:
-                _discard(pieces)
+                for _, ref in pieces:
+                    spooled.release(ref)
                 continue
             if len(pieces) != n_messages:
                 raise RuntimeError(f"chunk {chunk_id}: {len(pieces)} of {n_messages} messages arrived")
             written = 0
-            for what, path in pieces:
-                table = unspool(path)
+            for what, ref in pieces:
+                table = spooled.read(ref)
                 if what == "data":
                     out.write(table, result.source or f"chunk {chunk_id}", result.source)
                     written += table.num_rows
                 else:
                     out.write_rejects(table)
-                os.unlink(path)
+                spooled.release(ref)
             committed.add(chunk_id)
             if written != result.rows_written:
                 raise RuntimeError(f"chunk {chunk_id}: {written} rows arrived, the worker sent {result.rows_written}")
@@ -506,7 +501,8 @@ def run_writer(queue, events, spec: WriterSettings) -> dict:
         elif kind == "abort":
             return {"aborted": True}
     for pieces in pending.values():
-        _discard(pieces)
+        for _, ref in pieces:
+            spooled.release(ref)
     files = out.close()
     return {
         "files": [f.__dict__ for f in files],

@@ -1,0 +1,171 @@
+"""Many small files: the local executor sends several small chunks to a worker as one task, and
+their rows to the writer in one spool file. Each chunk still counts, fails and is retried alone."""
+
+from __future__ import annotations
+
+import csv
+import io
+import queue as queue_mod
+import random
+import signal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_config
+from pipeline.execution import worker
+from pipeline.execution.local import GROUP_CHUNKS, group_small
+from pipeline.execution.worker import WorkerSettings, process_chunks
+from pipeline.input.plan import build_plan
+from pipeline.output.records import Shared, SpoolFiles
+from pipeline.stages import STAGES
+from tests.helpers import basic_job, manifest_of, read_output, run_subprocess, write_job
+
+KILLER = '''
+import os, time
+
+def stage(df, die_on=-1, seconds=0.0):
+    if (df["id"] == die_on).any():
+        os.kill(os.getpid(), 9)
+    time.sleep(seconds)
+    return df
+'''
+
+
+def _write_files(folder: Path, n: int, seed: int = 7) -> None:
+    """Small CSV files written by Python's csv module: quoted commas, quoted newlines, empty values."""
+    rng = random.Random(seed)
+    folder.mkdir(exist_ok=True)
+    next_id = 0
+    for k in range(n):
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["id", "name", "value"])
+        for _ in range(rng.randint(0, 30)):
+            name = rng.choice(["plain", "a, comma", "two\nlines", 'say "hi"', ""])
+            w.writerow([next_id, name, rng.choice(["", f"{rng.random():.3f}"])])
+            next_id += 1
+        (folder / f"part-{k:04d}.csv").write_text(out.getvalue())
+
+
+def _by_id(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _reference(folder: Path) -> list[dict]:
+    rows = []
+    for path in sorted(folder.glob("*.csv")):
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={"id": pa.int64(), "name": pa.string(), "value": pa.float64()},
+            strings_can_be_null=True, quoted_strings_can_be_null=True))
+        rows += table.to_pylist()
+    return _by_id(rows)
+
+
+def _job(tmp_path: Path, n: int, **run) -> Path:
+    _write_files(tmp_path / "in", n)
+    (tmp_path / "killer.py").write_text(KILLER)
+    params = {k: run.pop(k) for k in ("die_on", "seconds") if k in run}
+    stages = [{"python": {"function": "killer:stage", "params": params}}] if params else []
+    job = basic_job("in/*.csv", input={"schema": {"id": "int64", "name": "string", "value": "double"}},
+                    stages=stages, run={"workers": 2, **run})
+    return write_job(tmp_path, job)
+
+
+def test_group_small_packs_consecutive_chunks_up_to_the_target():
+    class C:
+        def __init__(self, nbytes):
+            self.nbytes = nbytes
+
+    sizes = [10, 20, 30, 100, 5, 5, 90, 1, 1]
+    groups = group_small([C(s) for s in sizes], 100)
+    assert [[c.nbytes for c in g] for g in groups] == [[10, 20, 30], [100], [5, 5, 90], [1, 1]]
+    many = group_small([C(1) for _ in range(GROUP_CHUNKS * 2 + 1)], 10**9)
+    assert [len(g) for g in many] == [GROUP_CHUNKS, GROUP_CHUNKS, 1]
+
+
+def test_many_small_files_give_exactly_the_rows_pyarrow_reads(tmp_path):
+    config = _job(tmp_path, 300)
+    proc = run_subprocess("run", config, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert _by_id(read_output(tmp_path / "out").to_pylist()) == _reference(tmp_path / "in")
+    manifest = manifest_of(tmp_path / "out")
+    assert manifest["chunks"] == 300 - sum(1 for p in (tmp_path / "in").glob("*.csv")
+                                           if p.read_text().count("\n") == 1)
+    assert not list((tmp_path / "out").rglob("*.arrow"))
+
+
+def test_a_worker_killed_on_one_small_file_costs_only_that_file(tmp_path):
+    # no retries: every chunk blamed for the death would be quarantined whole
+    config = _job(tmp_path, 80, die_on=40, retries=0, on_bad_rows="quarantine")
+    proc = run_subprocess("run", config, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    expected = _reference(tmp_path / "in")
+    killer = next(p for p in sorted((tmp_path / "in").glob("*.csv"))
+                  if 40 in pacsv.read_csv(p).column("id").to_pylist())
+    lost = {r["id"] for r in pacsv.read_csv(killer).to_pylist()}
+    written = _by_id(read_output(tmp_path / "out").to_pylist())
+    assert written == [r for r in expected if r["id"] not in lost]
+    rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
+    assert {r["file"] for r in rejects} == {str(killer)}
+    assert len(rejects) == len(lost)
+    assert "retrying" in proc.stderr
+
+
+def test_chunk_timeout_counts_each_small_file_from_its_own_start(tmp_path):
+    # 24 files of 0.15 s each in one task: the task runs far longer than the timeout, no chunk does
+    config = _job(tmp_path, 24, seconds=0.15, chunk_timeout="1s", retries=0)
+    proc = run_subprocess("run", config, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "timed out" not in proc.stderr
+    assert _by_id(read_output(tmp_path / "out").to_pylist()) == _reference(tmp_path / "in")
+
+
+@pytest.fixture
+def queues():
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    data, events = queue_mod.Queue(), queue_mod.Queue()
+
+    def start(spec: WorkerSettings):
+        worker.init(data, events, spec)
+        return data, events
+
+    yield start
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    worker._STATE.clear()
+
+
+def test_a_task_of_small_chunks_sends_one_spool_file_that_the_writer_reads_per_chunk(tmp_path, queues):
+    config = _job(tmp_path, 12)
+    job = load_config(config, stages=STAGES)
+    plan = build_plan(job)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spec = WorkerSettings(job_name=job.name, read=plan.read, stages=(), stage_keys=(), base_dir=str(job.base_dir),
+                          on_bad_rows="skip", spool=str(spool))
+    data, events = queues(spec)
+    results = process_chunks(tuple((c, 1) for c in plan.chunks))
+    messages = []
+    while not data.empty():
+        messages.append(data.get_nowait())
+    starts = []
+    while not events.empty():
+        starts.append(events.get_nowait())
+    assert [s[1] for s in starts] == [c.id for c in plan.chunks]
+    refs = [m[3] for m in messages if m[0] == "data"]
+    assert refs and all(isinstance(r, Shared) for r in refs)
+    assert len({r.path for r in refs}) == 1 and len(list(spool.iterdir())) == 1
+    files = SpoolFiles()
+    rows = []
+    for ref in refs:
+        rows += files.read(ref).to_pylist()
+        files.release(ref)
+    assert not list(spool.iterdir())   # deleted with the last chunk that had rows in it
+    assert _by_id(rows) == _reference(tmp_path / "in")
+    ends = [m for m in messages if m[0] == "end"]
+    assert [m[1] for m in ends] == [c.id for c in plan.chunks]
+    assert sum(r.rows_written for r in results) == len(rows)
