@@ -60,7 +60,7 @@ from pipeline.progress import Progress
 from pipeline.stages import StageContext
 from pipeline.state.incremental import Selection
 from pipeline.state.metrics import write_metrics
-from pipeline.state.store import Seen, StateStore, fingerprint
+from pipeline.state.store import Fingerprints, Seen, StateStore
 
 log = logging.getLogger("pipeline")
 
@@ -500,6 +500,7 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         log.info("resuming run %s: %d of %d chunks were finished and are kept", resumed.run_id,
                  len(done), len(plan.chunks))
     bar = Progress(sum(c.nbytes for c in todo), len(todo), enabled=progress, interval=job.run.progress_interval)
+    fingerprints = Fingerprints(plan.files)
     try:
         cap = bad_row_cap(job)
         if cap is not None and counts.rows_rejected > cap:
@@ -545,7 +546,7 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
             extends = carry_previous(target.path, staging.directory, staging.previous, schema,
                                      tuple(job.output.partition_by), set(replaced), job.output.compression)
             publish_mode = "carried"
-        prints = {f.path: fingerprint(f.path, f.size) for f in plan.files}
+        prints = fingerprints.result()
         manifest = build_manifest(job, plan, run_id, counts, files, schema, extends, thash,
                                   fingerprints=prints, mode=mode, started=wall_started, finalize=finalized)
         target.publish(staging, manifest, publish_mode)

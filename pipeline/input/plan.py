@@ -171,17 +171,18 @@ def _header(f: InputFile, head: bytes, whole: bool, job, delimiter: str) -> tupl
     return names, start + data_start, 1 + count_line_ends(body, 0, data_start), comments
 
 
-HEADER_PROBE = 64 << 10
+HEADER_PROBES = (4 << 10, 64 << 10)
 
 
 def _leading_records(body: bytes, dialect: Dialect, want: int):
     """The records of ``body`` as far as the header needs them: from a short prefix when the first
     ``want`` records end well inside it (the state machine runs from the start, so they are final),
     else from all of ``body``. Many small files with the same header cost a prefix each, not a head."""
-    if len(body) > HEADER_PROBE:
-        recs = record_spans(body[:HEADER_PROBE], dialect)
-        if len(recs.starts) > want + 1 and (not want or int(recs.ends[want - 1]) < HEADER_PROBE - 1):
-            return recs
+    for probe in HEADER_PROBES:
+        if len(body) > probe:
+            recs = record_spans(body[:probe], dialect)
+            if len(recs.starts) > want + 1 and (not want or int(recs.ends[want - 1]) < probe - 1):
+                return recs
     return record_spans(body, dialect)
 
 

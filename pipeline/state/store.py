@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,6 +76,31 @@ def fingerprint(path: str, size: int) -> str:
         elif size > FINGERPRINT_BYTES:
             h.update(fh.read())
     return h.hexdigest()
+
+
+class Fingerprints:
+    """The fingerprints of a run's input files, computed on a thread of the parent while the
+    workers read them (the parent is idle then): thousands of small files cost no time at the end."""
+
+    def __init__(self, files) -> None:
+        self.files = [(f.path, f.size) for f in files]
+        self.prints: dict[str, str] = {}
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._compute, name="pipeline-fingerprints", daemon=True)
+        self.thread.start()
+
+    def _compute(self) -> None:
+        try:
+            for path, size in self.files:
+                self.prints[path] = fingerprint(path, size)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the run's own thread by result()
+            self.error = exc
+
+    def result(self) -> dict[str, str]:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.prints
 
 
 @dataclass(frozen=True)
