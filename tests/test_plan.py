@@ -97,3 +97,8 @@ def test_headers_of_many_files_and_of_a_header_longer_than_the_probe(tmp_path):
     assert plan.read.schema.names == pacsv.read_csv(tmp_path / "in" / "b00.csv").column_names
     plan = _plan(tmp_path, basic_job("in/a_wide.csv"))
     assert plan.read.schema.names == wide
+    # longer than the first probe (4 KiB), shorter than the second; a quoted name holds a newline
+    middle = [f'"name {i}\nof row"' if i == 300 else f"name_{i:03d}" for i in range(600)]
+    (tmp_path / "in" / "c_middle.csv").write_text(",".join(middle) + "\n" + (",".join("2" * 600) + "\n") * 50)
+    plan = _plan(tmp_path, basic_job("in/c_middle.csv"))
+    assert plan.read.schema.names == pacsv.read_csv(tmp_path / "in" / "c_middle.csv").column_names
