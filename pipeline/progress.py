@@ -12,7 +12,8 @@ log = logging.getLogger("pipeline")
 
 
 class Progress:
-    def __init__(self, total_bytes: int, total_chunks: int, *, enabled: bool | None, interval: float):
+    def __init__(self, total_bytes: int, total_chunks: int | None, *, enabled: bool | None, interval: float):
+        """``total_chunks`` None: not known yet (the plan is still being cut)."""
         self.total_bytes = total_bytes
         self.total_chunks = total_chunks
         self.interval = interval
@@ -35,15 +36,17 @@ class Progress:
         self.rows += result.rows_read
         if self.bar is not None:
             self.bar.update(result.bytes_read)
-            self.bar.set_postfix_str(f"{self.done_chunks}/{self.total_chunks} chunks, {self.rows:,} rows",
-                                     refresh=False)
+            self.bar.set_postfix_str(f"{self._chunks()} chunks, {self.rows:,} rows", refresh=False)
             return
         now = time.monotonic()
         if now - self.last_log >= self.interval:
             self.last_log = now
             pct = 100.0 * self.done_bytes / self.total_bytes if self.total_bytes else 100.0
-            log.info("progress: %d/%d chunks, %.0f%% of input, %s rows read, %.1f s",
-                     self.done_chunks, self.total_chunks, pct, f"{self.rows:,}", now - self.started)
+            log.info("progress: %s chunks, %.0f%% of input, %s rows read, %.1f s",
+                     self._chunks(), pct, f"{self.rows:,}", now - self.started)
+
+    def _chunks(self) -> str:
+        return f"{self.done_chunks}/{self.total_chunks}" if self.total_chunks is not None else str(self.done_chunks)
 
     def close(self) -> None:
         if self.bar is not None:

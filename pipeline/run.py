@@ -22,6 +22,7 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -33,9 +34,10 @@ from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, Loc
 from pipeline.execution.executor import Committed, Executor, TaskSettings
 from pipeline.execution.local import LocalExecutor
 from pipeline.execution.worker import WorkerSettings
+from pipeline.input.feed import ChunkFeed
 from pipeline.input.lookups import fingerprints as lookup_fingerprints
 from pipeline.input.lookups import job_lookup_tables, lookup_tables, lookups_key, lookups_of
-from pipeline.input.plan import Plan, build_plan
+from pipeline.input.plan import Chunk, Plan, build_plan
 from pipeline.input.read import BadRow
 from pipeline.input.storage import is_url
 from pipeline.log import set_context
@@ -451,7 +453,10 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         select = Selection(seen, job.input.on_changed_file)
         pinned = {c["name"]: parse_type(c["type"]) for c in previous.get("input_schema", [])}
         mode = "append"
-    plan = build_plan(job, workers=workers, select=select, pinned=pinned)
+    # the files after the first few are planned while the first chunks run (not for a dry run, which
+    # runs none, nor for the Dask executor, which takes a list: see build_plan)
+    stream = job.run.executor == "local" and not dry_run
+    plan = build_plan(job, workers=workers, select=select, pinned=pinned, stream=stream)
     replaced = select.replaced if select is not None else set()
     if not plan.files:
         report.status = "up to date"
@@ -478,7 +483,7 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
     null_columns = tuple(n for n in (out_schema.names if out_schema is not None else ())
                          if checked.schema is not None and n not in checked.schema.names)
     report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
-    report.chunks, report.workers = len(plan.chunks), plan.workers
+    report.chunks, report.workers = _chunks_cut(plan), plan.workers
     if dry_run:
         target_schema(job, checked, mode, contract=job.finalize is None)
         report.status = "dry-run"
@@ -486,11 +491,11 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         return
 
     executor = make_executor(job, plan)
-    resume = (job.config_hash, [c.id for c in plan.chunks]) if job.run.checkpoint_interval else None
+    resume = (job.config_hash, plan.key()) if job.run.checkpoint_interval else None
     staging = target.prepare(run_id, mode, parts_on_url=executor.writes_urls, resume=resume)
     resumed = staging.resumed
     counts = report.counts
-    todo = list(plan.chunks)
+    todo: Sequence[Chunk] = plan.chunks
     if resumed is not None:
         done = {r.chunk_id for r in resumed.results}
         todo = [c for c in plan.chunks if c.id not in done]
@@ -499,7 +504,10 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
             report.keep_bad_samples(r.bad_samples)
         log.info("resuming run %s: %d of %d chunks were finished and are kept", resumed.run_id,
                  len(done), len(plan.chunks))
-    bar = Progress(sum(c.nbytes for c in todo), len(todo), enabled=progress, interval=job.run.progress_interval)
+    if isinstance(todo, ChunkFeed):   # still being cut: the input's size, and no count yet
+        bar = Progress(plan.total_bytes, None, enabled=progress, interval=job.run.progress_interval)
+    else:
+        bar = Progress(sum(c.nbytes for c in todo), len(todo), enabled=progress, interval=job.run.progress_interval)
     fingerprints = Fingerprints(plan.files)
     try:
         cap = bad_row_cap(job)
@@ -515,10 +523,19 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         if todo or resumed is None:
             with executor:
                 report.workers = executor.workers
-                log.info("run %s: %s, %s, %s", run_id, plural(len(plan.files), "file"), plural(len(todo), "chunk"),
+                cut = (f"{plural(len(todo.planned()), 'chunk')} so far" if isinstance(todo, ChunkFeed)
+                       else plural(len(todo), "chunk"))
+                log.info("run %s: %s, %s, %s", run_id, plural(len(plan.files), "file"), cut,
                          plural(executor.workers, "worker"))
-                committed = executor.run(todo, task, count_results(job, report, bar))
+                counted = count_results(job, report, bar)
+
+                def on_result(result: ChunkResult) -> None:
+                    fingerprints.start()   # the workers are running by now
+                    counted(result)
+
+                committed = executor.run(todo, task, on_result)
         bar.close()
+        report.chunks = len(plan.chunks)
         shutil.rmtree(spool, ignore_errors=True)
         # files kept from the killed run are this run's output now
         files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + committed.files
@@ -567,6 +584,11 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         report.note = (f"resumed: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks came from "
                        f"run {resumed.run_id}")
     report.mark_succeeded(files, started)
+
+
+def _chunks_cut(plan: Plan) -> int:
+    """The plan's chunks, or those cut so far while the plan is still being cut."""
+    return len(plan.chunks.planned()) if isinstance(plan.chunks, ChunkFeed) else len(plan.chunks)
 
 
 def _nothing_to_do(job: Job, plan: Plan, select: Selection | None) -> str:

@@ -21,7 +21,7 @@ import os
 import queue as queue_mod
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.executor import Committed, OnResult, TaskSettings
 from pipeline.execution.worker import WorkerSettings, init, process_chunks
 from pipeline.input import boundaries
+from pipeline.input.feed import ChunkFeed
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import is_url
@@ -132,35 +133,50 @@ class LocalExecutor:
         self._writer = (writer, events)
         title = f"pipeline: {worker_spec.job_name} worker"
         # the quote state at each cut of a cut file, shared by the workers (see input.boundaries)
-        n_slots, slots = boundaries.shared_slots(chunks)
+        if isinstance(chunks, ChunkFeed):
+            n_slots, slots = boundaries.shared_slots(chunks.planned(), chunks.later_cuts)
+        else:
+            n_slots, slots = boundaries.shared_slots(chunks)
         states = ctx.RawArray("b", [boundaries.UNKNOWN] * max(n_slots, 1))
 
-        def new_pool(todo: list[Chunk]):
-            pool = ctx.Pool(min(self.workers, max(len(todo), 1)), initializer=_worker_init,
+        def new_pool():
+            """A pool for every chunk not yet committed, fed as the plan cuts them (see input.feed)."""
+            state.generation += 1
+            generation = state.generation
+            pool = ctx.Pool(self.workers if isinstance(chunks, ChunkFeed) else min(self.workers, max(len(chunks), 1)),
+                            initializer=_worker_init,
                             initargs=(data_q, starts, worker_spec, title, me, states, slots))
             # Pool replaces and forgets dead workers on its own thread; remember every one it starts,
             # so that a worker born and killed between two polls is still seen with its exit code.
             pool._pool = _Recorded(pool._pool, state.procs)
-            tasks = []
-            for group in group_small(todo, worker_spec.read.block_bytes):
-                for chunk in group:
-                    state.tries[chunk.id] += 1
-                tasks.append(tuple((chunk, state.tries[chunk.id]) for chunk in group))
-            return pool, pool.imap_unordered(process_chunks, tasks, chunksize=1), len(tasks)
+
+            def tasks():   # runs on the pool's task thread
+                todo = (c for c in (chunks.follow(GROUP_WAIT) if isinstance(chunks, ChunkFeed) else chunks)
+                        if c is None or (c.id not in state.acked and c.id not in state.poisoned))
+                for group in group_small(todo, worker_spec.read.block_bytes):
+                    if state.generation != generation:
+                        return   # this pool was replaced
+                    for chunk in group:
+                        state.add(chunk)
+                        state.tries[chunk.id] += 1
+                    yield tuple((chunk, state.tries[chunk.id]) for chunk in group)
+
+            return pool, pool.imap_unordered(process_chunks, tasks(), chunksize=1)
 
         pool = None
         try:
             writer.start()
-            pool, results, left = new_pool(list(chunks))
+            pool, results = new_pool()
             broken = False
             while not state.finished():
-                if left:
+                if results is not None:
                     try:
                         for result in results.next(timeout=POLL_SECONDS):
                             self._take(result, state)
-                        left -= 1
                     except mp.TimeoutError:
                         pass
+                    except StopIteration:
+                        results = None
                 else:
                     # every result is in: wait for the writer's acknowledgements, waking on each
                     try:
@@ -184,13 +200,10 @@ class LocalExecutor:
                     self._blame(deaths, state, ex, data_q)
                     _kill_pool(pool)
                     broken = True
-                    todo = [c for c in chunks if c.id not in state.acked and c.id not in state.poisoned]
                     state.running.clear()
                     state.result_pid.clear()
                     state.procs.clear()  # the old pool's processes were killed on purpose
-                    pool, results, left = (new_pool(todo) if todo else (None, None, 0))
-                    if pool is None:
-                        continue
+                    pool, results = new_pool()
             if pool is not None:
                 if broken:
                     _kill_pool(pool)  # every chunk is committed: nothing is in flight
@@ -366,21 +379,28 @@ class LocalExecutor:
 
 
 GROUP_CHUNKS = 64    # small chunks in one pool task, at most
+GROUP_WAIT = 0.02    # seconds a task waits for the plan to cut one more chunk before it goes as it is
 
 
-def group_small(chunks: Sequence[Chunk], target: int) -> list[list[Chunk]]:
+def group_small(chunks: Iterable[Chunk | None], target: int) -> Iterator[list[Chunk]]:
     """Consecutive chunks, together up to ``target`` bytes (and GROUP_CHUNKS), as one pool task each:
-    a thousand small files cost a few dozen round trips to the workers, not a thousand."""
-    groups: list[list[Chunk]] = []
+    a thousand small files cost a few dozen round trips to the workers, not a thousand. A ``None``
+    among the chunks (the plan is behind: see ChunkFeed.follow) sends the group gathered so far."""
+    group: list[Chunk] = []
     size = 0
     for chunk in chunks:
-        if groups and len(groups[-1]) < GROUP_CHUNKS and size + chunk.nbytes <= target:
-            groups[-1].append(chunk)
-            size += chunk.nbytes
-        else:
-            groups.append([chunk])
-            size = chunk.nbytes
-    return groups
+        if chunk is None:
+            if group:
+                yield group
+                group, size = [], 0
+            continue
+        if group and (len(group) >= GROUP_CHUNKS or size + chunk.nbytes > target):
+            yield group
+            group, size = [], 0
+        group.append(chunk)
+        size += chunk.nbytes
+    if group:
+        yield group
 
 
 def quarantine_chunk(chunk: Chunk, spec: WorkerSettings, reason: str, attempt: int) -> list[tuple]:
@@ -410,9 +430,11 @@ class _Recorded(list):
 
 class _State:
     def __init__(self, chunks: Sequence[Chunk]):
-        self.by_id = {c.id: c for c in chunks}
-        self.tries = {c.id: -1 for c in chunks}        # submissions so far: the attempt number of the latest
-        self.failures = {c.id: 0 for c in chunks}      # attempts that killed their worker
+        self.chunks = chunks                           # a list, or a ChunkFeed still being cut
+        self.by_id: dict[str, Chunk] = {}
+        self.tries: dict[str, int] = {}                # submissions so far: the attempt number of the latest
+        self.failures: dict[str, int] = {}             # attempts that killed their worker
+        self.generation = 0                            # pools started
         self.running: dict[str, tuple[int, int, float]] = {}
         self.result_pid: dict[str, int] = {}
         self.acked: set[str] = set()
@@ -421,8 +443,16 @@ class _State:
         self.dead: set[int] = set()
         self.unattributed = 0
 
+    def add(self, chunk: Chunk) -> None:
+        if chunk.id not in self.by_id:
+            self.by_id[chunk.id] = chunk
+            self.tries[chunk.id] = -1
+            self.failures[chunk.id] = 0
+
     def finished(self) -> bool:
-        return len(self.acked) == len(self.by_id)
+        if isinstance(self.chunks, ChunkFeed) and not self.chunks.done:
+            return False
+        return len(self.acked) == len(self.chunks)
 
 
 def _kill_pool(pool) -> None:

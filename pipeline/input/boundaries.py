@@ -27,6 +27,7 @@ machine's state in ways a quote run does not), and so do compressed files (read 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -72,18 +73,20 @@ def ranges_of(chunk) -> int:
     return max(1, math.ceil((chunk.file.size - chunk.origin) / chunk.step))
 
 
-def shared_slots(chunks) -> tuple[int, dict[tuple[str, int], int]]:
-    """Positions in a shared table for every cut of the files of ``chunks`` (files cut in more than one range)."""
+def shared_slots(chunks, later: Iterable[tuple[str, int]] = ()) -> tuple[int, dict[tuple[str, int], int]]:
+    """Positions in a shared table for every cut of the files of ``chunks`` (files cut in more than one
+    range), and for ``later`` files not cut yet: (path, the most ranges it can be cut into)."""
     slots: dict[tuple[str, int], int] = {}
     seen: set[str] = set()
+    ranges = []
     for c in chunks:
-        if not c.cut or c.file.path in seen:
-            continue
-        seen.add(c.file.path)
-        n = ranges_of(c)
+        if c.cut and c.file.path not in seen:
+            seen.add(c.file.path)
+            ranges.append((c.file.path, ranges_of(c)))
+    for path, n in [*ranges, *later]:
         if n > 1:
             for i in range(1, n + 1):
-                slots[(c.file.path, i)] = len(slots)
+                slots[(path, i)] = len(slots)
     return len(slots), slots
 
 

@@ -7,6 +7,7 @@ record boundaries, but writes nothing. ``pipeline plan`` prints what it returns.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
@@ -16,6 +17,7 @@ import pyarrow.json as pajson
 from pipeline.errors import ConfigError, InputError
 from pipeline.input import infer, json_array
 from pipeline.input.discover import InputFile, discover, old_enough
+from pipeline.input.feed import ChunkFeed
 from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
@@ -86,7 +88,7 @@ class Chunk:
 @dataclass
 class Plan:
     files: list[InputFile]
-    chunks: list[Chunk]
+    chunks: Sequence[Chunk]              # a list, or a ChunkFeed still being cut (build_plan's stream)
     read: ReadSpec
     workers: int
     inferred: dict[str, str] = field(default_factory=dict)   # column -> how its type was decided
@@ -96,6 +98,14 @@ class Plan:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+    def key(self) -> str:
+        """What decides the chunks without cutting them: the files (path, size, mtime) and the chunk
+        size. A killed run is resumed only by a run whose plan has the same key (output.resume)."""
+        h = hashlib.sha256(str(self.read.block_bytes).encode())
+        for f in self.files:
+            h.update(f"\0{f.path}\0{f.size}\0{f.mtime_ns}".encode())
+        return h.hexdigest()
 
 
 def chunk_id(f: InputFile, start: int, end: int) -> str:
@@ -398,11 +408,111 @@ def _parquet_chunks(f: InputFile, job, chunk_bytes: int) -> tuple[list[Chunk], p
     return chunks, schema
 
 
-def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str, pa.DataType] | None = None) -> Plan:
+class _Planner:
+    """Plans one file at a time, keeping what the files planned so far decided."""
+
+    def __init__(self, job, chunk_bytes: int):
+        self.job = job
+        self.chunk_bytes = chunk_bytes
+        self.per_file: dict[str, dict[str, pa.DataType]] = {}
+        self.file_order: dict[str, tuple[str, ...]] = {}
+        self.sampled: dict[str, int] = {}      # format -> files whose values were sampled for types
+        self.known: set[str] = set()           # columns met so far
+        self.header: tuple[bytes, tuple] | None = None   # see _known_header
+
+    def plan_file(self, f: InputFile) -> list[Chunk]:
+        job, chunk_bytes = self.job, self.chunk_bytes
+        try:
+            if f.format == "parquet":
+                fchunks, schema = _parquet_chunks(f, job, chunk_bytes)
+                self.per_file[f.path] = {fld.name: fld.type for fld in schema}
+            else:
+                # Types come from the first SAMPLE_FILES files of a format (and from any file that
+                # brings new columns): with thousands of small files, sampling each would dominate.
+                sample = self.sampled.get(f.format, 0) < SAMPLE_FILES
+                if not sample and f.format in ("csv", "tsv"):
+                    known = self._known_header(f)
+                    if known is not None:
+                        return self._cut_text(f, known)
+                limit = (max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT)
+                         if sample or f.format in ("jsonl", "json") else HEAD_LIMIT)
+                head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
+                if f.format == "json":
+                    self.per_file[f.path] = _sample_json_array_types(f, head, whole, job) if sample else {}
+                    fchunks = [Chunk(chunk_id(f, 0, -1), f, 0, 0, -1)]
+                elif f.format == "jsonl":
+                    start = len(BOM) if head.startswith(BOM) else 0
+                    self.per_file[f.path] = _sample_json_types(f, head[start:], whole, job) if sample else {}
+                    fchunks = _text_chunks(f, job, "\n", (), start, 1, chunk_bytes)
+                else:
+                    delimiter = _delimiter(job, f.format)
+                    names, start, first_line, comments = _header(f, head, whole, job, delimiter)
+                    self._remember_header(head, start, (names, start, first_line, comments))
+                    if sample or not set(names) <= self.known:
+                        self.per_file[f.path] = _sample_text_types(f, head, whole, names, start, job, delimiter)
+                    else:
+                        self.per_file[f.path] = {n: pa.null() for n in names}
+                    fchunks = _text_chunks(f, job, delimiter, names, start, first_line, chunk_bytes)
+                    if comments and fchunks:
+                        fchunks[0] = replace(fchunks[0], lines_skipped=comments)
+                if sample:
+                    self.sampled[f.format] = self.sampled.get(f.format, 0) + 1
+                self.known.update(self.per_file[f.path])
+        except InputError:
+            raise
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{f.path}: cannot read: {exc}", file=f.path) from exc
+        self.file_order[f.path] = tuple(self.per_file[f.path])
+        _check_partition_names(f, self.per_file[f.path])
+        return fchunks
+
+
+    def _remember_header(self, head: bytes, start: int, header: tuple) -> None:
+        """The bytes a file starts with, up to its first data record, and what they were read as."""
+        prefix = head[:start]
+        if prefix.endswith(b"\n") and len(prefix) <= HEADER_PROBES[-1]:   # a record ends there, whatever follows
+            self.header = (prefix, header)
+
+    def _known_header(self, f: InputFile) -> tuple | None:
+        """The header of a file that starts with the same bytes as the last header read: the same
+        state machine over the same bytes gives the same records, so it is not read again (thousands
+        of small files with one header)."""
+        if self.header is None:
+            return None
+        prefix, header = self.header
+        head, _ = _read_head(f, len(prefix), self.job.input.max_decompressed_bytes)
+        return header if head == prefix else None
+
+    def _cut_text(self, f: InputFile, header: tuple) -> list[Chunk]:
+        names, start, first_line, comments = header
+        self.per_file[f.path] = {n: pa.null() for n in names}
+        self.known.update(names)
+        fchunks = _text_chunks(f, self.job, _delimiter(self.job, f.format), names, start, first_line,
+                               self.chunk_bytes)
+        if comments and fchunks:
+            fchunks[0] = replace(fchunks[0], lines_skipped=comments)
+        self.file_order[f.path] = tuple(names)
+        _check_partition_names(f, self.per_file[f.path])
+        return fchunks
+
+
+def _streams(job, files: list[InputFile]) -> bool:
+    """Whether the files after the first SAMPLE_FILES can be planned while the run goes on: only when
+    they cannot change the schema (one text format, the same columns in every file), so that the
+    workers' read settings are final before the first chunk runs."""
+    formats = {f.format for f in files}
+    return (len(files) > SAMPLE_FILES and len(formats) == 1 and formats <= {"csv", "tsv", "jsonl", "json"}
+            and not job.input.allow_missing_columns)
+
+
+def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str, pa.DataType] | None = None,
+               stream: bool = False) -> Plan:
     """Discover the inputs, decide the schema, cut the chunks.
 
     ``select`` narrows the discovered files (incremental runs); ``pinned`` fixes column types
-    decided by an earlier run, so that new parts match the output they join.
+    decided by an earlier run, so that new parts match the output they join. With ``stream``, the
+    schema is decided from the first files and the rest are planned on a thread while the caller
+    runs the first chunks (``plan.chunks`` is then a growing ``ChunkFeed``; see ``_streams``).
     """
     files = discover(job.input.paths, job.input.format, follow_symlinks=job.input.follow_symlinks,
                      line_of=job.line_of, hive=job.input.hive_partitioning, allow_empty=job.input.incremental)
@@ -412,52 +522,15 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
         files = select(files)
     if not files:  # nothing (new) to read: no schema to decide, no chunk to cut
         return Plan([], [], ReadSpec(schema=pa.schema([])), 1, {}, discovered, young)
-    per_file: dict[str, dict[str, pa.DataType]] = {}
-    file_order: dict[str, tuple[str, ...]] = {}
+    n = workers or job.run.workers
+    chunk_bytes = chunk_size(job, files, n)
+    planner = _Planner(job, chunk_bytes)
+    head = files[:SAMPLE_FILES] if stream and _streams(job, files) else files
     chunks: list[Chunk] = []
-    chunk_bytes = chunk_size(job, files, workers or job.run.workers)
-    sampled: dict[str, int] = {}      # format -> files whose values were sampled for types
-    known: set[str] = set()           # columns met so far
-    for f in files:
-        try:
-            if f.format == "parquet":
-                fchunks, schema = _parquet_chunks(f, job, chunk_bytes)
-                per_file[f.path] = {fld.name: fld.type for fld in schema}
-            else:
-                # Types come from the first SAMPLE_FILES files of a format (and from any file that
-                # brings new columns): with thousands of small files, sampling each would dominate.
-                sample = sampled.get(f.format, 0) < SAMPLE_FILES
-                limit = (max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT)
-                         if sample or f.format in ("jsonl", "json") else HEAD_LIMIT)
-                head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
-                if f.format == "json":
-                    per_file[f.path] = _sample_json_array_types(f, head, whole, job) if sample else {}
-                    fchunks = [Chunk(chunk_id(f, 0, -1), f, 0, 0, -1)]
-                elif f.format == "jsonl":
-                    start = len(BOM) if head.startswith(BOM) else 0
-                    per_file[f.path] = _sample_json_types(f, head[start:], whole, job) if sample else {}
-                    fchunks = _text_chunks(f, job, "\n", (), start, 1, chunk_bytes)
-                else:
-                    delimiter = _delimiter(job, f.format)
-                    names, start, first_line, comments = _header(f, head, whole, job, delimiter)
-                    if sample or not set(names) <= known:
-                        per_file[f.path] = _sample_text_types(f, head, whole, names, start, job, delimiter)
-                    else:
-                        per_file[f.path] = {n: pa.null() for n in names}
-                    fchunks = _text_chunks(f, job, delimiter, names, start, first_line, chunk_bytes)
-                    if comments and fchunks:
-                        fchunks[0] = replace(fchunks[0], lines_skipped=comments)
-                if sample:
-                    sampled[f.format] = sampled.get(f.format, 0) + 1
-                known.update(per_file[f.path])
-        except InputError:
-            raise
-        except (OSError, EOFError) as exc:
-            raise InputError(f"{f.path}: cannot read: {exc}", file=f.path) from exc
-        file_order[f.path] = tuple(per_file[f.path])
-        chunks.extend(fchunks)
-
-    schema, inferred = _unify(files, per_file, file_order, job, pinned or {}, _partition_types(files, per_file))
+    for f in head:
+        chunks.extend(planner.plan_file(f))
+    schema, inferred = _unify(head, planner.per_file, planner.file_order, job, pinned or {},
+                              _partition_types(files))
     spec = ReadSpec(
         schema=schema,
         delimiter=job.input.csv.delimiter,
@@ -469,19 +542,52 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
         max_decompressed_bytes=job.input.max_decompressed_bytes,
         block_bytes=chunk_bytes,
     )
-    n = workers or job.run.workers
-    return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered, young)
+    if len(head) == len(files):
+        return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered, young)
+
+    def rest():
+        first = head[0]
+        for f in files[len(head):]:
+            fchunks = planner.plan_file(f)
+            if f.format not in ("jsonl", "json"):
+                _check_same_columns(first, planner.file_order[first.path], f, planner.file_order[f.path])
+            yield fchunks
+
+    later = [(f.path, -(-f.size // max(1, chunk_bytes))) for f in files[len(head):]
+             if not f.compression and f.format != "json"]
+    return Plan(files, ChunkFeed(chunks, rest(), later), spec, max(1, min(n, len(files))), inferred, discovered,
+                young)
 
 
-def _partition_types(files: list[InputFile], per_file) -> dict[str, pa.DataType]:
-    """The type of every hive partition column, from all its folder values (the files' own columns win
-    nothing: a name that is both a column and a partition folder is refused)."""
+def _check_partition_names(f: InputFile, columns) -> None:
+    for key, _ in f.partitions:
+        if key in columns:
+            raise InputError(f"{f.path}: {key!r} is both a column of the file and a partition folder "
+                             f"({key}=...); rename one, or set input.hive_partitioning: false", file=f.path)
+
+
+def _check_same_columns(first: InputFile, base: tuple[str, ...], f: InputFile, cols: tuple[str, ...]) -> None:
+    """A text file's columns are the first file's, unless input.allow_missing_columns."""
+    if set(cols) != set(base) and cols and base:
+        missing = sorted(set(base) - set(cols))
+        extra = sorted(set(cols) - set(base))
+        parts = []
+        if missing:
+            parts.append(f"lacks {missing}")
+        if extra:
+            parts.append(f"has extra {extra}")
+        raise InputError(
+            f"{f.path} {' and '.join(parts)} compared with {first.path}; "
+            f"set input.allow_missing_columns: true to read missing columns as nulls",
+            file=f.path)
+
+
+def _partition_types(files: list[InputFile]) -> dict[str, pa.DataType]:
+    """The type of every hive partition column, from all its folder values (the listing alone: no
+    file is read for it)."""
     values: dict[str, list[str | None]] = {}
     for f in files:
         for key, value in f.partitions:
-            if key in per_file[f.path]:
-                raise InputError(f"{f.path}: {key!r} is both a column of the file and a partition folder "
-                                 f"({key}=...); rename one, or set input.hive_partitioning: false", file=f.path)
             values.setdefault(key, []).append(value)
     return {k: infer.infer_column(pa.array(v, pa.string())) for k, v in values.items()}
 
@@ -502,21 +608,8 @@ def _unify(files, per_file, file_order, job, pinned, partitions=None) -> tuple[p
     text_files = [f for f in files if f.format not in ("jsonl", "json")]
     if not job.input.allow_missing_columns and len(text_files) > 1:
         first = text_files[0]
-        base = set(file_order[first.path])
         for f in text_files[1:]:
-            cols = set(file_order[f.path])
-            if cols != base and cols and base:
-                missing = sorted(base - cols)
-                extra = sorted(cols - base)
-                parts = []
-                if missing:
-                    parts.append(f"lacks {missing}")
-                if extra:
-                    parts.append(f"has extra {extra}")
-                raise InputError(
-                    f"{f.path} {' and '.join(parts)} compared with {first.path}; "
-                    f"set input.allow_missing_columns: true to read missing columns as nulls",
-                    file=f.path)
+            _check_same_columns(first, file_order[first.path], f, file_order[f.path])
     inferred = {}
     user = job.input.types
     json_only = bool(files) and all(f.format in ("jsonl", "json") for f in files)

@@ -4,9 +4,9 @@ Every ``run.checkpoint_interval`` the finished chunks are made durable: the writ
 executor) writes out its buffers, closes and fsyncs every part file; a Dask task's files are
 complete when its record arrives. Then one line is appended to ``_journal.jsonl`` naming those
 files and the chunks whose rows they hold. A run that finds the staging of a dead run of the same
-job, with the same config hash, the same chunks (same input files, sizes and mtimes) and the same
-place for its parts, keeps the files the journal names, deletes the rest, and runs only the chunks
-the journal does not list. Any other stale staging is discarded.
+job, with the same config hash, the same plan (same input files, sizes and mtimes, cut the same
+way: ``Plan.key``) and the same place for its parts, keeps the files the journal names, deletes
+the rest, and runs only the chunks the journal does not list. Any other stale staging is discarded.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ class Resumed:
     results: list[ChunkResult] = field(default_factory=list)
 
 
-def start_journal(staging: str, run_id: str, config_hash: str, chunk_ids: list[str], parts: str = "") -> str:
+def start_journal(staging: str, run_id: str, config_hash: str, plan_key: str, parts: str = "") -> str:
     """Begin the journal of a run; ``parts`` says where its part files go (a URL, or "" for staging)."""
     path = os.path.join(staging, JOURNAL)
-    header = {"kind": "header", "run_id": run_id, "config_hash": config_hash, "chunks": chunk_ids,
+    header = {"kind": "header", "run_id": run_id, "config_hash": config_hash, "plan": plan_key,
               "parts": parts}
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(header) + "\n")
@@ -110,7 +110,7 @@ def _read(path: str) -> tuple[dict | None, list[dict]]:
     return header, lines
 
 
-def find_resumable(paths: OutputPaths, config_hash: str, chunk_ids: list[str], parts: str = "") -> Resumed | None:
+def find_resumable(paths: OutputPaths, config_hash: str, plan_key: str, parts: str = "") -> Resumed | None:
     """The newest dead run's staging that this run can continue, cleaned down to its journal.
 
     ``parts`` is where this run's part files go ("" for staging itself, else the output's URL);
@@ -125,7 +125,7 @@ def find_resumable(paths: OutputPaths, config_hash: str, chunk_ids: list[str], p
     for entry in candidates:
         staging = os.path.join(parent, entry)
         header, checkpoints = _read(os.path.join(staging, JOURNAL))
-        if header is None or header.get("config_hash") != config_hash or header.get("chunks") != chunk_ids \
+        if header is None or header.get("config_hash") != config_hash or header.get("plan") != plan_key \
                 or header.get("parts", "") != parts:
             continue
         if not checkpoints:

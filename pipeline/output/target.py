@@ -58,7 +58,7 @@ class OutputTarget(Protocol):
     def manifest(self) -> dict | None: ...
 
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
-                resume: tuple[str, list[str]] | None) -> Staging: ...
+                resume: tuple[str, str] | None) -> Staging: ...
 
     def publish(self, staging: Staging, manifest: dict, mode: str) -> None: ...
 
@@ -89,7 +89,7 @@ class DirectoryTarget:
             return None
 
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
-                resume: tuple[str, list[str]] | None) -> Staging:
+                resume: tuple[str, str] | None) -> Staging:
         resumed = _recover(self.paths, resume)
         previous = check_target(self.paths, mode)
         directory, journal = _open_staging(self.paths, run_id, resume, resumed)
@@ -109,7 +109,7 @@ class DirectoryTarget:
         _keep_or_remove(staging, keep)
 
 
-def _recover(paths: OutputPaths, resume: tuple[str, list[str]] | None, parts: str = "") -> Resumed | None:
+def _recover(paths: OutputPaths, resume: tuple[str, str] | None, parts: str = "") -> Resumed | None:
     """Undo what dead runs left beside ``paths``, keeping the staging of one this run can resume."""
     os.makedirs(paths.parent, exist_ok=True)
     resumed = find_resumable(paths, *resume, parts=parts) if resume is not None else None
@@ -118,7 +118,7 @@ def _recover(paths: OutputPaths, resume: tuple[str, list[str]] | None, parts: st
     return resumed
 
 
-def _open_staging(paths: OutputPaths, run_id: str, resume: tuple[str, list[str]] | None,
+def _open_staging(paths: OutputPaths, run_id: str, resume: tuple[str, str] | None,
                   resumed: Resumed | None, parts: str = "") -> tuple[str, str]:
     """The run's staging directory and journal: the resumed run's, or new ones."""
     if resumed is not None:
@@ -153,7 +153,7 @@ class ObjectStoreTarget:
             return None
 
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
-                resume: tuple[str, list[str]] | None) -> Staging:
+                resume: tuple[str, str] | None) -> Staging:
         parts = self.path if parts_on_url else ""
         resumed = _recover(self.local, resume, parts)
         previous = check_remote_target(self.path, mode)

@@ -87,7 +87,11 @@ class Fingerprints:
         self.prints: dict[str, str] = {}
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._compute, name="pipeline-fingerprints", daemon=True)
-        self.thread.start()
+
+    def start(self) -> None:
+        """Once the workers run (a thread running while they are forked could leave them a lock held)."""
+        if self.thread.ident is None:
+            self.thread.start()
 
     def _compute(self) -> None:
         try:
@@ -97,6 +101,7 @@ class Fingerprints:
             self.error = exc
 
     def result(self) -> dict[str, str]:
+        self.start()
         self.thread.join()
         if self.error is not None:
             raise self.error
