@@ -112,3 +112,42 @@ def test_without_stream_or_with_few_files_the_plan_is_a_list(tmp_path):
     streamed = build_plan(job, stream=True)
     assert [c.id for c in streamed.chunks] == [c.id for c in build_plan(job).chunks]
     assert streamed.key() == build_plan(job).key()
+
+
+SLOW = '''
+import time
+
+def slow(df, seconds):
+    time.sleep(seconds)
+    return df
+'''
+
+
+def test_a_killed_run_of_many_files_resumes_from_its_checkpoints(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import run_subprocess
+
+    _files(tmp_path / "in", 40)
+    (tmp_path / "slow.py").write_text(SLOW)
+    job = basic_job("in/*.csv", input={"chunk_bytes": 500},
+                    stages=[{"python": {"function": "slow:slow", "params": {"seconds": 0.1}}}],
+                    run={"workers": 2, "checkpoint_interval": "1ms"})
+    config = write_job(tmp_path, job)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def checkpoints() -> int:
+        return sum(j.read_text().count('"checkpoint"') for j in tmp_path.glob(".out.staging-*/_journal.jsonl"))
+
+    deadline = time.monotonic() + 60
+    while checkpoints() < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert checkpoints() >= 4 and not (tmp_path / "out").exists()
+    done = run_subprocess("run", config, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "resuming run" in done.stderr and "came from run" in done.stdout
+    assert sorted(read_output(tmp_path / "out").to_pylist(), key=lambda r: r["id"]) == _reference(tmp_path / "in")
