@@ -13,8 +13,8 @@ fixed cost shows, above it only memory grows. So chunks are at most ``MAX_CHUNK`
     available  = memory_limit - fixed
     writer     = min(256 MiB, available / 4)                       # rows waiting for a row group
     chunk      = (available - writer) / (workers * CHUNK_FACTOR), between 1 MiB and 4 MiB
-    in flight  = (available - writer - workers * CHUNK_FACTOR * chunk) / chunk messages,
-                 between 2 and 4 per worker                        # results queued for the writer
+    in flight  = (available - writer - workers * CHUNK_FACTOR * chunk) / chunk chunks,
+                 between 2 and 4 per worker                        # results waiting for the writer
 
 ``input.chunk_bytes``, when set, wins over the computed chunk size.
 """
@@ -38,7 +38,7 @@ IN_FLIGHT_PER_WORKER = 4
 class MemoryPlan:
     limit: int
     chunk_bytes: int          # the largest chunk the budget allows
-    in_flight: int            # results a bounded queue holds for the writer
+    in_flight: int            # chunks whose results wait for the writer, at most (besides those being read)
     writer_buffer: int        # rows the writer holds for row groups before it writes the largest buffer out
 
 

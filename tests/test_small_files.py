@@ -1,5 +1,6 @@
 """Many small files: the local executor sends several small chunks to a worker as one task, and
-their rows to the writer in one spool file. Each chunk still counts, fails and is retried alone."""
+their rows to the writer in one spool file. Each chunk still counts, fails and is retried alone,
+and a worker killed in the middle of a queue write never leaves the run waiting."""
 
 from __future__ import annotations
 
@@ -169,3 +170,34 @@ def test_a_task_of_small_chunks_sends_one_spool_file_that_the_writer_reads_per_c
     ends = [m for m in messages if m[0] == "end"]
     assert [m[1] for m in ends] == [c.id for c in plan.chunks]
     assert sum(r.rows_written for r in results) == len(rows)
+
+
+LOCK_HOLDER = '''
+import os, pathlib
+from pipeline.execution import worker
+
+def die_holding(df, which, marker):
+    # the first worker to read row 40 dies holding a queue's write lock, as one killed in the middle
+    # of a queue write would
+    if (df["id"] == 40).any() and not pathlib.Path(marker).exists():
+        pathlib.Path(marker).touch()
+        queue = worker._STATE["queue" if which == "data" else "events"]
+        queue._wlock.acquire()
+        os.kill(os.getpid(), 9)
+    return df
+'''
+
+
+@pytest.mark.parametrize("which", ["data", "starts"])
+def test_a_worker_killed_holding_a_queue_lock_does_not_hang_the_run(tmp_path, which):
+    _write_files(tmp_path / "in", 60)
+    (tmp_path / "holder.py").write_text(LOCK_HOLDER)
+    job = basic_job("in/*.csv", input={"schema": {"id": "int64", "name": "string", "value": "double"},
+                                       "chunk_bytes": 2000},
+                    stages=[{"python": {"function": "holder:die_holding",
+                                        "params": {"which": which, "marker": str(tmp_path / "died")}}}],
+                    run={"workers": 2, "retries": 1})
+    proc = run_subprocess("run", write_job(tmp_path, job), "--no-progress", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "died").exists() and "SIGKILL" in proc.stderr
+    assert _by_id(read_output(tmp_path / "out").to_pylist()) == _reference(tmp_path / "in")

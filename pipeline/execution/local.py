@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ class LocalExecutor:
 
     def __init__(self, workers: int, start_method: str = "fork", *, retries: int = 2,
                  chunk_timeout: float | None = None, in_flight: int | None = None):
-        self.in_flight = in_flight or max(4, 4 * workers)   # results queued for the writer, at most
+        self.in_flight = in_flight or max(4, 4 * workers)   # chunks waiting for the writer, at most
         self.workers = workers
         self.start_method = start_method
         self.retries = retries
@@ -120,9 +121,14 @@ class LocalExecutor:
     def _execute(self, chunks: Sequence[Chunk], worker_spec: WorkerSettings,
                  writer_spec: WriterSettings) -> Execution:
         ctx: Any = mp.get_context(self.start_method)  # a fork, spawn or forkserver context
-        data_q = ctx.Queue(maxsize=self.in_flight)
+        # Unbounded: a worker killed inside Queue.put would keep a slot of a bounded queue for ever, and
+        # enough such kills would leave every worker waiting on a queue the writer finds empty. The
+        # chunks handed out but not yet committed are bounded by the parent instead (see new_pool).
+        data_q = ctx.Queue()
         events = ctx.Queue()
-        starts = ctx.SimpleQueue()   # workers' "start" messages: synchronous, see worker.process_chunk
+        # workers' "start" messages: synchronous (see worker.process_chunk); one queue per pool, as a
+        # worker killed while writing one keeps the queue's lock for ever
+        starts = ctx.SimpleQueue()
         ex = Execution()
         # under forkserver the parent of our processes is the fork server, which dies with us
         me = None if self.start_method == "forkserver" else os.getpid()
@@ -139,10 +145,19 @@ class LocalExecutor:
             n_slots, slots = boundaries.shared_slots(chunks)
         states = ctx.RawArray("b", [boundaries.UNKNOWN] * max(n_slots, 1))
 
+        limit = self.in_flight + self.workers    # committed-to-be: queued for the writer, or being read
+
         def new_pool():
             """A pool for every chunk not yet committed, fed as the plan cuts them (see input.feed)."""
-            state.generation += 1
-            generation = state.generation
+            nonlocal starts
+            if state.generation:
+                starts.close()
+                starts = ctx.SimpleQueue()
+            with state.cond:
+                state.generation += 1
+                generation = state.generation
+                state.outstanding.clear()   # handed out again by this pool
+                state.cond.notify_all()
             pool = ctx.Pool(self.workers if isinstance(chunks, ChunkFeed) else min(self.workers, max(len(chunks), 1)),
                             initializer=_worker_init,
                             initargs=(data_q, starts, worker_spec, title, me, states, slots))
@@ -154,11 +169,18 @@ class LocalExecutor:
                 todo = (c for c in (chunks.follow(GROUP_WAIT) if isinstance(chunks, ChunkFeed) else chunks)
                         if c is None or (c.id not in state.acked and c.id not in state.poisoned))
                 for group in group_small(todo, worker_spec.read.block_bytes):
-                    if state.generation != generation:
-                        return   # this pool was replaced
-                    for chunk in group:
-                        state.add(chunk)
-                        state.tries[chunk.id] += 1
+                    with state.cond:
+                        # at most ``limit`` chunks between the pool and the writer's commit: the rows
+                        # waiting for the writer stay bounded (run.memory_limit)
+                        while state.generation == generation and state.outstanding \
+                                and len(state.outstanding) + len(group) > limit:
+                            state.cond.wait(POLL_SECONDS)
+                        if state.generation != generation:
+                            return   # this pool was replaced
+                        for chunk in group:
+                            state.add(chunk)
+                            state.tries[chunk.id] += 1
+                            state.outstanding.add(chunk.id)
                     yield tuple((chunk, state.tries[chunk.id]) for chunk in group)
 
             return pool, pool.imap_unordered(process_chunks, tasks(), chunksize=1)
@@ -199,6 +221,7 @@ class LocalExecutor:
                     # pool for good (and Pool.terminate with it): start a fresh pool for the rest.
                     self._blame(deaths, state, ex, data_q)
                     _kill_pool(pool)
+                    _unstick(data_q)
                     broken = True
                     state.running.clear()
                     state.result_pid.clear()
@@ -242,6 +265,9 @@ class LocalExecutor:
         if result.chunk_id in state.acked:
             return
         state.acked.add(result.chunk_id)
+        with state.cond:
+            state.outstanding.discard(result.chunk_id)
+            state.cond.notify_all()
         ex.results[result.chunk_id] = result
         state.running.pop(result.chunk_id, None)
         state.result_pid.pop(result.chunk_id, None)
@@ -435,6 +461,8 @@ class _State:
         self.tries: dict[str, int] = {}                # submissions so far: the attempt number of the latest
         self.failures: dict[str, int] = {}             # attempts that killed their worker
         self.generation = 0                            # pools started
+        self.outstanding: set[str] = set()             # handed to the current pool, not yet committed
+        self.cond = threading.Condition()              # guards both, between the pool's task thread and us
         self.running: dict[str, tuple[int, int, float]] = {}
         self.result_pid: dict[str, int] = {}
         self.acked: set[str] = set()
@@ -473,6 +501,20 @@ def _kill_pool(pool) -> None:
             proc.kill()
     for proc in procs:
         proc.join(WRITER_EXIT_SECONDS)
+
+
+def _unstick(q) -> None:
+    """Free the write lock of a queue that a killed worker held (it died writing to the pipe), so
+    that the next pool's workers do not wait on it for ever. A live holder (this process's own
+    feeder thread) lets go within moments; one that holds it a second later is dead."""
+    lock = getattr(q, "_wlock", None)
+    if lock is None:
+        return
+    if lock.acquire(timeout=1.0):
+        lock.release()
+        return
+    log.warning("a killed worker held the writer queue's lock; released it")
+    lock.release()
 
 
 def _death(proc, pid: int) -> str:

@@ -20,6 +20,7 @@ import hashlib
 import os
 import queue as queue_mod
 import signal
+import threading
 import time
 import traceback
 import urllib.parse
@@ -74,21 +75,64 @@ class WrittenFile:
     sources: list = field(default_factory=list)   # [input file, rows] in row order (data files)
 
 
+class Encoder:
+    """Encodes row groups on a thread of the writer process, so that the process keeps taking chunks
+    off the queue meanwhile: otherwise the queue fills while a row group is encoded, and the workers
+    wait on it with the cores idle. pyarrow encodes without the GIL. One row group waits at most, so
+    memory stays at about two row groups; an error is raised again by the next call."""
+
+    def __init__(self) -> None:
+        self.jobs: queue_mod.Queue = queue_mod.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def submit(self, opened: _Open, table: pa.Table, row_group_rows: int) -> None:
+        self.check()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="pipeline-encoder", daemon=True)
+            self.thread.start()
+        self.jobs.put((opened, table, row_group_rows))
+
+    def _run(self) -> None:
+        while True:
+            opened, table, row_group_rows = self.jobs.get()
+            try:
+                if self.error is None:
+                    opened.writer.write_table(table, row_group_size=row_group_rows)
+                    opened.encoded = opened.sink.tell()
+            except BaseException as exc:  # noqa: BLE001 - raised again in the writer's thread by check()
+                self.error = exc
+            finally:
+                self.jobs.task_done()
+
+    def drain(self) -> None:
+        """Wait until every row group submitted is written."""
+        self.jobs.join()
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 @dataclass
 class _Open:
     path: str
     sink: pa.NativeFile
     writer: pq.ParquetWriter
+    encoder: Encoder
     rows: int = 0
+    encoded: int = 0     # bytes in the file so far (row groups still being encoded not counted)
 
     sources: list = field(default_factory=list)
 
     def write(self, table: pa.Table, row_group_rows: int) -> None:
-        self.writer.write_table(table, row_group_size=row_group_rows)
+        self.encoder.submit(self, table, row_group_rows)
         self.rows += table.num_rows
 
     def size(self) -> int:
-        return self.sink.tell()
+        """The file's size so far; it can lag one row group behind (the file rolls one later)."""
+        return self.encoded
 
 
 @dataclass
@@ -244,6 +288,7 @@ class DatasetWriter(RowGroupWriter):
         self.rejects: Partition | None = None
         self.rejected = 0
         self._opened = False
+        self.encoder = Encoder()
 
     # -- rows
     def write(self, table: pa.Table, where: str, source: str = "") -> None:
@@ -294,12 +339,13 @@ class DatasetWriter(RowGroupWriter):
         writer = pq.ParquetWriter(sink, schema, compression=compression,
                                   compression_level=self.spec.compression_level,
                                   use_dictionary=dictionary_columns(schema))
-        part.open = _Open(path, sink, writer)
+        part.open = _Open(path, sink, writer, self.encoder)
 
     def _close(self, part: Partition) -> None:
         opened = part.open
         if opened is None:
             return
+        self.encoder.drain()
         opened.writer.close()
         opened.sink.close()
         fsync_path(opened.path)
