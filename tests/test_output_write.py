@@ -70,3 +70,33 @@ def test_long_values_are_cut_and_stay_distinct():
     assert partition_dir(("k",), (a,)) == da              # the same value, the same directory
     short = "y" * MAX_PARTITION_VALUE                      # at the limit: kept whole
     assert read_back(partition_dir(("k",), (short,))) == short
+
+
+def test_row_groups_encoded_on_the_writer_thread_read_back_and_a_failure_is_raised(tmp_path):
+    """The writer's Encoder: row groups written in order, the file complete after close; an error
+    on the encoding thread is raised to the writer by its next call."""
+    import pyarrow.parquet as pq
+
+    from pipeline.output.write import DatasetWriter, WriterSettings
+
+    table = pa.table({"id": pa.array(range(10_000), pa.int64()), "s": pa.array([f"v{i % 7}" for i in range(10_000)])})
+    out = DatasetWriter(WriterSettings("job", "run1", str(tmp_path / "parts"), table.schema, row_group_rows=1000))
+    for start in range(0, 10_000, 700):
+        out.write(table.slice(start, 700), "test")
+    files = out.close()
+    assert sum(f.rows for f in files) == 10_000
+    back = pq.read_table(tmp_path / "parts" / files[0].path)
+    assert back.equals(table)
+    assert pq.ParquetFile(tmp_path / "parts" / files[0].path).metadata.num_row_groups == 10
+
+    class Broken:
+        def write_table(self, table, row_group_size):
+            raise OSError(28, "No space left on device")
+
+    failing = DatasetWriter(WriterSettings("job", "run2", str(tmp_path / "parts2"), table.schema, row_group_rows=1000))
+    failing.write(table.slice(0, 1500), "test")      # opens the file, queues one row group
+    failing.partitions[""].open.writer = Broken()
+    with pytest.raises(OSError, match="No space left"):
+        for start in range(1500, 10_000, 700):
+            failing.write(table.slice(start, 700), "test")
+        failing.encoder.drain()
