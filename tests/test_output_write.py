@@ -96,7 +96,10 @@ def test_row_groups_encoded_on_the_writer_thread_read_back_and_a_failure_is_rais
     failing = DatasetWriter(WriterSettings("job", "run2", str(tmp_path / "parts2"), table.schema, row_group_rows=1000))
     failing.write(table.slice(0, 1500), "test")      # opens the file, queues one row group
     failing.partitions[""].open.writer = Broken()
-    with pytest.raises(OSError, match="No space left"):
+    def write_the_rest() -> None:
         for start in range(1500, 10_000, 700):
             failing.write(table.slice(start, 700), "test")
         failing.encoder.drain()
+
+    with pytest.raises(OSError, match="No space left"):
+        write_the_rest()
