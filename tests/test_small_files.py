@@ -201,3 +201,21 @@ def test_a_worker_killed_holding_a_queue_lock_does_not_hang_the_run(tmp_path, wh
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "died").exists() and "SIGKILL" in proc.stderr
     assert _by_id(read_output(tmp_path / "out").to_pylist()) == _reference(tmp_path / "in")
+
+
+def test_both_workers_read_small_files_at_the_same_time(tmp_path):
+    """Two tasks of small files run side by side: the parent's bound on the work in flight counts
+    input bytes, so one task of many small chunks does not hold the other back."""
+    import sqlite3
+
+    config = _job(tmp_path, 120, seconds=0.03)   # about 4 s of stage time in all, in two tasks
+    proc = run_subprocess("run", config, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    db = sqlite3.connect(tmp_path / ".pipeline-state" / "state.db")
+    spans: dict[int, list[float]] = {}
+    for pid, started, seconds in db.execute("SELECT pid, started, seconds FROM chunks"):
+        span = spans.setdefault(pid, [started, started + seconds])
+        span[0], span[1] = min(span[0], started), max(span[1], started + seconds)
+    assert len(spans) == 2, spans
+    (a0, a1), (b0, b1) = spans.values()
+    assert min(a1, b1) - max(a0, b0) > 0.5   # they overlap by most of their length

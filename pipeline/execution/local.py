@@ -145,7 +145,8 @@ class LocalExecutor:
             n_slots, slots = boundaries.shared_slots(chunks)
         states = ctx.RawArray("b", [boundaries.UNKNOWN] * max(n_slots, 1))
 
-        limit = self.in_flight + self.workers    # committed-to-be: queued for the writer, or being read
+        # input bytes handed out and not yet committed: chunks queued for the writer, or being read
+        limit = (self.in_flight + self.workers) * worker_spec.read.block_bytes
 
         def new_pool():
             """A pool for every chunk not yet committed, fed as the plan cuts them (see input.feed)."""
@@ -157,6 +158,7 @@ class LocalExecutor:
                 state.generation += 1
                 generation = state.generation
                 state.outstanding.clear()   # handed out again by this pool
+                state.outstanding_bytes = 0
                 state.cond.notify_all()
             pool = ctx.Pool(self.workers if isinstance(chunks, ChunkFeed) else min(self.workers, max(len(chunks), 1)),
                             initializer=_worker_init,
@@ -169,18 +171,21 @@ class LocalExecutor:
                 todo = (c for c in (chunks.follow(GROUP_WAIT) if isinstance(chunks, ChunkFeed) else chunks)
                         if c is None or (c.id not in state.acked and c.id not in state.poisoned))
                 for group in group_small(todo, worker_spec.read.block_bytes):
+                    size = sum(c.nbytes for c in group)
                     with state.cond:
-                        # at most ``limit`` chunks between the pool and the writer's commit: the rows
-                        # waiting for the writer stay bounded (run.memory_limit)
+                        # at most ``limit`` bytes of input between the pool and the writer's commit:
+                        # the rows waiting for the writer stay bounded (run.memory_limit)
                         while state.generation == generation and state.outstanding \
-                                and len(state.outstanding) + len(group) > limit:
+                                and state.outstanding_bytes + size > limit:
                             state.cond.wait(POLL_SECONDS)
                         if state.generation != generation:
                             return   # this pool was replaced
                         for chunk in group:
                             state.add(chunk)
                             state.tries[chunk.id] += 1
-                            state.outstanding.add(chunk.id)
+                            if chunk.id not in state.outstanding:
+                                state.outstanding[chunk.id] = chunk.nbytes
+                                state.outstanding_bytes += chunk.nbytes
                     yield tuple((chunk, state.tries[chunk.id]) for chunk in group)
 
             return pool, pool.imap_unordered(process_chunks, tasks(), chunksize=1)
@@ -266,7 +271,7 @@ class LocalExecutor:
             return
         state.acked.add(result.chunk_id)
         with state.cond:
-            state.outstanding.discard(result.chunk_id)
+            state.outstanding_bytes -= state.outstanding.pop(result.chunk_id, 0)
             state.cond.notify_all()
         ex.results[result.chunk_id] = result
         state.running.pop(result.chunk_id, None)
@@ -461,7 +466,8 @@ class _State:
         self.tries: dict[str, int] = {}                # submissions so far: the attempt number of the latest
         self.failures: dict[str, int] = {}             # attempts that killed their worker
         self.generation = 0                            # pools started
-        self.outstanding: set[str] = set()             # handed to the current pool, not yet committed
+        self.outstanding: dict[str, int] = {}          # handed to the current pool, not yet committed: bytes
+        self.outstanding_bytes = 0
         self.cond = threading.Condition()              # guards both, between the pool's task thread and us
         self.running: dict[str, tuple[int, int, float]] = {}
         self.result_pid: dict[str, int] = {}
