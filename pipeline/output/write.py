@@ -103,6 +103,7 @@ class Encoder:
             except BaseException as exc:  # noqa: BLE001 - raised again in the writer's thread by check()
                 self.error = exc
             finally:
+                del opened, table   # the rows are in the file: let their memory go before the next job
                 self.jobs.task_done()
 
     def drain(self) -> None:
