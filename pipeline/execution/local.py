@@ -253,6 +253,9 @@ class LocalExecutor:
             events.cancel_join_thread()
             raise
         finally:
+            with state.cond:   # a pool's task thread still waiting to hand out work stops
+                state.generation += 1
+                state.cond.notify_all()
             data_q.close()
             events.close()
             starts.close()
