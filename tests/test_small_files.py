@@ -219,3 +219,40 @@ def test_both_workers_read_small_files_at_the_same_time(tmp_path):
     assert len(spans) == 2, spans
     (a0, a1), (b0, b1) = spans.values()
     assert min(a1, b1) - max(a0, b0) > 0.5   # they overlap by most of their length
+
+
+def test_many_small_files_compressed_or_json_lines_give_the_rows_pyarrow_reads(tmp_path):
+    """The streamed plan and the grouped tasks with gzip files among plain ones, and with JSON Lines."""
+    import gzip
+    import json
+
+    import pyarrow.json as pajson
+
+    _write_files(tmp_path / "in", 40, seed=11)
+    for path in sorted((tmp_path / "in").glob("*.csv"))[::2]:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    job = basic_job(["in/*.csv", "in/*.csv.gz"], input={"schema": {"id": "int64", "name": "string", "value": "double"}},
+                    run={"workers": 2})
+    proc = run_subprocess("run", write_job(tmp_path, job), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    expected = []
+    for path in sorted((tmp_path / "in").iterdir()):
+        expected += pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={"id": pa.int64(), "name": pa.string(), "value": pa.float64()},
+            strings_can_be_null=True, quoted_strings_can_be_null=True)).to_pylist()
+    assert _by_id(read_output(tmp_path / "out").to_pylist()) == _by_id(expected)
+
+    (tmp_path / "js").mkdir()
+    for k in range(30):
+        rows = [{"id": k * 100 + i, "name": f"n\n{i}", "value": i / 4} for i in range(k % 5)]
+        (tmp_path / "js" / f"p{k:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = basic_job("js/*.jsonl", out="out2", input={"schema": {"id": "int64", "name": "string", "value": "double"}},
+                    run={"workers": 2})
+    proc = run_subprocess("run", write_job(tmp_path, job, "job2.yaml"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    expected = []
+    for path in sorted((tmp_path / "js").glob("*.jsonl")):
+        if path.stat().st_size:
+            expected += pajson.read_json(path).to_pylist()
+    assert _by_id(read_output(tmp_path / "out2").to_pylist()) == _by_id(expected)
