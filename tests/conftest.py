@@ -43,3 +43,24 @@ def s3(monkeypatch):
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
+
+
+@pytest.fixture
+def queues():
+    """worker.init() as the pool runs it, with in-process queues; the test process keeps its signal handlers."""
+    import queue as queue_mod
+    import signal
+
+    from pipeline.execution import worker
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    data, events = queue_mod.Queue(), queue_mod.Queue()
+
+    def start(spec):
+        worker.init(data, events, spec)
+        return data, events
+
+    yield start
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    worker._STATE.clear()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import queue as queue_mod
-import signal
 
 import pyarrow as pa
 import pytest
@@ -38,22 +37,6 @@ def _expected(stages: bool) -> list[dict]:
     rows = list(csv.DictReader(io.StringIO(_csv_text())))
     good = [{"id": int(r["id"]), "qty": int(r["qty"]), "name": r["name"]} for r in rows if r["qty"] != "n/a"]
     return [r for r in good if r["qty"] > 2] if stages else good
-
-
-@pytest.fixture
-def queues():
-    """init() as the pool runs it, with in-process queues; the test process keeps its signal handlers."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    data, events = queue_mod.Queue(), queue_mod.Queue()
-
-    def start(spec: WorkerSettings):
-        worker.init(data, events, spec)
-        return data, events
-
-    yield start
-    for s, h in handlers.items():
-        signal.signal(s, h)
-    worker._STATE.clear()
 
 
 def _job(tmp_path, on_bad_rows: str, stages: bool):

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
-import queue as queue_mod
 import random
-import signal
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
-from pipeline.execution import worker
 from pipeline.execution.local import GROUP_CHUNKS, group_small
 from pipeline.execution.worker import WorkerSettings, process_chunks
 from pipeline.input.plan import build_plan
@@ -123,21 +120,6 @@ def test_chunk_timeout_counts_each_small_file_from_its_own_start(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "timed out" not in proc.stderr
     assert _by_id(read_output(tmp_path / "out").to_pylist()) == _reference(tmp_path / "in")
-
-
-@pytest.fixture
-def queues():
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    data, events = queue_mod.Queue(), queue_mod.Queue()
-
-    def start(spec: WorkerSettings):
-        worker.init(data, events, spec)
-        return data, events
-
-    yield start
-    for s, h in handlers.items():
-        signal.signal(s, h)
-    worker._STATE.clear()
 
 
 def test_a_task_of_small_chunks_sends_one_spool_file_that_the_writer_reads_per_chunk(tmp_path, queues):
