@@ -132,17 +132,15 @@ class LocalExecutor:
         ex = Execution()
         # under forkserver the parent of our processes is the fork server, which dies with us
         me = None if self.start_method == "forkserver" else os.getpid()
-        state = _State(chunks)
+        feed = chunks if isinstance(chunks, ChunkFeed) else ChunkFeed(chunks)   # a list is a feed already cut
+        state = _State(feed)
         self._worker_spec = worker_spec
         writer = ctx.Process(target=_writer_entry, args=(data_q, events, writer_spec, me),
                              name=f"pipeline: {writer_spec.job_name} writer", daemon=True)
         self._writer = (writer, events)
         title = f"pipeline: {worker_spec.job_name} worker"
         # the quote state at each cut of a cut file, shared by the workers (see input.boundaries)
-        if isinstance(chunks, ChunkFeed):
-            n_slots, slots = boundaries.shared_slots(chunks.planned(), chunks.later_cuts)
-        else:
-            n_slots, slots = boundaries.shared_slots(chunks)
+        n_slots, slots = boundaries.shared_slots(feed.planned(), feed.later_cuts)
         states = ctx.RawArray("b", [boundaries.UNKNOWN] * max(n_slots, 1))
 
         # input bytes handed out and not yet committed: chunks queued for the writer, or being read
@@ -160,7 +158,7 @@ class LocalExecutor:
                 state.outstanding.clear()   # handed out again by this pool
                 state.outstanding_bytes = 0
                 state.cond.notify_all()
-            pool = ctx.Pool(self.workers if isinstance(chunks, ChunkFeed) else min(self.workers, max(len(chunks), 1)),
+            pool = ctx.Pool(min(self.workers, max(len(feed), 1)) if feed.done else self.workers,
                             initializer=_worker_init,
                             initargs=(data_q, starts, worker_spec, title, me, states, slots))
             # Pool replaces and forgets dead workers on its own thread; remember every one it starts,
@@ -168,7 +166,7 @@ class LocalExecutor:
             pool._pool = _Recorded(pool._pool, state.procs)
 
             def tasks():   # runs on the pool's task thread
-                todo = (c for c in (chunks.follow(GROUP_WAIT) if isinstance(chunks, ChunkFeed) else chunks)
+                todo = (c for c in feed.follow(GROUP_WAIT)
                         if c is None or (c.id not in state.acked and c.id not in state.poisoned))
                 for group in group_small(todo, worker_spec.read.block_bytes):
                     size = sum(c.nbytes for c in group)
@@ -239,7 +237,7 @@ class LocalExecutor:
                     pool.close()
                     pool.join()
             pool = None
-            self._put(data_q, ("done", len(chunks)), state, ex)
+            self._put(data_q, ("done", len(feed)), state, ex)
             ex.writer = self._wait_writer(writer, events, state, ex)
             writer.join(WRITER_EXIT_SECONDS)
             return ex
@@ -463,8 +461,8 @@ class _Recorded(list):
 
 
 class _State:
-    def __init__(self, chunks: Sequence[Chunk]):
-        self.chunks = chunks                           # a list, or a ChunkFeed still being cut
+    def __init__(self, chunks: ChunkFeed):
+        self.chunks = chunks
         self.by_id: dict[str, Chunk] = {}
         self.tries: dict[str, int] = {}                # submissions so far: the attempt number of the latest
         self.failures: dict[str, int] = {}             # attempts that killed their worker
@@ -487,9 +485,7 @@ class _State:
             self.failures[chunk.id] = 0
 
     def finished(self) -> bool:
-        if isinstance(self.chunks, ChunkFeed) and not self.chunks.done:
-            return False
-        return len(self.acked) == len(self.chunks)
+        return self.chunks.done and len(self.acked) == len(self.chunks)
 
 
 def _kill_pool(pool) -> None:

@@ -430,24 +430,25 @@ class _Planner:
                 # Types come from the first SAMPLE_FILES files of a format (and from any file that
                 # brings new columns): with thousands of small files, sampling each would dominate.
                 sample = self.sampled.get(f.format, 0) < SAMPLE_FILES
-                if not sample and f.format in ("csv", "tsv"):
-                    known = self._known_header(f)
-                    if known is not None:
-                        return self._cut_text(f, known)
                 limit = (max(HEAD_LIMIT, job.input.sample_bytes + HEAD_LIMIT)
                          if sample or f.format in ("jsonl", "json") else HEAD_LIMIT)
-                head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
                 if f.format == "json":
+                    head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
                     self.per_file[f.path] = _sample_json_array_types(f, head, whole, job) if sample else {}
                     fchunks = [Chunk(chunk_id(f, 0, -1), f, 0, 0, -1)]
                 elif f.format == "jsonl":
+                    head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
                     start = len(BOM) if head.startswith(BOM) else 0
                     self.per_file[f.path] = _sample_json_types(f, head[start:], whole, job) if sample else {}
                     fchunks = _text_chunks(f, job, "\n", (), start, 1, chunk_bytes)
                 else:
                     delimiter = _delimiter(job, f.format)
-                    names, start, first_line, comments = _header(f, head, whole, job, delimiter)
-                    self._remember_header(head, start, (names, start, first_line, comments))
+                    header = None if sample else self._known_header(f)
+                    if header is None:
+                        head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
+                        header = _header(f, head, whole, job, delimiter)
+                        self._remember_header(head, header)
+                    names, start, first_line, comments = header
                     if sample or not set(names) <= self.known:
                         self.per_file[f.path] = _sample_text_types(f, head, whole, names, start, job, delimiter)
                     else:
@@ -466,34 +467,23 @@ class _Planner:
         _check_partition_names(f, self.per_file[f.path])
         return fchunks
 
-
-    def _remember_header(self, head: bytes, start: int, header: tuple) -> None:
+    def _remember_header(self, head: bytes, header: tuple) -> None:
         """The bytes a file starts with, up to its first data record, and what they were read as."""
-        prefix = head[:start]
+        prefix = head[:header[1]]
         if prefix.endswith(b"\n") and len(prefix) <= HEADER_PROBES[-1]:   # a record ends there, whatever follows
             self.header = (prefix, header)
 
     def _known_header(self, f: InputFile) -> tuple | None:
         """The header of a file that starts with the same bytes as the last header read: the same
         state machine over the same bytes gives the same records, so it is not read again (thousands
-        of small files with one header)."""
+        of small files with one header). Its names are known, so it is not sampled either."""
         if self.header is None:
             return None
         prefix, header = self.header
+        if not set(header[0]) <= self.known:
+            return None
         head, _ = _read_head(f, len(prefix), self.job.input.max_decompressed_bytes)
         return header if head == prefix else None
-
-    def _cut_text(self, f: InputFile, header: tuple) -> list[Chunk]:
-        names, start, first_line, comments = header
-        self.per_file[f.path] = {n: pa.null() for n in names}
-        self.known.update(names)
-        fchunks = _text_chunks(f, self.job, _delimiter(self.job, f.format), names, start, first_line,
-                               self.chunk_bytes)
-        if comments and fchunks:
-            fchunks[0] = replace(fchunks[0], lines_skipped=comments)
-        self.file_order[f.path] = tuple(names)
-        _check_partition_names(f, self.per_file[f.path])
-        return fchunks
 
 
 def _streams(job, files: list[InputFile]) -> bool:
