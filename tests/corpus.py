@@ -162,11 +162,17 @@ class Run:
 
 
 def run_tool(rel: str, *, strings: bool, policy: str, chunk_bytes: str | None, workers: int,
-             header: list[str] | None = None) -> Run:
+             header: list[str] | None = None, copies: int = 1) -> Run:
+    """One run on the file; with ``copies``, on that many copies of it in one folder (many small files)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         o = options(rel)
         inp: dict = {"paths": [str(CORPUS / rel)]}
+        if copies > 1:
+            (tmp_path / "in").mkdir()
+            for i in range(copies):
+                (tmp_path / "in" / f"copy{i:02d}-{Path(rel).name}").write_bytes((CORPUS / rel).read_bytes())
+            inp["paths"] = [str(tmp_path / "in" / "*")]
         if rel in FORMATS:
             inp["format"] = FORMATS[rel]
         if not is_json(rel):
@@ -185,6 +191,7 @@ def run_tool(rel: str, *, strings: bool, policy: str, chunk_bytes: str | None, w
             code = main(["run", str(tmp_path / "job.yaml"), "--no-progress", "--state-dir", str(tmp_path / "state")]
                         if _has_state_dir() else ["run", str(tmp_path / "job.yaml"), "--no-progress"])
         run = Run(code, err.getvalue().replace(str(CORPUS) + "/", "").replace(str(tmp_path) + "/", ""))
+        run.err = re.sub(r"in/copy\d\d-", "", run.err)
         if code == 0:
             manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
             run.counts = manifest["counts"]

@@ -29,3 +29,18 @@ def test_corpus_file_at_every_chunk_size_and_worker_count(rel):
     v = corpus.judge(rel)   # 4 KiB, 64 KiB and the default, with 1 and 2 workers
     assert not v.problems, "\n".join(v.problems)
     assert v.outcome == corpus_table.verdict(rel).outcome
+
+
+@pytest.mark.parametrize("rel", FILES)
+def test_corpus_file_copied_twelve_times_gives_each_of_its_rows_twelve_times(rel):
+    """Many small files (grouped tasks, a plan cut while the first chunks run, a header reused): a
+    folder of 12 copies of a file gives exactly 12 times what the file gives alone."""
+    header = corpus.reference(rel).header
+    one = corpus.run_tool(rel, strings=True, policy="quarantine", chunk_bytes=None, workers=2, header=header)
+    many = corpus.run_tool(rel, strings=True, policy="quarantine", chunk_bytes=None, workers=2, header=header,
+                           copies=12)
+    assert many.code == one.code, many.err
+    if one.code == 0:
+        assert corpus._sorted(many.rows) == corpus._sorted(one.rows * 12)
+        assert len(many.rejects) == 12 * len(one.rejects)
+        assert {k: 12 * v for k, v in one.counts.items()} == many.counts
