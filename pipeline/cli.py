@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"pipeline: error: --log-file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
         return EX_USAGE
+    # One BLAS thread per process unless the user says otherwise: a run keeps every core busy with one
+    # process each already (Dask's workers do the same), and OpenBLAS's own thread spins for about 0.1 s
+    # of CPU in every process that imports numpy, which pyarrow does.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     previous = signal.signal(signal.SIGTERM, _on_signal), signal.signal(signal.SIGINT, _on_signal)
     verbose = getattr(args, "verbose", False)
     try:
@@ -155,6 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
+
+
+@contextlib.contextmanager
+def _loading():
+    """Imports and the job's config without the cyclic garbage collector, then frozen.
+
+    Start-up makes only objects that live for the whole command (modules, the config, the user's stage
+    modules), so the collector's passes over them while they are made find nothing (about 0.08 s of a
+    0.5 s command). Freezing them afterwards keeps later passes off them too, and so keeps worker processes
+    forked later from copying the pages those passes would touch.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _on_signal(signum, frame):
@@ -211,10 +235,13 @@ def _dispatch(args) -> int:
         from pipeline.commands.report import report as write_report
 
         return write_report(args.target, args.out_file, overrides=args.overrides, params=dict(args.params))
-    from pipeline.config import load_config
-    from pipeline.stages import STAGES
+    with _loading():
+        from pipeline.config import load_config
+        from pipeline.stages import STAGES
 
-    job = load_config(args.config, args.overrides, params=dict(args.params), stages=STAGES)
+        job = load_config(args.config, args.overrides, params=dict(args.params), stages=STAGES)
+        if args.command == "run":
+            from pipeline.run import run_job
     if args.command == "run" and args.dry_run:
         from pipeline.commands.job import show_plan, validate
 
@@ -230,8 +257,6 @@ def _dispatch(args) -> int:
 
         return preview(job, rows=args.rows)
     if args.command == "run":
-        from pipeline.run import run_job
-
         report = run_job(job, workers=args.workers, dry_run=args.dry_run, progress=args.progress,
                          full_refresh=args.full_refresh)
         print(report.summary(), flush=True)

@@ -87,3 +87,37 @@ def test_a_pandas_stage_still_works_after_the_change(tmp_path):
     assert "pandas" in modules
     got = sorted(read_output(tmp_path / "out").to_pylist(), key=lambda r: r["id"])
     assert [r["qty2"] for r in got] == [4, 2, 0, 6, 2, -2]
+
+
+def test_start_up_objects_are_frozen_before_the_workers_fork(tmp_path):
+    """Modules and the config are made without collector passes and then frozen, so a worker forked
+    later finds them in the permanent generation (its collections never touch, and so never copy, them)."""
+    (tmp_path / "stage_mod.py").write_text(
+        "import gc\n"
+        "def mark(df):\n"
+        "    df['frozen'] = gc.get_freeze_count()\n"
+        "    return df\n")
+    job = basic_job("in.csv", run={"on_bad_rows": "skip", "workers": 2},
+                    stages=[{"python": {"function": "stage_mod:mark"}}, {"select": ["id", "frozen"]}])
+    (tmp_path / "in.csv").write_text(CSV)
+    done = run_subprocess("run", write_job(tmp_path, job), "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = read_output(tmp_path / "out").column("frozen").to_pylist()
+    assert len(counts) == 6 and min(counts) > 10_000, counts
+
+
+@pytest.mark.parametrize("given", [None, "4"])
+def test_one_blas_thread_per_process_unless_the_user_says(tmp_path, monkeypatch, given):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    (tmp_path / "stage_mod.py").write_text(
+        "import os\n"
+        "def mark(df):\n"
+        "    df['blas'] = os.environ.get('OPENBLAS_NUM_THREADS')\n"
+        "    return df\n")
+    job = basic_job("in.csv", run={"on_bad_rows": "skip"},
+                    stages=[{"python": {"function": "stage_mod:mark"}}, {"select": ["id", "blas"]}])
+    (tmp_path / "in.csv").write_text(CSV)
+    env = {} if given is None else {"OPENBLAS_NUM_THREADS": given}
+    done = run_subprocess("run", write_job(tmp_path, job), "--no-progress", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(read_output(tmp_path / "out").column("blas").to_pylist()) == {given or "1"}
