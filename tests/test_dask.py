@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -113,7 +114,7 @@ def test_a_local_cluster_is_started_for_the_run_without_an_address(tmp_path, mon
 def test_a_retried_task_replaces_its_own_files(tmp_path):
     """Two attempts at one chunk leave one copy; a dead attempt's temporary file is swept away."""
     from pipeline.config import load_config
-    from pipeline.execution.dask import write_chunk
+    from pipeline.execution.dask import write_chunks
     from pipeline.execution.executor import TaskSettings
     from pipeline.input.plan import build_plan
     from pipeline.output.target import _sweep
@@ -129,9 +130,9 @@ def test_a_retried_task_replaces_its_own_files(tmp_path):
     staging.mkdir()
     spec = TaskSettings(worker_settings(job, plan), WriterSettings(job.name, "20260101T000000Z-abcdef", str(staging),
                                                                    stage_output_schema(job, plan), ("c",)))
-    first = write_chunk(plan.chunks[0], spec)
+    first = write_chunks([plan.chunks[0]], spec)
     (staging / "c=a" / ".part-x.parquet.123.tmp").write_bytes(b"half a file")
-    second = write_chunk(plan.chunks[0], spec)
+    second = write_chunks([plan.chunks[0]], spec)
     assert [f["path"] for f in first.files] == [f["path"] for f in second.files]
     _sweep(str(staging), {f["path"] for f in second.files})
     files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
@@ -356,3 +357,59 @@ def test_finalize_on_an_object_store_scope_dataset(demo, s3, tmp_path):
         table = ds.dataset(files, filesystem=s3, format="parquet", partitioning="hive",
                            partition_base_dir="lake/fin/out").to_table()
         assert _sorted_rows(table) == expected
+
+
+def _small_files(folder: Path, files: int, rows: int) -> list[int]:
+    """``files`` CSV files of ``rows`` rows each (ids go on from file to file); their ids."""
+    folder.mkdir()
+    for k in range(files):
+        ids = range(k * rows, (k + 1) * rows)
+        (folder / f"f{k:04d}.csv").write_text("id,v\n" + "".join(f"{i},v{i % 13}\n" for i in ids))
+    return list(range(files * rows))
+
+
+def test_many_small_files_are_a_few_tasks_and_part_files_with_the_local_rows(tmp_path, cluster):
+    """150 small files: a task and a set of part files per group of them (as the local executor
+    groups its pool tasks), not one per file; rows and counts are the local executor's and pyarrow's."""
+    from pipeline.execution.executor import GROUP_CHUNKS
+
+    cl, _ = cluster
+    ids = _small_files(tmp_path / "in", 150, 20)
+    outs = {}
+    for executor in ("local", "dask"):
+        job = basic_job("in/*.csv", out=str(tmp_path / executor), run={"workers": 2, "executor": executor,
+                                         "dask": {"address": cl.scheduler_address}})
+        done = run_subprocess("run", write_job(tmp_path, job, name=f"{executor}.yaml"), "--no-progress",
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[executor] = manifest_of(tmp_path / executor)
+    dask, local = outs["dask"], outs["local"]
+    assert len(dask["files"]) == -(-150 // GROUP_CHUNKS)      # 3 part files, not 150
+    assert {k: dask["counts"][k] for k in COUNTS} == {k: local["counts"][k] for k in COUNTS}
+    expected = pa.concat_tables(pcsv.read_csv(p) for p in sorted((tmp_path / "in").iterdir()))
+    got = read_output(tmp_path / "dask")
+    assert sorted(got.column("id").to_pylist()) == ids == sorted(expected.column("id").to_pylist())
+    assert _sorted_rows(got) == _sorted_rows(read_output(tmp_path / "local"))
+    assert dask["chunks"] == local["chunks"] == 150
+
+
+def test_a_group_with_a_chunk_that_kills_every_worker_loses_only_that_chunk(tmp_path, monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    ids = _small_files(tmp_path / "in", 100, 10)    # id 7 is in the first file, in the first group
+    (tmp_path / "deadly.py").write_text(DEADLY_STAGE)
+    job = basic_job("in/*.csv", stages=[{"python": {"function": "deadly:die_on_7", "api": "pandas"}}],
+                    run={"workers": 2, "executor": "dask", "retries": 0, "on_bad_rows": "quarantine",
+                         "max_bad_rows": 1000})
+    done = run_subprocess("run", write_job(tmp_path, job), "--no-progress", cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "running each on its own" in done.stderr
+    m = manifest_of(tmp_path / "out")
+    rejects = pa.concat_tables(pq.read_table(tmp_path / "out" / f["path"]) for f in m["rejects"]["files"])
+    lost = sorted(int(r.split(",")[0]) for r in rejects.column("raw").to_pylist())
+    # the first file's rows, whole files only, and only a few: the group of 64 files was split. (With
+    # run.retries 0 a task queued on the worker that died is lost with it too, as in the test above.)
+    files_lost = {i // 10 for i in lost}
+    assert 0 in files_lost and len(lost) == 10 * len(files_lost) and len(files_lost) <= 4, lost
+    written = read_output(tmp_path / "out").column("id").to_pylist()
+    assert sorted(written + lost) == ids
+    assert m["counts"]["rows_rejected"] == len(lost) and m["counts"]["rows_written"] == len(ids) - len(lost)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
-from pipeline.execution.local import GROUP_CHUNKS, group_small
+from pipeline.execution.executor import GROUP_CHUNKS, group_small
 from pipeline.execution.worker import WorkerSettings, process_chunks
 from pipeline.input.plan import build_plan
 from pipeline.output.records import Shared, SpoolFiles

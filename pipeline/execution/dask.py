@@ -4,14 +4,17 @@ The local executor streams every chunk to one writer process; on a cluster that 
 the data through one machine's network. Here each task reads its chunk, runs the stages (the same
 ``worker.chunk_tables`` as the local executor) and writes the result itself (``output.parts``),
 straight into the run's staging area: the staging directory next to ``output.path`` on a shared
-filesystem, or the output prefix itself on an object store. The task returns a small record (its
-files with rows and bytes, its counts, a few bad rows); the executor takes each chunk's record
-once, in the driver, and hands the run template the files and one schema for them.
+filesystem, or the output prefix itself on an object store. Small chunks (many small files) go
+together, as in the local executor (``executor.group_small``): one task and one set of part files
+for up to a chunk's size of them. The task returns a small record (its files with rows and bytes,
+each chunk's counts, a few bad rows); the executor takes each chunk's record once, in the driver,
+and hands the run template the files and one schema for them.
 
-Exactly once: a chunk's files are named after the chunk and the run (``output.parts.part_name``).
+Exactly once: a task's files are named after its first chunk and the run (``output.parts.part_name``).
 A task that Dask reruns after losing its worker replaces its own files instead of adding a second
 copy; the output target removes any file no record lists (what an attempt that died left) before
-publishing.
+publishing. A group whose task is lost on every attempt is split, and each of its chunks runs alone,
+so that only the chunk that kills its worker is given up.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.dtypes import type_name, widens
 from pipeline.errors import InputError, OutputError, PipelineError
-from pipeline.execution.executor import Committed, OnResult, TaskSettings
+from pipeline.execution.executor import Committed, OnResult, TaskSettings, group_small
 from pipeline.execution.worker import chunk_tables
 from pipeline.input.boundaries import resolve_states
 from pipeline.input.plan import Chunk
@@ -44,42 +47,51 @@ log = logging.getLogger("pipeline")
 
 @dataclass
 class ChunkWrite:
-    """What a task returns: the chunk's counts and the files it wrote (paths relative to the root)."""
+    """What a task returns: its chunks' counts and the files it wrote (paths relative to the root)."""
 
-    result: ChunkResult
+    results: list[ChunkResult]                           # one per chunk of the task, in order
     files: list[dict] = field(default_factory=list)     # {"path", "rows", "bytes", "run_id"}
     schema: pa.Schema | None = None                      # of its data files
+
+    @property
+    def source(self) -> str:
+        """The input file of its first chunk (named in type errors)."""
+        return self.results[0].source if self.results else ""
 
 
 # ------------------------------------------------------------------------------------ the task
 
 
-def write_chunk(chunk: Chunk, spec: TaskSettings) -> ChunkWrite:
-    """The Dask task: read a chunk, apply the stages, write its part files, return its record."""
-    started = time.monotonic()
-    result = ChunkResult(chunk.id, 0, os.getpid(), started=time.time())
-    out = PartWriter(spec.parts, chunk.id)
-    where = chunk.describe()
+def write_chunks(chunks: list[Chunk], spec: TaskSettings) -> ChunkWrite:
+    """The Dask task: read chunks (one, or several small ones: ``group_small``), apply the stages,
+    write their rows into one set of part files, named after the first chunk; return their records."""
+    out = PartWriter(spec.parts, chunks[0].id)
+    results = []
     try:
-        for kind, table in chunk_tables(chunk, spec.worker, result):
-            if kind == "rejects":
-                out.write_rejects(table)
-            else:
-                out.write(table, where, chunk.file.path)
+        for chunk in chunks:
+            started = time.monotonic()
+            result = ChunkResult(chunk.id, 0, os.getpid(), started=time.time())
+            where = chunk.describe()
+            for kind, table in chunk_tables(chunk, spec.worker, result):
+                if kind == "rejects":
+                    out.write_rejects(table)
+                else:
+                    out.write(table, where, chunk.file.path)
+            result.bytes_read = chunk.nbytes
+            result.seconds = time.monotonic() - started
+            results.append(result)
         files = out.close()
     except PipelineError:
         out.abort()
         raise
     except OSError as exc:
         out.abort()
-        raise OutputError(f"{where}: cannot write its part files under {spec.parts.root}: {exc}",
-                          path=spec.parts.root, chunk=chunk.id) from exc
+        raise OutputError(f"{chunks[0].describe()}: cannot write its part files under {spec.parts.root}: {exc}",
+                          path=spec.parts.root, chunk=chunks[0].id) from exc
     except BaseException:
         out.abort()
         raise
-    result.bytes_read = chunk.nbytes
-    result.seconds = time.monotonic() - started
-    return ChunkWrite(result, files, out.schema)
+    return ChunkWrite(results, files, out.schema)
 
 
 def quarantine_write(chunk: Chunk, spec: TaskSettings, reason: str) -> ChunkWrite:
@@ -93,7 +105,7 @@ def quarantine_write(chunk: Chunk, spec: TaskSettings, reason: str) -> ChunkWrit
     result = ChunkResult(chunk.id, 0, os.getpid(), rows_read=len(bad), rows_rejected=len(bad),
                          bad_samples=bad[:1],
                          bytes_read=chunk.nbytes)
-    return ChunkWrite(result, files, None)
+    return ChunkWrite([result], files, None)
 
 
 # ------------------------------------------------------------------------------------ the executor
@@ -104,7 +116,8 @@ def scheduler_address(configured: str | None) -> str | None:
 
 
 class DaskExecutor:
-    """Submit one task per chunk to a Dask scheduler and take each chunk's record exactly once.
+    """Submit one task per chunk (or per group of small chunks) to a Dask scheduler and take each
+    chunk's record exactly once.
 
     With no scheduler address a LocalCluster of ``workers`` processes (one thread each) is started
     for the run and stopped after it. A task whose worker dies is rerun by Dask on another worker;
@@ -191,54 +204,71 @@ class DaskExecutor:
         checkpoints = Checkpointer(task.parts.journal, task.parts.checkpoint_seconds)
         taken = self._run(chunks, task, on_result, checkpoints)
         checkpoints.close()
-        files: list[dict] = []
-        for chunk in chunks:  # in plan order: the manifest lists parts in input order
-            files.extend(taken[chunk.id].files)
+        # in plan order (the manifest lists parts in input order): a task's writes are keyed by its first chunk
+        writes = [taken[c.id] for c in chunks if c.id in taken]
+        files = [f for w in writes for f in w.files]
         seen: set[str] = set()
         for f in files:
             if f["path"] in seen:
-                raise RuntimeError(f"two chunks wrote {f['path']}; nothing was published")
+                raise RuntimeError(f"two tasks wrote {f['path']}; nothing was published")
             seen.add(f["path"])
         parts = task.parts
-        schema = unify_parts(parts.root, [taken[c.id] for c in chunks], parts.schema, parts.partition_by)
+        schema = unify_parts(parts.root, writes, parts.schema, parts.partition_by)
         if not any(not f["path"].startswith(REJECTS + "/") for f in files):
             files.extend(empty_part(parts, schema))
-        return Committed({c.id: taken[c.id].result for c in chunks}, files, schema)
+        return Committed({r.chunk_id: r for w in writes for r in w.results}, files, schema)
 
     def _run(self, chunks: Sequence[Chunk], task: TaskSettings, on_result: OnResult,
              checkpoints: Checkpointer) -> dict[str, ChunkWrite]:
+        """Each task's write, keyed by its first chunk's id."""
         from distributed import KilledWorker, as_completed
 
-        by_key = {}
-        keys = []
-        for c in chunks:
-            key = f"pipeline-chunk-{task.parts.run_id}-{c.id}"
-            by_key[key] = c
-            keys.append(key)
+        run_id = task.parts.run_id
         # the quote state at every cut: each range's transfer on the cluster, composed here
         resolved = resolve_states(list(chunks), task.worker.read,
                                   lambda fn, items: self.client.gather(self.client.map(fn, items, pure=False)))
-        futures = self.client.map(write_chunk, resolved, spec=task, key=keys, pure=False)
+        # small chunks (many small files) go together: one task and one set of part files per group
+        groups = list(group_small(resolved, task.worker.read.block_bytes))
+        by_key: dict[str, list[Chunk]] = {}
+
+        def submit(batch: list[list[Chunk]], prefix: str) -> list:
+            keys = [f"{prefix}-{run_id}-{g[0].id}" for g in batch]
+            by_key.update(zip(keys, batch))
+            return self.client.map(write_chunks, batch, spec=task, key=keys, pure=False)
+
+        futures = submit(groups, "pipeline-chunks")
         taken: dict[str, ChunkWrite] = {}
+        done: set[str] = set()
         try:
-            for future in as_completed(futures, loop=self.client.loop):
-                chunk = by_key[future.key]
+            pending = as_completed(futures, loop=self.client.loop)
+            for future in pending:
+                group = by_key[future.key]
                 if future.status == "error":
                     exc = future.exception()
+                    if isinstance(exc, KilledWorker) and len(group) > 1:
+                        # a chunk of the group kills its worker: each on its own now, so only that one is lost
+                        log.warning("%s chunks from %s on lost their task on every attempt; running each "
+                                    "on its own", len(group), group[0].describe())
+                        singles = submit([[c] for c in group], "pipeline-chunk")
+                        futures.extend(singles)
+                        pending.update(singles)
+                        future.release()
+                        continue
                     if isinstance(exc, KilledWorker):
-                        write = self._poison(chunk, task, exc)
+                        write = self._poison(group[0], task, exc)
                     elif isinstance(exc, BaseException):
                         raise exc
                     else:
-                        raise RuntimeError(f"{chunk.describe()}: the task failed: {exc!r}")
+                        raise RuntimeError(f"{group[0].describe()}: the task failed: {exc!r}")
                 elif future.status == "cancelled":
-                    raise RuntimeError(f"{chunk.describe()}: the Dask task was cancelled "
+                    raise RuntimeError(f"{group[0].describe()}: the Dask task was cancelled "
                                        f"(the scheduler or the connection to it was lost?)")
                 else:
                     write = future.result()
-                if self._take(chunk, write, taken):
-                    on_result(write.result)
-                    checkpoints.add(write.files, write.result)
+                if self._take(group, write, taken, done):
+                    for result in write.results:
+                        on_result(result)
+                    checkpoints.add(write.files, write.results)
                 future.release()
         except BaseException:
             try:
@@ -246,18 +276,20 @@ class DaskExecutor:
             except Exception:  # noqa: BLE001 - the run fails anyway
                 pass
             raise
-        missing = [c.describe() for c in chunks if c.id not in taken]
+        missing = [c.describe() for c in chunks if c.id not in done]
         if missing:
             raise RuntimeError(f"{len(missing)} chunks never came back from the cluster, e.g. {missing[0]}")
         return taken
 
-    def _take(self, chunk: Chunk, write: ChunkWrite, taken: dict[str, ChunkWrite]) -> bool:
-        if write.result.chunk_id != chunk.id:
-            raise RuntimeError(f"{chunk.describe()}: a task returned chunk {write.result.chunk_id}")
-        if chunk.id in taken:
-            log.warning("%s came back twice; the second copy is ignored", chunk.describe())
+    def _take(self, group: list[Chunk], write: ChunkWrite, taken: dict[str, ChunkWrite], done: set[str]) -> bool:
+        if [r.chunk_id for r in write.results] != [c.id for c in group]:
+            raise RuntimeError(f"{group[0].describe()}: a task returned chunks "
+                               f"{[r.chunk_id for r in write.results]}")
+        if group[0].id in taken or any(c.id in done for c in group):
+            log.warning("%s came back twice; the second copy is ignored", group[0].describe())
             return False
-        taken[chunk.id] = write
+        taken[group[0].id] = write
+        done.update(c.id for c in group)
         return True
 
     def _poison(self, chunk: Chunk, task: TaskSettings, exc: BaseException) -> ChunkWrite:
@@ -283,14 +315,14 @@ def unify_parts(root: str, writes, out_schema: pa.Schema | None, partition_by: t
     first = schemas[0]
     for w in writes:
         if w.schema is not None and w.schema.names != first.names:
-            raise InputError(f"{w.result.source}: the stages produced columns {w.schema.names}, other chunks "
-                             f"{first.names}; every chunk must give the same columns", file=w.result.source)
+            raise InputError(f"{w.source}: the stages produced columns {w.schema.names}, other chunks "
+                             f"{first.names}; every chunk must give the same columns", file=w.source)
     fields = []
     for i, fld in enumerate(first):
         found: dict[pa.DataType, str] = {}
         for w in writes:
             if w.schema is not None and not pa.types.is_null(w.schema.field(i).type):
-                found.setdefault(w.schema.field(i).type, w.result.source)
+                found.setdefault(w.schema.field(i).type, w.source)
         if len(found) > 1:
             # one type every chunk's values widen to, or exit 65 naming the files and both types
             wide = [t for t in found if all(widens(u, t) for u in found)]

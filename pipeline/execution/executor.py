@@ -9,7 +9,7 @@ target's business (``output.target``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -40,6 +40,29 @@ class Committed:
 
 
 OnResult = Callable[[ChunkResult], None]
+
+GROUP_CHUNKS = 64    # small chunks in one task, at most
+
+
+def group_small(chunks: Iterable[Chunk | None], target: int) -> Iterator[list[Chunk]]:
+    """Consecutive chunks, together up to ``target`` bytes (and GROUP_CHUNKS), as one task each:
+    a thousand small files cost a few dozen round trips to the workers, not a thousand. A ``None``
+    among the chunks (the plan is behind: see ChunkFeed.follow) sends the group gathered so far."""
+    group: list[Chunk] = []
+    size = 0
+    for chunk in chunks:
+        if chunk is None:
+            if group:
+                yield group
+                group, size = [], 0
+            continue
+        if group and (len(group) >= GROUP_CHUNKS or size + chunk.nbytes > target):
+            yield group
+            group, size = [], 0
+        group.append(chunk)
+        size += chunk.nbytes
+    if group:
+        yield group
 
 
 class Executor(Protocol):

@@ -22,12 +22,12 @@ import queue as queue_mod
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import InputError, OutputError, PipelineError
-from pipeline.execution.executor import Committed, OnResult, TaskSettings
+from pipeline.execution.executor import Committed, OnResult, TaskSettings, group_small
 from pipeline.execution.worker import WorkerSettings, init, process_chunks
 from pipeline.input import boundaries
 from pipeline.input.feed import ChunkFeed
@@ -410,29 +410,7 @@ class LocalExecutor:
                 return info
 
 
-GROUP_CHUNKS = 64    # small chunks in one pool task, at most
 GROUP_WAIT = 0.02    # seconds a task waits for the plan to cut one more chunk before it goes as it is
-
-
-def group_small(chunks: Iterable[Chunk | None], target: int) -> Iterator[list[Chunk]]:
-    """Consecutive chunks, together up to ``target`` bytes (and GROUP_CHUNKS), as one pool task each:
-    a thousand small files cost a few dozen round trips to the workers, not a thousand. A ``None``
-    among the chunks (the plan is behind: see ChunkFeed.follow) sends the group gathered so far."""
-    group: list[Chunk] = []
-    size = 0
-    for chunk in chunks:
-        if chunk is None:
-            if group:
-                yield group
-                group, size = [], 0
-            continue
-        if group and (len(group) >= GROUP_CHUNKS or size + chunk.nbytes > target):
-            yield group
-            group, size = [], 0
-        group.append(chunk)
-        size += chunk.nbytes
-    if group:
-        yield group
 
 
 def quarantine_chunk(chunk: Chunk, spec: WorkerSettings, reason: str, attempt: int) -> list[tuple]:

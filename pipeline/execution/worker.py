@@ -183,7 +183,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
 
 
 def process_chunks(tasks: tuple[tuple[Chunk, int], ...]) -> list[ChunkResult]:
-    """Several small chunks as one pool task (many small files; see ``execution.local.group_small``).
+    """Several small chunks as one pool task (many small files; see ``execution.executor.group_small``).
 
     Each chunk is still announced as it starts, and committed on its own by the writer; their rows
     travel together, in one spool file per output schema, sent once the last chunk is read. A

@@ -65,11 +65,12 @@ class Checkpointer:
         self.results: list[ChunkResult] = []
         self.last = time.monotonic()
 
-    def add(self, files: list[dict], result: ChunkResult) -> None:
+    def add(self, files: list[dict], results: list[ChunkResult]) -> None:
+        """Files and the chunks whose rows they hold: journaled together, in one line."""
         if self.journal is None:
             return
         self.files.extend(files)
-        self.results.append(result)
+        self.results.extend(results)
         if time.monotonic() - self.last >= self.seconds:
             self.flush()
 
