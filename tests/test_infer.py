@@ -15,6 +15,14 @@ from pipeline.input.infer import infer_column, unify
     (["1", "x"], pa.string()),
     ([None, None], pa.string()),
     (["+1"], pa.float64()),
+    # integers are never floats: int64 up to its limits, then exact decimals, then text
+    (["1", "9223372036854775807", "-9223372036854775808", " 12 "], pa.int64()),
+    (["1", "9223372036854775808"], pa.decimal128(38, 0)),
+    (["-9223372036854775809"], pa.decimal128(38, 0)),
+    (["18446744073709551615"], pa.decimal128(38, 0)),
+    (["9" * 38, "-" + "9" * 38], pa.decimal128(38, 0)),
+    (["1" * 39], pa.string()),
+    (["1" * 39, "1.5"], pa.string()),     # a float would round the integer
 ])
 def test_infer_column(values, expected):
     assert infer_column(pa.array(values, pa.string())) == expected
@@ -32,3 +40,5 @@ def test_unify():
     assert unify(pa.timestamp("s"), pa.timestamp("us")) == pa.timestamp("us")
     assert unify(pa.int64(), pa.string()) == pa.string()
     assert unify(pa.null(), pa.bool_()) == pa.bool_()
+    assert unify(pa.int64(), pa.decimal128(38, 0)) == pa.decimal128(38, 0)
+    assert unify(pa.decimal128(38, 0), pa.float64()) == pa.float64()

@@ -6,16 +6,26 @@ that does not fit its column is a bad row, never a silent null or a silent chang
 A column gets the narrowest type that at least 99.9 % of its sampled non-null values fit, and at
 least all but one when there are 100 or more (one stray value must not turn a numeric column into
 text); the values that do not fit become bad rows when the chunk is read. ``input.schema`` pins any column's type.
+
+Integers are never read as floats, which would round them past 2**53: a column of integers that fit
+int64 (up to 19 digits) is int64; one with larger integers, up to 38 digits, is ``decimal128(38, 0)``,
+exact (as Spark infers them); beyond that, text.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 TOLERANCE = 0.001
 
-_INT = r"^\s*-?\d{1,18}\s*$"
+_INT = r"^\s*-?\d{1,19}\s*$"           # and within int64's range: see _fits_int64
+_BIG_INT = r"^\s*-?\d{1,38}\s*$"
+_LONGER_INT = r"^\s*[+-]?\d{39,}\s*$"
+INT64_MAX = "9223372036854775807"
+BIG_INT = pa.decimal128(38, 0)
 _FLOAT = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$|^\s*[+-]?inf\s*$"
 _BOOL = r"^(?i:true|false)$"
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
@@ -25,6 +35,7 @@ _TS_ZONE = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(
 
 CANDIDATES: list[tuple[pa.DataType, str]] = [
     (pa.int64(), _INT),
+    (BIG_INT, _BIG_INT),
     (pa.float64(), _FLOAT),
     (pa.bool_(), _BOOL),
     (pa.date32(), _DATE),
@@ -43,10 +54,39 @@ def infer_column(values: pa.ChunkedArray | pa.Array) -> pa.DataType:
     # one stray value in a hundred or more is a bad row, not a reason to make the column text
     allowed_misses = max(int(n * TOLERANCE), 1 if n >= 100 else 0)
     for dtype, pattern in CANDIDATES:
-        matched = pc.sum(pc.match_substring_regex(values, pattern)).as_py() or 0
+        fits = pc.match_substring_regex(values, pattern)
+        if dtype == pa.int64():
+            fits = pc.and_(fits, _fits_int64(values))
+        elif dtype == pa.float64():   # an integer past 38 digits is text: a float would round it
+            fits = pc.and_(fits, pc.invert(pc.match_substring_regex(values, _LONGER_INT)))
+        matched = pc.sum(fits).as_py() or 0
         if n - matched <= allowed_misses:
             return dtype
     return pa.string()
+
+
+def _fits_int64(values) -> pa.Array:
+    """Per value: whether an integer of up to 19 digits is within int64's range (by its digits: two
+    digit strings of one length compare as their numbers do)."""
+    text = pc.utf8_trim_whitespace(values)
+    negative = pc.starts_with(text, "-")
+    digits = pc.if_else(negative, pc.utf8_slice_codeunits(text, 1), text)
+    limit = pc.if_else(negative, INT64_MAX[:-1] + "8", INT64_MAX)
+    return pc.or_(pc.less(pc.utf8_length(digits), len(INT64_MAX)), pc.less_equal(digits, limit))
+
+
+def exact_integers(dtype: pa.DataType, read_as: Callable[[pa.DataType], pa.Table | None], name: str) -> pa.DataType:
+    """A JSON column that pyarrow typed double although its numbers are integers beyond int64
+    (pyarrow reads them as doubles, rounded): ``BIG_INT`` when the sample reads exactly as one."""
+    if not pa.types.is_floating(dtype):
+        return dtype
+    table = read_as(BIG_INT)
+    if table is None:
+        return dtype
+    column = table.column(name)
+    limit = pa.scalar(int(INT64_MAX), BIG_INT)
+    beyond = pc.any(pc.greater(pc.abs(column), limit)).as_py()
+    return BIG_INT if beyond else dtype
 
 
 def unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
@@ -55,8 +95,10 @@ def unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
         return a
     if pa.types.is_null(a):
         return b
-    if (pa.types.is_integer(a) and pa.types.is_floating(b)) or (pa.types.is_floating(a) and pa.types.is_integer(b)):
-        return pa.float64()
+    numeric = (pa.types.is_integer, pa.types.is_decimal, pa.types.is_floating)
+    if any(t(a) for t in numeric) and any(t(b) for t in numeric):
+        # integers and exact big integers stay exact; with floats in either file, the column is float64
+        return pa.float64() if pa.types.is_floating(a) or pa.types.is_floating(b) else BIG_INT
     temporal = (pa.types.is_timestamp, pa.types.is_date)
     if any(t(a) for t in temporal) and any(t(b) for t in temporal):
         tz = getattr(a, "tz", None) or getattr(b, "tz", None)

@@ -6,6 +6,7 @@ record boundaries, but writes nothing. ``pipeline plan`` prints what it returns.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -329,7 +330,18 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
             return {}
         table = pajson.read_json(pa.py_buffer(b"\n".join(good) + b"\n"),
                                  read_options=pajson.ReadOptions(use_threads=False, block_size=len(sample) + 1))
-    return {name: table.schema.field(name).type for name in table.column_names}
+    rows = pa.py_buffer(b"\n".join(lines) + b"\n")
+
+    def read_as(name: str, dtype: pa.DataType) -> pa.Table | None:
+        try:
+            return pajson.read_json(rows, read_options=pajson.ReadOptions(use_threads=False,
+                                                                          block_size=len(sample) + 1),
+                                    parse_options=pajson.ParseOptions(explicit_schema=pa.schema([(name, dtype)])))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+
+    return {name: infer.exact_integers(table.schema.field(name).type, functools.partial(read_as, name), name)
+            for name in table.column_names}
 
 
 def _sample_json_array_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str, pa.DataType]:
