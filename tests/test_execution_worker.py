@@ -125,3 +125,33 @@ def test_large_results_go_in_several_spool_files(tmp_path, queues, monkeypatch):
     *parts, _end = _drain(data_q)
     assert len(parts) > 1 and result.messages == len(parts)
     assert sum(p[4] for p in parts) == result.rows_written
+
+
+@pytest.mark.parametrize("text", [
+    # five bad rows of 40,000 bytes each (not an integer), and a quote left open before 200,000 bytes
+    "id\n" + "".join(f"{'x' * 40_000}{i}\n" for i in range(8)) + "1\n",
+    'id\n1\n"' + "y" * 200_000 + "\n2\n",
+])
+def test_the_end_message_is_one_atomic_pipe_write_whatever_the_bad_rows(tmp_path, queues, text):
+    """A worker killed while writing a message to the writer's pipe must not leave half of it there
+    (the writer would read the next message as the rest). Writes of up to PIPE_BUF bytes are atomic,
+    so the message that commits a chunk stays under it, however long its bad rows are."""
+    import pickle
+    import select
+
+    from pipeline.output.records import MESSAGE_BYTES
+
+    folder = tmp_path / ("a-long-folder-name-" * 8)
+    folder.mkdir()
+    (folder / "in.csv").write_text(text)
+    job = load_config(write_job(tmp_path, basic_job(f"{folder.name}/in.csv", input={"schema": {"id": "int64"}},
+                                                    run={"on_bad_rows": "quarantine"})), stages=STAGES)
+    plan = build_plan(job)
+    spec = WorkerSettings(job_name=job.name, read=plan.read, stages=(), stage_keys=(), base_dir=str(tmp_path),
+                          on_bad_rows="quarantine", spool=str(tmp_path))
+    data_q, _ = queues(spec)
+    result = process_chunk((plan.chunks[0], 1))
+    *_, end = _drain(data_q)
+    assert end[0] == "end" and result.rows_rejected >= 1 and result.bad_samples
+    assert len(pickle.dumps(end, protocol=pickle.HIGHEST_PROTOCOL)) + 4 <= min(MESSAGE_BYTES + 4, select.PIPE_BUF)
+    assert all(b.file.endswith("in.csv") and b.line for b in result.bad_samples)

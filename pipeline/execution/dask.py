@@ -103,8 +103,8 @@ def quarantine_write(chunk: Chunk, spec: TaskSettings, reason: str) -> ChunkWrit
         out.write_rejects(rejects_table(bad, chunk))
     files = out.close()
     result = ChunkResult(chunk.id, 0, os.getpid(), rows_read=len(bad), rows_rejected=len(bad),
-                         bad_samples=bad[:1],
                          bytes_read=chunk.nbytes)
+    result.add_samples(bad[:1])
     return ChunkWrite([result], files, None)
 
 

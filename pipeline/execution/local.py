@@ -36,7 +36,7 @@ from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import is_url
 from pipeline.output import lock as lock_mod
 from pipeline.output.publish import REJECTS
-from pipeline.output.records import ChunkResult, rejects_table, spool
+from pipeline.output.records import ChunkResult, end_message, rejects_table, spool
 from pipeline.output.write import WriterSettings, writer_main
 
 log = logging.getLogger("pipeline")
@@ -420,8 +420,9 @@ def quarantine_chunk(chunk: Chunk, spec: WorkerSettings, reason: str, attempt: i
     table = rejects_table(bad, chunk)
     path = spool(table, os.path.join(spec.spool, f"{chunk.id}.{attempt}.0.arrow"))
     result = ChunkResult(chunk.id, attempt, os.getpid(), rows_read=len(bad), rows_rejected=len(bad),
-                         messages=1, bad_samples=bad[:1], bytes_read=chunk.nbytes)
-    return [("rejects", chunk.id, attempt, path, len(bad)), ("end", chunk.id, attempt, 1, result)]
+                         messages=1, bytes_read=chunk.nbytes)
+    result.add_samples(bad[:1])
+    return [("rejects", chunk.id, attempt, path, len(bad)), end_message(chunk.id, attempt, 1, result)]
 
 
 class _Recorded(list):

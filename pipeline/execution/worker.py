@@ -22,7 +22,7 @@ from pipeline.input.lookups import lookup_tables
 from pipeline.input.plan import Chunk, ReadSpec
 from pipeline.input.read import BadRow, read_chunk
 from pipeline.log import set_title
-from pipeline.output.records import BAD_ROW_SAMPLES, ChunkResult, Shared, rejects_table, spool, spool_together
+from pipeline.output.records import ChunkResult, Shared, end_message, rejects_table, spool, spool_together
 from pipeline.stages import StageContext, apply_stages
 
 SPOOL_BYTES = 16 << 20      # Arrow data of one spool file (one queue message) stays under about this size
@@ -119,8 +119,7 @@ def chunk_tables(chunk: Chunk, spec: WorkerSettings, result: ChunkResult) -> Ite
                     raise InputError(f"{where}{stage}: {first.reason}", file=first.file, line=first.line,
                                      chunk=chunk.id)
                 result.rows_rejected += len(bad)
-                room = BAD_ROW_SAMPLES - len(result.bad_samples)
-                result.bad_samples.extend(bad[:max(room, 0)])
+                result.add_samples(bad)
                 if spec.on_bad_rows == "quarantine":
                     rejects = rejects_table(bad, chunk)
             result.rows_written += table.num_rows
@@ -178,7 +177,7 @@ def process_chunk(task: tuple[Chunk, int]) -> ChunkResult:
     result.messages = messages
     result.bytes_read = chunk.nbytes
     result.seconds = time.monotonic() - started
-    queue.put(("end", chunk.id, attempt, messages, result))
+    queue.put(end_message(chunk.id, attempt, messages, result))
     return result
 
 
@@ -227,5 +226,5 @@ def process_chunks(tasks: tuple[tuple[Chunk, int], ...]) -> list[ChunkResult]:
             queue.put(("data", chunk.id, attempt, refs[(i, j)], table.num_rows))
             messages += 1
         result.messages = messages
-        queue.put(("end", chunk.id, attempt, messages, result))
+        queue.put(end_message(chunk.id, attempt, messages, result))
     return [result for _, _, result, _, _ in done]

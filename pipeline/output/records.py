@@ -19,6 +19,12 @@ from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow
 
 BAD_ROW_SAMPLES = 5     # bad rows kept per chunk, and per run for the summary
+SAMPLE_REASON_CHARS = 300   # of a kept bad row's reason (the whole one is in _rejects)
+SAMPLE_RAW_CHARS = 80       # of its text (the summary does not show it; _rejects has it whole)
+# A worker's message to the writer is one write to a pipe: up to PIPE_BUF bytes (4096 on Linux,
+# the least POSIX allows is 512) a write is atomic, so a worker killed while sending one never
+# leaves half a message that would corrupt the writer's pipe. 4 bytes are multiprocessing's header.
+MESSAGE_BYTES = 4096 - 4
 
 REJECTS_FILE_SCHEMA = pa.schema([
     ("file", pa.string()), ("line", pa.int64()), ("offset", pa.int64()), ("stage", pa.string()),
@@ -46,6 +52,12 @@ class ChunkResult:
     bad_samples: list[BadRow] = field(default_factory=list)
     source: str = ""                   # the input file the chunk is part of (named in type errors)
 
+    def add_samples(self, bad: list[BadRow]) -> None:
+        """Keep the first ``BAD_ROW_SAMPLES`` bad rows for the summary, shortened: a long raw record
+        (an unterminated quote runs to the end of the chunk) must not make the chunk's message large."""
+        room = BAD_ROW_SAMPLES - len(self.bad_samples)
+        self.bad_samples.extend(_short(b) for b in bad[:max(room, 0)])
+
     def to_dict(self) -> dict:
         data = dict(self.__dict__)
         data["bad_samples"] = [b.__dict__ for b in self.bad_samples]
@@ -56,6 +68,24 @@ class ChunkResult:
         data = dict(data)
         data["bad_samples"] = [BadRow(**b) for b in data.get("bad_samples", [])]
         return cls(**data)
+
+
+def _short(b: BadRow) -> BadRow:
+    reason = b.reason if len(b.reason) <= SAMPLE_REASON_CHARS else b.reason[:SAMPLE_REASON_CHARS - 1] + "\u2026"
+    raw = b.raw[:SAMPLE_RAW_CHARS] if b.raw is not None else None
+    return BadRow(b.file, b.line, b.offset, b.stage, reason, raw)
+
+
+def end_message(chunk_id: str, attempt: int, messages: int, result: ChunkResult) -> tuple:
+    """The message that commits a chunk, at most ``MESSAGE_BYTES`` pickled: samples are dropped from
+    the end until it fits (the counts always do; a path longer than a page is the only way past)."""
+    import pickle
+
+    while True:
+        message = ("end", chunk_id, attempt, messages, result)
+        if len(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)) <= MESSAGE_BYTES or not result.bad_samples:
+            return message
+        result.bad_samples = result.bad_samples[:-1]
 
 
 def rejects_table(bad: list[BadRow], chunk: Chunk) -> pa.Table:
