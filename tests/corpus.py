@@ -162,8 +162,9 @@ class Run:
 
 
 def run_tool(rel: str, *, strings: bool, policy: str, chunk_bytes: str | None, workers: int,
-             header: list[str] | None = None, copies: int = 1) -> Run:
-    """One run on the file; with ``copies``, on that many copies of it in one folder (many small files)."""
+             header: list[str] | None = None, copies: int = 1, dask: str | None = None) -> Run:
+    """One run on the file; with ``copies``, on that many copies of it in one folder (many small files);
+    with ``dask``, on the Dask scheduler at that address."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         o = options(rel)
@@ -185,6 +186,8 @@ def run_tool(rel: str, *, strings: bool, policy: str, chunk_bytes: str | None, w
             inp["chunk_bytes"] = chunk_bytes
         job = {"name": "corpus", "input": inp, "output": {"path": str(tmp_path / "out"), "mode": "overwrite"},
                "run": {"workers": workers, "on_bad_rows": policy}}
+        if dask:
+            job["run"].update(executor="dask", dask={"address": dask})
         (tmp_path / "job.yaml").write_text(yaml.safe_dump(job, allow_unicode=True), encoding="utf-8")
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -44,3 +44,30 @@ def test_corpus_file_copied_twelve_times_gives_each_of_its_rows_twelve_times(rel
         assert corpus._sorted(many.rows) == corpus._sorted(one.rows * 12)
         assert len(many.rejects) == 12 * len(one.rejects)
         assert {k: 12 * v for k, v in one.counts.items()} == many.counts
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A LocalCluster of 2 worker processes, for the Dask runs of this module."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address="127.0.0.1:0", silence_logs=40)
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@pytest.mark.parametrize("rel", FILES)
+def test_corpus_file_copied_twelve_times_on_dask_gives_the_local_rows_twelve_times(rel, scheduler):
+    """The Dask executor groups small files as the local one does: 12 copies of a file in one folder
+    give 12 times what the file gives alone on the local executor, in few tasks and part files."""
+    header = corpus.reference(rel).header
+    one = corpus.run_tool(rel, strings=True, policy="quarantine", chunk_bytes=None, workers=2, header=header)
+    many = corpus.run_tool(rel, strings=True, policy="quarantine", chunk_bytes=None, workers=2, header=header,
+                           copies=12, dask=scheduler)
+    assert many.code == one.code, many.err
+    if one.code == 0:
+        assert corpus._sorted(many.rows) == corpus._sorted(one.rows * 12)
+        assert len(many.rejects) == 12 * len(one.rejects)
+        assert {k: 12 * v for k, v in one.counts.items()} == many.counts
