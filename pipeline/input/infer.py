@@ -19,6 +19,8 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import arrays
+
 TOLERANCE = 0.001
 
 _INT = r"^\s*-?\d{1,19}\s*$"           # and within int64's range: see _fits_int64
@@ -71,8 +73,10 @@ def _fits_int64(values) -> pa.Array:
     text = pc.utf8_trim_whitespace(values)
     negative = pc.starts_with(text, "-")
     digits = pc.if_else(negative, pc.utf8_slice_codeunits(text, 1), text)
-    limit = pc.if_else(negative, INT64_MAX[:-1] + "8", INT64_MAX)
-    return pc.or_(pc.less(pc.utf8_length(digits), len(INT64_MAX)), pc.less_equal(digits, limit))
+    limit = pc.if_else(negative, arrays.scalar(INT64_MAX[:-1] + "8", pa.string()),
+                       arrays.scalar(INT64_MAX, pa.string()))
+    shorter = pc.less(pc.utf8_length(digits), arrays.scalar(len(INT64_MAX), pa.int32()))
+    return pc.or_(shorter, pc.less_equal(digits, limit))
 
 
 def exact_integers(dtype: pa.DataType, read_as: Callable[[pa.DataType], pa.Table | None], name: str) -> pa.DataType:
@@ -83,10 +87,11 @@ def exact_integers(dtype: pa.DataType, read_as: Callable[[pa.DataType], pa.Table
     table = read_as(BIG_INT)
     if table is None:
         return dtype
-    column = table.column(name)
-    limit = pa.scalar(int(INT64_MAX), BIG_INT)
-    beyond = pc.any(pc.greater(pc.abs(column), limit)).as_py()
-    return BIG_INT if beyond else dtype
+    try:
+        pc.cast(table.column(name), pa.int64())   # every value fits int64: a float column of whole numbers
+    except pa.ArrowInvalid:
+        return BIG_INT
+    return dtype
 
 
 def unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
