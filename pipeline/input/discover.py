@@ -89,12 +89,12 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
             continue
         if not matches:
             raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
-        root = literal_root(pattern, os.sep)
+        base = os.path.abspath(literal_root(pattern, os.sep) or ".")
         for match in matches:
-            below = _below(root, match, os.sep)
+            real = os.path.abspath(match)
+            below = _below_local(base, real)
             if hidden(below):
                 continue
-            real = os.path.abspath(match)
             if real in seen:
                 continue
             seen.add(real)
@@ -147,7 +147,7 @@ def _discover_url(pattern: str, configured_format: str, seen: set[str], key: str
     files = []
     root = literal_root(pattern, "/")
     for url, size, mtime_ns in matches:
-        below = _below(root, url, "/")
+        below = _below_url(root, url)
         if url in seen or hidden(below):
             continue
         seen.add(url)
@@ -182,15 +182,20 @@ def literal_root(pattern: str, sep: str) -> str:
     return root or (sep if pattern.startswith(sep) else "")
 
 
-def _below(root: str, match: str, sep: str) -> list[str]:
-    """The path components of ``match`` below ``root`` (folders, then the file name)."""
-    if sep == os.sep:
-        rel = os.path.relpath(os.path.abspath(match), os.path.abspath(root or "."))
-    elif root and match.startswith(root.rstrip("/") + "/"):
-        rel = match[len(root.rstrip("/")) + 1:]
+def _below_local(base: str, real: str) -> list[str]:
+    """The path components of the absolute path ``real`` below the absolute folder ``base``."""
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    rel = real[len(prefix):] if real.startswith(prefix) else os.path.relpath(real, base)
+    return [p for p in rel.split(os.sep) if p not in ("", ".")]
+
+
+def _below_url(root: str, url: str) -> list[str]:
+    """The path components of ``url`` below the URL folder ``root`` (folders, then the file name)."""
+    if root and url.startswith(root.rstrip("/") + "/"):
+        rel = url[len(root.rstrip("/")) + 1:]
     else:
-        rel = match.rsplit("/", 1)[-1]
-    return [p for p in rel.split(sep) if p not in ("", ".")]
+        rel = url.rsplit("/", 1)[-1]
+    return [p for p in rel.split("/") if p not in ("", ".")]
 
 
 def hidden(parts: list[str]) -> bool:
