@@ -446,7 +446,7 @@ class RunConfig(_Model):
     memory_limit: ByteSize = Field(1024**3, description=(
         "The most memory the run's processes (parent, writer, workers; summed PSS) should use, e.g. 1GiB. "
         "The local executor sizes from it the chunks (when input.chunk_bytes is not set), the results in "
-        "flight to the writer and the writer's row-group buffer: about 48 MiB for each process, 4x the "
+        "flight to the writer and the writer's row-group buffer: about 48 MiB for each process, 24x the "
         "chunk for each worker, a quarter of the rest (at most 256 MiB) for the writer; chunks between 1 MiB "
         "and 4 MiB (see pipeline/memory.py). Left unset, it is 1 GiB, raised to what run.workers need. "
         "DuckDB has it too: `sql` stages share it between the workers (at least 64 MiB each); finalize "

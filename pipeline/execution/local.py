@@ -34,6 +34,7 @@ from pipeline.input.feed import ChunkFeed
 from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import is_url
+from pipeline.memory import reuse_freed_memory
 from pipeline.output import lock as lock_mod
 from pipeline.output.publish import REJECTS
 from pipeline.output.records import ChunkResult, end_message, rejects_table, spool
@@ -69,6 +70,7 @@ def _worker_init(queue, events, spec: WorkerSettings, title: str, parent: int | 
     set_parent_death_signal()
     if parent is not None and os.getppid() != parent:
         os._exit(1)  # the run died before this process got going
+    reuse_freed_memory()
     lock_mod.close_inherited()
     boundaries.use_table(boundaries.StateTable(states, slots))
     init(queue, events, spec, title)
@@ -78,6 +80,7 @@ def _writer_entry(queue, events, spec: WriterSettings, parent: int | None) -> No
     set_parent_death_signal()
     if parent is not None and os.getppid() != parent:
         os._exit(1)
+    reuse_freed_memory()
     lock_mod.close_inherited()
     writer_main(queue, events, spec)
 
