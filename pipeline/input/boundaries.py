@@ -27,6 +27,7 @@ machine's state in ways a quote run does not), and so do compressed files (read 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -35,10 +36,17 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.input.split import CR, JSON_LINES, LF, Dialect, Scanner, _quote_runs
-from pipeline.input.storage import open_input
+from pipeline.input.storage import is_url, open_input
 
 OUT, IN, UNKNOWN = 0, 1, -1
 WINDOW = 64 << 10      # bytes read past a range's end to find its last record's end
+# How long a worker waits for the state at its cut from the worker on the range before it (which puts
+# it in the shared table as soon as it has read that range) before reading that range itself: ranges
+# are handed out in order, so that worker started first. A local range is read in milliseconds; an
+# object-store one takes as long as fetching it again would.
+WAIT_LOCAL = 0.05
+WAIT_URL = 2.0
+WAIT_POLL = 0.0005
 
 
 @dataclass
@@ -59,6 +67,20 @@ class StateTable:
         if slot is not None and self.array is not None:
             return int(self.array[slot])
         return self.local.get((path, i), UNKNOWN)
+
+    def shared(self, path: str, i: int) -> bool:
+        """Whether another process may fill in this cut (the table is shared and has a slot for it)."""
+        return self.array is not None and (path, i) in self.slots
+
+    def wait(self, path: str, i: int, seconds: float) -> int:
+        """The state at a cut, waiting up to ``seconds`` for the process working on the range before
+        it to put it in; ``UNKNOWN`` if it does not come."""
+        deadline = time.monotonic() + seconds
+        s = self.get(path, i)
+        while s == UNKNOWN and time.monotonic() < deadline:
+            time.sleep(WAIT_POLL)
+            s = self.get(path, i)
+        return s
 
     def put(self, path: str, i: int, state: int) -> None:
         slot = self.slots.get((path, i))
@@ -159,6 +181,8 @@ def start_state(chunk, fh: IO[bytes], d: Dialect, states: StateTable | None = No
     states = states or _TABLE
     path = chunk.file.path
     s = states.get(path, chunk.index)
+    if s == UNKNOWN and states.shared(path, chunk.index):
+        s = states.wait(path, chunk.index, WAIT_URL if is_url(path) else WAIT_LOCAL)
     if s != UNKNOWN:
         return s
     j = chunk.index - 1
@@ -224,13 +248,16 @@ def locate(chunk, d: Dialect, states: StateTable | None = None) -> Located:
     states = states or _TABLE
     try:
         with open_input(f.path) as fh:
-            s = start_state(chunk, fh, d, states)
             lo = max(a - 1, 0)
             fh.seek(lo)
             buf = fh.read(min(b - lo + WINDOW, f.size - lo))   # never past the size the plan saw
             if lo + len(buf) < b:
                 raise InputError(f"{f.path}: file changed while reading (expected {b - lo} bytes at offset {lo}, "
                                  f"got {len(buf)})", file=f.path)
+            # the state at the cut after the range is read: by then the worker on the range before has
+            # usually put it in the table (else it is worked out from that range, read again)
+            s = start_state(chunk, fh, d, states)
+            fh.seek(lo + len(buf))
             arr = np.frombuffer(buf, dtype=np.uint8)
             x = a - lo
             prev = int(arr[x - 1]) if a > 0 else LF
