@@ -79,16 +79,17 @@ def _fits_int64(values) -> pa.Array:
     return pc.or_(shorter, pc.less_equal(digits, limit))
 
 
-def exact_integers(dtype: pa.DataType, read_as: Callable[[pa.DataType], pa.Table | None], name: str) -> pa.DataType:
+def exact_integers(dtype: pa.DataType, read_as: Callable[[pa.DataType], pa.ChunkedArray | None]) -> pa.DataType:
     """A JSON column that pyarrow typed double although its numbers are integers beyond int64
-    (pyarrow reads them as doubles, rounded): ``BIG_INT`` when the sample reads exactly as one."""
+    (pyarrow reads them as doubles, rounded): ``BIG_INT`` when the sample reads exactly as one.
+    ``read_as(type)`` is the column's sample read as that type, None if it does not read so."""
     if not pa.types.is_floating(dtype):
         return dtype
-    table = read_as(BIG_INT)
-    if table is None:
+    column = read_as(BIG_INT)
+    if column is None:
         return dtype
     try:
-        pc.cast(table.column(name), pa.int64())   # every value fits int64: a float column of whole numbers
+        pc.cast(column, pa.int64())   # every value fits int64: a float column of whole numbers
     except pa.ArrowInvalid:
         return BIG_INT
     return dtype

@@ -332,15 +332,16 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
                                  read_options=pajson.ReadOptions(use_threads=False, block_size=len(sample) + 1))
     rows = pa.py_buffer(b"\n".join(lines) + b"\n")
 
-    def read_as(name: str, dtype: pa.DataType) -> pa.Table | None:
+    def read_as(name: str, dtype: pa.DataType) -> pa.ChunkedArray | None:
         try:
             return pajson.read_json(rows, read_options=pajson.ReadOptions(use_threads=False,
                                                                           block_size=len(sample) + 1),
-                                    parse_options=pajson.ParseOptions(explicit_schema=pa.schema([(name, dtype)])))
+                                    parse_options=pajson.ParseOptions(explicit_schema=pa.schema([(name, dtype)]))
+                                    ).column(name)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
 
-    return {name: infer.exact_integers(table.schema.field(name).type, functools.partial(read_as, name), name)
+    return {name: infer.exact_integers(table.schema.field(name).type, functools.partial(read_as, name))
             for name in table.column_names}
 
 

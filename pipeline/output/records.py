@@ -10,6 +10,7 @@ It sits below ``execution/`` so that the writers and the journal never import an
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -78,12 +79,11 @@ def _short(b: BadRow) -> BadRow:
 
 def end_message(chunk_id: str, attempt: int, messages: int, result: ChunkResult) -> tuple:
     """The message that commits a chunk, at most ``MESSAGE_BYTES`` pickled: samples are dropped from
-    the end until it fits (the counts always do; a path longer than a page is the only way past)."""
-    import pickle
-
+    the end until it fits (the counts always do; a path longer than a page is the only way past).
+    Measured pickled as the queue pickles it (the default protocol)."""
     while True:
         message = ("end", chunk_id, attempt, messages, result)
-        if len(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)) <= MESSAGE_BYTES or not result.bad_samples:
+        if len(pickle.dumps(message)) <= MESSAGE_BYTES or not result.bad_samples:
             return message
         result.bad_samples = result.bad_samples[:-1]
 
