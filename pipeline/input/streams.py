@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline.errors import InputError
-from pipeline.input.storage import READ_AHEAD, STREAM_READ_AHEAD, is_url, open_input
+from pipeline.input.storage import STREAM_READ_AHEAD, is_url, open_input
 
 
 class CappedStream:
@@ -46,7 +46,7 @@ class CappedStream:
 def open_decompressed(path: str, compression: str | None, limit: int | None = None) -> CappedStream:
     try:
         if is_url(path):
-            raw = open_input(path, STREAM_READ_AHEAD if compression else READ_AHEAD)
+            raw = open_input(path, STREAM_READ_AHEAD) if compression else open_input(path)
             stream = pa.input_stream(raw, compression=compression) if compression else raw
         else:
             # the stream is returned open, inside the CappedStream the caller closes
