@@ -103,3 +103,28 @@ def test_row_groups_encoded_on_the_writer_thread_read_back_and_a_failure_is_rais
 
     with pytest.raises(OSError, match="No space left"):
         write_the_rest()
+
+
+def test_once_every_chunk_is_handed_out_rows_are_written_in_smaller_row_groups(tmp_path):
+    """``ending``: what waits when the last chunk arrives is at most an eighth of a row group, so the
+    run's tail encodes little; the rows and their order are unchanged."""
+    import pyarrow.parquet as pq
+
+    from pipeline.output.write import TAIL_FRACTION, DatasetWriter, WriterSettings
+
+    table = pa.table({"id": pa.array(range(20_000), pa.int64()), "s": pa.array([f"v{i % 7}" for i in range(20_000)])})
+    out = DatasetWriter(WriterSettings("job", "run1", str(tmp_path / "parts"), table.schema, row_group_rows=8000))
+    for start in range(0, 11_000, 500):
+        out.write(table.slice(start, 500), "test")
+    assert out.partitions[""].rows == 3000          # one row group of 8,000 written, 3,000 waiting
+    out.ending()
+    assert out.partitions[""].rows == 0             # 3,000 >= 8,000 / 8: written out at once
+    for start in range(11_000, 20_000, 500):
+        out.write(table.slice(start, 500), "test")
+        assert out.partitions[""].rows < 8000 // TAIL_FRACTION
+    files = out.close()
+    meta = pq.ParquetFile(tmp_path / "parts" / files[0].path).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sizes[:2] == [8000, 3000] and all(n <= 8000 // TAIL_FRACTION for n in sizes[2:])
+    assert sum(sizes) == 20_000
+    assert pq.read_table(tmp_path / "parts" / files[0].path).equals(table)

@@ -188,6 +188,8 @@ class LocalExecutor:
                                 state.outstanding[chunk.id] = chunk.nbytes
                                 state.outstanding_bytes += chunk.nbytes
                     yield tuple((chunk, state.tries[chunk.id]) for chunk in group)
+                # every chunk is handed out: the writer keeps little to encode after the last one
+                data_q.put(("last",))
 
             return pool, pool.imap_unordered(process_chunks, tasks(), chunksize=1)
 

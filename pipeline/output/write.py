@@ -5,6 +5,7 @@ Protocol on the queue (all tuples):
                                                for small chunks sent together, a records.Shared part of one
   ("rejects", chunk_id, attempt, path, rows)   quarantined rows of a chunk
   ("end",     chunk_id, attempt, n_messages, result)   the chunk is complete (result: its counts)
+  ("last",)                                    every chunk is handed out: write smaller row groups from now on
   ("done",    n_chunks)                        sent by the parent after the pool is joined
   ("abort",)                                   stop now, write nothing more
 
@@ -45,6 +46,7 @@ BUFFER_BYTES = 256 << 20     # rows held for row groups, over all partitions, be
 REJECTS_DIR = "_rejects"
 MAX_PARTITION_VALUE = 200
 DONE_GRACE_SECONDS = 30.0
+TAIL_FRACTION = 8            # row groups at the end of a run: at least 1/8 of row_group_rows (see ending)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,10 @@ class RowGroupWriter:
     Rows wait per partition until a full row group of ``row_group_rows`` can be written (or, past
     BUFFER_BYTES over all partitions, the largest buffer is written out). A part file is closed,
     and the next one opened, once it passes ``file_bytes``. Subclasses open and close the files.
+
+    Once the last chunks are in flight (``ending``), rows are written out as soon as an eighth of a
+    row group waits: what is left to encode after the last chunk arrives is then small, so the run
+    does not end with one core encoding a whole row group while the other waits.
     """
 
     def __init__(self, partition_by: tuple[str, ...], row_group_rows: int, file_bytes: int,
@@ -205,6 +211,7 @@ class RowGroupWriter:
         self.file_bytes = file_bytes
         self.partitions: dict[str, Partition] = {}
         self.buffered = 0
+        self.ending_rows: int | None = None   # set by ``ending``
 
     def _open(self, part: Partition, schema: pa.Schema) -> None:
         raise NotImplementedError
@@ -236,6 +243,15 @@ class RowGroupWriter:
         self.buffered += table.nbytes
         if part.rows >= self.row_group_rows:
             self._flush(part, final=False)
+        elif self.ending_rows is not None and part.rows >= self.ending_rows:
+            self._flush(part, final=True)
+
+    def ending(self) -> None:
+        """Every chunk is handed out: from now on write rows out once an eighth of a row group waits."""
+        self.ending_rows = max(1, self.row_group_rows // TAIL_FRACTION)
+        for part in self.partitions.values():
+            if part.rows >= self.ending_rows:
+                self._flush(part, final=True)
 
     def _flush(self, part: Partition, final: bool) -> None:
         if not part.tables:
@@ -543,6 +559,8 @@ def run_writer(queue, events, spec: WriterSettings) -> dict:
                 if time.monotonic() - last_checkpoint >= spec.checkpoint_seconds:
                     checkpoint(spec.journal)
             events.put(("ack", chunk_id, attempt, written, result))
+        elif kind == "last":
+            out.ending()
         elif kind == "done":
             expected = msg[1]
         elif kind == "abort":
