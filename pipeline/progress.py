@@ -45,6 +45,13 @@ class Progress:
             log.info("progress: %s chunks, %.0f%% of input, %s rows read, %.1f s",
                      self._chunks(), pct, f"{self.rows:,}", now - self.started)
 
+    def set_total(self, total_bytes: int) -> None:
+        """The input's size once a streamed plan has listed every file (it was an estimate)."""
+        self.total_bytes = total_bytes
+        if self.bar is not None:
+            self.bar.total = total_bytes
+            self.bar.refresh()
+
     def _chunks(self) -> str:
         return f"{self.done_chunks}/{self.total_chunks}" if self.total_chunks is not None else str(self.done_chunks)
 

@@ -47,7 +47,7 @@ from pipeline.output.finalize import finalize_schema, finalize_staged
 from pipeline.output.lock import JobLock
 from pipeline.output.publish import REJECTS, SPOOL, new_run_id
 from pipeline.output.records import BAD_ROW_SAMPLES, ChunkResult
-from pipeline.output.resume import has_checkpoint
+from pipeline.output.resume import has_checkpoint, start_journal
 from pipeline.output.target import OutputTarget, output_target
 from pipeline.output.write import WriterSettings
 from pipeline.preflight import (
@@ -491,7 +491,9 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
         return
 
     executor = make_executor(job, plan)
-    resume = (job.config_hash, plan.key()) if job.run.checkpoint_interval else None
+    # a plan still listing its files has its key (and its journal) once the listing ends; a killed
+    # run's staging with the same config hash waits for it (see output.resume)
+    resume = (job.config_hash, plan.key() if plan.listed else plan.key) if job.run.checkpoint_interval else None
     staging = target.prepare(run_id, mode, parts_on_url=executor.writes_urls, resume=resume)
     resumed = staging.resumed
     counts = report.counts
@@ -504,11 +506,13 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
             report.keep_bad_samples(r.bad_samples)
         log.info("resuming run %s: %d of %d chunks were finished and are kept", resumed.run_id,
                  len(done), len(plan.chunks))
-    if isinstance(todo, ChunkFeed):   # still being cut: the input's size, and no count yet
-        bar = Progress(plan.total_bytes, None, enabled=progress, interval=job.run.progress_interval)
+    if isinstance(todo, ChunkFeed):   # still being cut: the input's size (or its estimate), and no count yet
+        bar = Progress(plan.total_bytes if plan.listed else plan.expected_bytes or 0, None, enabled=progress,
+                       interval=job.run.progress_interval)
     else:
         bar = Progress(sum(c.nbytes for c in todo), len(todo), enabled=progress, interval=job.run.progress_interval)
-    fingerprints = Fingerprints(plan.files)
+    fingerprints = Fingerprints(plan.files, lambda: plan.listed)
+    journal_key = resume[1] if resume is not None and resumed is None and callable(resume[1]) else None
     try:
         cap = bad_row_cap(job)
         if cap is not None and counts.rows_rejected > cap:
@@ -525,17 +529,25 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
                 report.workers = executor.workers
                 cut = (f"{plural(len(todo.planned()), 'chunk')} so far" if isinstance(todo, ChunkFeed)
                        else plural(len(todo), "chunk"))
-                log.info("run %s: %s, %s, %s", run_id, plural(len(plan.files), "file"), cut,
-                         plural(executor.workers, "worker"))
+                listed = plural(len(plan.files), "file") if plan.listed else f"{len(plan.files):,} files so far"
+                log.info("run %s: %s, %s, %s", run_id, listed, cut, plural(executor.workers, "worker"))
                 counted = count_results(job, report, bar)
 
                 def on_result(result: ChunkResult) -> None:
+                    nonlocal journal_key
                     fingerprints.start()   # the workers are running by now
+                    if journal_key is not None and plan.listed:
+                        # every file is listed: the journal can name the plan, and checkpoints begin
+                        start_journal(staging.directory, run_id, job.config_hash, plan.key(),
+                                      parts="" if staging.parts == staging.directory else staging.parts)
+                        journal_key = None
+                        bar.set_total(plan.total_bytes)
                     counted(result)
 
                 committed = executor.run(todo, task, on_result)
         bar.close()
         report.chunks = len(plan.chunks)
+        report.input_files, report.input_bytes = len(plan.files), plan.total_bytes
         shutil.rmtree(spool, ignore_errors=True)
         # files kept from the killed run are this run's output now
         files = [dict(f, run_id=run_id) for f in (resumed.files if resumed else [])] + committed.files

@@ -75,11 +75,11 @@ def test_default_chunk_size_gives_every_worker_several_chunks(tmp_path):
 
     (tmp_path / "a.csv").write_text("id\n" + "1234567\n" * 3_000_000)   # 24 MB
     job = load_config(write_job(tmp_path, basic_job("a.csv", run={"workers": 2})), stages=STAGES)
-    size = chunk_size(job, build_plan(job).files, 2)
+    size = chunk_size(job, build_plan(job).total_bytes, 2)
     assert MIN_AUTO_CHUNK <= size <= MAX_AUTO_CHUNK
     assert len(build_plan(job).chunks) >= 4
     pinned = load_config(write_job(tmp_path, basic_job("a.csv", input={"chunk_bytes": "1MiB"})), stages=STAGES)
-    assert chunk_size(pinned, [], 2) == 1 << 20
+    assert chunk_size(pinned, 0, 2) == 1 << 20
 
 
 def test_headers_of_many_files_and_of_a_header_longer_than_the_probe(tmp_path):

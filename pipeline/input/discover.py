@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
 import stat
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.input.storage import glob as glob_url
@@ -61,9 +65,68 @@ def detect(path: str, configured: str) -> tuple[str, str | None]:
     )
 
 
-def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlinks: bool = False,
-             line_of=None, hive: bool = True, allow_empty: bool = False) -> list[InputFile]:
-    """Expand every glob (sorted), keep regular files, refuse unmatched globs.
+class Name(NamedTuple):
+    """A local path a glob matched, before its size and kind are read (see ``Listing``)."""
+
+    path: str                # absolute
+    format: str              # by extension or input.format; "json" until the file is sniffed
+    compression: str | None
+    partitions: tuple[tuple[str, str | None], ...]
+    pattern: int             # which of input.paths matched it
+    entry: os.DirEntry | None = None   # from a folder listing: its stat comes without another path lookup
+
+
+class Listing:
+    """The input files, in order, in two steps.
+
+    The names come first, for every glob: one folder is read and sorted where only the file name has
+    wildcards, ``glob`` otherwise; formats, compressions and hive partitions follow from the names
+    alone. Each file's size, modification time and kind (a file, a folder, a link) is read only as
+    the listing is iterated, so a run can plan and run the first files while the rest are taken.
+    """
+
+    def __init__(self, items: list, *, follow_symlinks: bool):
+        self.items = items       # Name (local) or InputFile (object stores list sizes with names)
+        self.follow_symlinks = follow_symlinks
+        self.taken = 0           # names iterated so far
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def formats(self) -> set[str]:
+        return {"jsonl" if i.format == "json" else i.format for i in self.items}
+
+    def partitions(self) -> list[tuple[tuple[str, str | None], ...]]:
+        return [i.partitions for i in self.items]
+
+    def __iter__(self) -> Iterator[InputFile]:
+        for item in self.items:
+            f = item if isinstance(item, InputFile) else self._take(item)
+            self.taken += 1
+            if f is not None:
+                yield f
+
+    def _take(self, name: Name) -> InputFile | None:
+        """The input file behind a name; None for anything but a regular file (a fifo, a socket)."""
+        real = name.path
+        try:
+            st = name.entry.stat(follow_symlinks=False) if name.entry is not None else os.lstat(real)
+            if stat.S_ISLNK(st.st_mode):
+                if not self.follow_symlinks:
+                    raise InputError(f"{real}: is a symbolic link; set input.follow_symlinks: true to read it",
+                                     file=real)
+                st = os.stat(real)
+        except OSError as exc:
+            raise InputError(f"{real}: cannot read: {exc.strerror}", file=real) from exc
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        fmt = json_kind(real, name.compression) if name.format == "json" else name.format
+        return InputFile(real, fmt, name.compression, st.st_size, st.st_mtime_ns, name.partitions)
+
+
+def list_inputs(patterns: tuple[str, ...], configured_format: str, *, follow_symlinks: bool = False,
+                line_of=None, hive: bool = True, allow_empty: bool = False) -> Listing:
+    """Expand every glob (sorted) into a ``Listing``; refuse unmatched globs.
 
     Below the part of a glob without wildcards, files and folders whose names start with ``_`` or
     ``.`` are left out (``_rejects/``, ``_manifest.json``, editor and staging files), as Spark,
@@ -75,47 +138,103 @@ def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlin
     refused unless ``follow_symlinks`` is set, so a planted link cannot pull in other files.
     """
     seen: set[str] = set()
-    files: list[InputFile] = []
+    items: list = []
     for i, pattern in enumerate(patterns):
         key = f"input.paths[{i}]"
         line = line_of(key) if line_of else None
         if is_url(pattern):
-            files.extend(_discover_url(pattern, configured_format, seen, key, line, hive, allow_empty))
+            items.extend(_discover_url(pattern, configured_format, seen, key, line, hive, allow_empty))
             continue
-        matches = sorted(glob.glob(pattern, recursive=True))
-        matches = [m for m in matches if not os.path.isdir(m)]
-        if not matches and allow_empty:
-            log.info("no file matches %r yet", pattern)
-            continue
-        if not matches:
+        flat = _match_folder(pattern)
+        matches = _match_glob(pattern) if flat is None else []
+        if not (flat[1] if flat is not None else matches):
+            if allow_empty:
+                log.info("no file matches %r yet", pattern)
+                continue
             raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
+        if flat is not None:
+            # the names of one folder: nothing between it and the file, so no partition folder
+            folder, entries = flat
+            prefix = folder if folder.endswith(os.sep) else folder + os.sep
+            for entry in entries:
+                name = entry.name
+                real = prefix + name
+                if name.startswith(("_", ".")) or real in seen:
+                    continue
+                seen.add(real)
+                fmt, compression = detect_name(name, real, configured_format)
+                items.append(Name(real, fmt, compression, (), i, entry))
+            continue
         base = os.path.abspath(literal_root(pattern, os.sep) or ".")
         for match in matches:
             real = os.path.abspath(match)
             below = _below_local(base, real)
-            if hidden(below):
-                continue
-            if real in seen:
+            if hidden(below) or real in seen:
                 continue
             seen.add(real)
-            try:
-                st = os.lstat(real)
-                if stat.S_ISLNK(st.st_mode):
-                    if not follow_symlinks:
-                        raise InputError(
-                            f"{real}: is a symbolic link; set input.follow_symlinks: true to read it",
-                            file=real)
-                    st = os.stat(real)
-            except OSError as exc:
-                raise InputError(f"{real}: cannot read: {exc.strerror}", file=real) from exc
-            if not stat.S_ISREG(st.st_mode):
-                continue
             fmt, compression = detect(real, configured_format)
-            if fmt == "json":
-                fmt = json_kind(real, compression)
-            files.append(InputFile(real, fmt, compression, st.st_size, st.st_mtime_ns,
-                                   hive_partitions(below) if hive else ()))
-    return files
+            items.append(Name(real, fmt, compression, hive_partitions(below) if hive else (), i))
+    return Listing(items, follow_symlinks=follow_symlinks)
+
+
+def detect_name(name: str, path: str, configured: str) -> tuple[str, str | None]:
+    """``detect`` for a file name, remembered by its last two extensions (thousands of files share them)."""
+    lower = name.lower()
+    last = lower.rfind(".")
+    before = lower.rfind(".", 0, last) if last > 0 else -1
+    found = _detect_suffix(lower[before if before >= 0 else max(last, 0):], configured)
+    return found if found is not None else detect(path, configured)
+
+
+@lru_cache(maxsize=64)
+def _detect_suffix(suffix: str, configured: str) -> tuple[str, str | None] | None:
+    try:
+        return detect(suffix, configured)
+    except ConfigError:
+        return None   # raised again by ``detect`` with the file's own path
+
+
+def discover(patterns: tuple[str, ...], configured_format: str, *, follow_symlinks: bool = False,
+             line_of=None, hive: bool = True, allow_empty: bool = False) -> list[InputFile]:
+    """Every input file the globs match, in order (``list_inputs``, taken whole)."""
+    return list(list_inputs(patterns, configured_format, follow_symlinks=follow_symlinks, line_of=line_of,
+                            hive=hive, allow_empty=allow_empty))
+
+
+def _match_folder(pattern: str) -> tuple[str, list[os.DirEntry]] | None:
+    """Where only the file name of a local glob has wildcards: its folder (absolute) and the entries
+    other than folders that match, sorted; None for any other glob (see ``_match_glob``).
+
+    The folder is read once with ``os.scandir``, whose entries tell folders from files without a
+    lookup each, and the names are matched with ``fnmatch`` as ``glob`` itself does for that part
+    (hidden names are left out by the caller). The order is ``sorted(glob.glob(pattern))``'s.
+    """
+    folder, name = os.path.split(pattern)
+    if not glob.has_magic(name) or glob.has_magic(folder) or name == "**":
+        return None
+    try:
+        with os.scandir(folder or os.curdir) as it:
+            entries = {e.name: e for e in it}
+    except OSError:
+        return os.path.abspath(folder or os.curdir), []
+    names = sorted(fnmatch.filter(entries, name))
+    try:
+        kept = [entries[n] for n in names if not entries[n].is_dir()]   # follows a link, as os.path.isdir
+    except OSError:   # a link that cannot be followed: one at a time
+        kept = [entries[n] for n in names if not _is_dir(entries[n])]
+    return os.path.abspath(folder or os.curdir), kept
+
+
+def _match_glob(pattern: str) -> list[str]:
+    """The paths other than folders a local glob matches, sorted."""
+    return [m for m in sorted(glob.glob(pattern, recursive=True)) if not os.path.isdir(m)]
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()     # follows a link, as os.path.isdir does
+    except OSError:
+        return False
 
 
 def old_enough(files: list[InputFile], min_age: float | None, now: float | None = None

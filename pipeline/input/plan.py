@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -17,7 +18,7 @@ import pyarrow.json as pajson
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.input import infer, json_array
-from pipeline.input.discover import InputFile, discover, old_enough
+from pipeline.input.discover import InputFile, Listing, list_inputs, old_enough
 from pipeline.input.feed import ChunkFeed
 from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
@@ -28,6 +29,7 @@ BOM = b"\xef\xbb\xbf"
 HEAD_LIMIT = 1 << 20
 MIN_AUTO_CHUNK = 4 << 20
 SAMPLE_FILES = 8
+LIST_AHEAD = 1000   # files whose size and kind a streamed plan reads before the run starts
 MAX_AUTO_CHUNK = 32 << 20
 
 
@@ -95,6 +97,8 @@ class Plan:
     inferred: dict[str, str] = field(default_factory=dict)   # column -> how its type was decided
     discovered: list[InputFile] = field(default_factory=list)  # every file the globs matched
     young: list[InputFile] = field(default_factory=list)   # left for the next run (input.min_age)
+    listed: bool = True              # ``files`` is whole (a streamed plan's grows until its listing ends)
+    expected_bytes: int | None = None   # a streamed plan's input size while ``files`` grows: an estimate
 
     @property
     def total_bytes(self) -> int:
@@ -102,7 +106,10 @@ class Plan:
 
     def key(self) -> str:
         """What decides the chunks without cutting them: the files (path, size, mtime) and the chunk
-        size. A killed run is resumed only by a run whose plan has the same key (output.resume)."""
+        size. A killed run is resumed only by a run whose plan has the same key (output.resume).
+        A streamed plan's key waits for the end of its listing."""
+        if not self.listed and isinstance(self.chunks, ChunkFeed):
+            self.chunks.wait()
         h = hashlib.sha256(str(self.read.block_bytes).encode())
         for f in self.files:
             h.update(f"\0{f.path}\0{f.size}\0{f.mtime_ns}".encode())
@@ -357,7 +364,7 @@ def _sample_json_array_types(f: InputFile, head: bytes, whole: bool, job) -> dic
     return _sample_json_types(f, ("\n".join(lines) + "\n").encode(), True, job) if lines else {}
 
 
-def chunk_size(job, files: list[InputFile], workers: int) -> int:
+def chunk_size(job, total: int, workers: int) -> int:
     """``input.chunk_bytes``, or by default about four chunks per worker, at least 4 MiB, at most
     what ``run.memory_limit`` allows the local executor's workers (see pipeline/memory.py; the Dask
     executor writes a part file per chunk, and keeps chunks of up to 32 MiB).
@@ -366,7 +373,6 @@ def chunk_size(job, files: list[InputFile], workers: int) -> int:
     """
     if job.input.chunk_bytes:
         return job.input.chunk_bytes
-    total = sum(f.size for f in files)
     if job.run.executor == "local":
         largest = memory_plan(job.run.memory_budget, workers).chunk_bytes
     else:
@@ -499,42 +505,108 @@ class _Planner:
         return header if head == prefix else None
 
 
-def _streams(job, files: list[InputFile]) -> bool:
-    """Whether the files after the first SAMPLE_FILES can be planned while the run goes on: only when
-    they cannot change the schema (one text format, the same columns in every file), so that the
-    workers' read settings are final before the first chunk runs."""
-    formats = {f.format for f in files}
-    return (len(files) > SAMPLE_FILES and len(formats) == 1 and formats <= {"csv", "tsv", "jsonl", "json"}
+def _streams(job, listing: Listing) -> bool:
+    """Whether the files after the first SAMPLE_FILES can be listed and planned while the run goes on:
+    only when they cannot change the schema (one text format, the same columns in every file), so that
+    the workers' read settings are final before the first chunk runs. The names tell."""
+    formats = listing.formats()
+    return (len(listing) > SAMPLE_FILES and len(formats) == 1 and formats <= {"csv", "tsv", "jsonl"}
             and not job.input.allow_missing_columns)
 
 
 def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str, pa.DataType] | None = None,
                stream: bool = False) -> Plan:
-    """Discover the inputs, decide the schema, cut the chunks.
+    """List the inputs, decide the schema, cut the chunks.
 
-    ``select`` narrows the discovered files (incremental runs); ``pinned`` fixes column types
-    decided by an earlier run, so that new parts match the output they join. With ``stream``, the
-    schema is decided from the first files and the rest are planned on a thread while the caller
-    runs the first chunks (``plan.chunks`` is then a growing ``ChunkFeed``; see ``_streams``).
+    ``select`` narrows the listed files (incremental runs); ``pinned`` fixes column types decided by
+    an earlier run, so that new parts match the output they join. With ``stream``, the schema is
+    decided from the first files, and the rest are taken from the listing (their size and kind) and
+    planned on a thread while the caller runs the first chunks: ``plan.chunks`` is then a growing
+    ``ChunkFeed``, and ``plan.files`` grows with it (see ``_streams``).
     """
-    files = discover(job.input.paths, job.input.format, follow_symlinks=job.input.follow_symlinks,
-                     line_of=job.line_of, hive=job.input.hive_partitioning, allow_empty=job.input.incremental)
-    files, young = old_enough(files, job.input.min_age)
+    listing = list_inputs(job.input.paths, job.input.format, follow_symlinks=job.input.follow_symlinks,
+                          line_of=job.line_of, hive=job.input.hive_partitioning,
+                          allow_empty=job.input.incremental)
+    n = workers or job.run.workers
+    if stream and select is None and _streams(job, listing):
+        return _streamed_plan(job, listing, n, pinned)
+    files, young = old_enough(list(listing), job.input.min_age)
     discovered = files
     if select is not None and files:
         files = select(files)
     if not files:  # nothing (new) to read: no schema to decide, no chunk to cut
         return Plan([], [], ReadSpec(schema=pa.schema([])), 1, {}, discovered, young)
-    n = workers or job.run.workers
-    chunk_bytes = chunk_size(job, files, n)
+    chunk_bytes = chunk_size(job, sum(f.size for f in files), n)
     planner = _Planner(job, chunk_bytes)
-    head = files[:SAMPLE_FILES] if stream and _streams(job, files) else files
+    chunks: list[Chunk] = []
+    for f in files:
+        chunks.extend(planner.plan_file(f))
+    schema, inferred = _unify(files, planner.per_file, planner.file_order, job, pinned or {},
+                              _partition_types([f.partitions for f in files]))
+    return Plan(files, chunks, _read_spec(job, schema, chunk_bytes), max(1, min(n, max(len(chunks), 1))), inferred,
+                discovered, young)
+
+
+def _streamed_plan(job, listing: Listing, workers: int, pinned) -> Plan:
+    """The plan of the first SAMPLE_FILES files, and a ChunkFeed that takes and plans the rest.
+
+    Up to LIST_AHEAD files are taken (their size and kind read) at once, the rest on the plan's
+    thread: the chunk size, the run's resume key and the table of quote states at the cuts (see
+    input.boundaries) know every file of a listing that short, and a longer one starts at once.
+    """
+    taken = iter(listing)
+    plan: Plan
+    files: list[InputFile] = []    # plan.files: grows as the rest are taken
+    young: list[InputFile] = []
+
+    def take(limit: int | None):
+        for f in taken:
+            old, new = old_enough([f], job.input.min_age)
+            young.extend(new)
+            if old:
+                yield f
+                if limit is not None and len(ahead) + 1 >= limit:
+                    return
+
+    ahead: list[InputFile] = []
+    for f in take(LIST_AHEAD):
+        ahead.append(f)
+    listed = listing.taken == len(listing)
+    head = ahead[:SAMPLE_FILES]
+    files.extend(head)
+    if not head:
+        return Plan([], [], ReadSpec(schema=pa.schema([])), 1, {}, files, young)
+    # the chunk size from the files taken so far, as if any others were of their average size
+    total = sum(f.size for f in ahead)
+    estimate = total if listed else total * len(listing) // len(ahead)
+    chunk_bytes = chunk_size(job, estimate, workers)
+    planner = _Planner(job, chunk_bytes)
     chunks: list[Chunk] = []
     for f in head:
         chunks.extend(planner.plan_file(f))
     schema, inferred = _unify(head, planner.per_file, planner.file_order, job, pinned or {},
-                              _partition_types(files))
-    spec = ReadSpec(
+                              _partition_types(listing.partitions()))
+    first = head[0]
+
+    def rest():
+        for f in itertools.chain(ahead[len(head):], take(None)):
+            files.append(f)
+            fchunks = planner.plan_file(f)
+            if f.format not in ("jsonl", "json"):
+                _check_same_columns(first, planner.file_order[first.path], f, planner.file_order[f.path])
+            yield fchunks
+        plan.listed = True
+
+    later = [(f.path, -(-f.size // max(1, chunk_bytes))) for f in ahead[len(head):]
+             if not f.compression and f.format != "json"]
+    plan = Plan(files, ChunkFeed(chunks, rest(), later), _read_spec(job, schema, chunk_bytes),
+                max(1, min(workers, len(listing))), inferred,
+                files, young, listed=listed, expected_bytes=estimate)
+    return plan
+
+
+def _read_spec(job, schema: pa.Schema, chunk_bytes: int) -> ReadSpec:
+    return ReadSpec(
         schema=schema,
         delimiter=job.input.csv.delimiter,
         quote=job.input.csv.quote,
@@ -545,21 +617,6 @@ def build_plan(job, *, workers: int | None = None, select=None, pinned: dict[str
         max_decompressed_bytes=job.input.max_decompressed_bytes,
         block_bytes=chunk_bytes,
     )
-    if len(head) == len(files):
-        return Plan(files, chunks, spec, max(1, min(n, max(len(chunks), 1))), inferred, discovered, young)
-
-    def rest():
-        first = head[0]
-        for f in files[len(head):]:
-            fchunks = planner.plan_file(f)
-            if f.format not in ("jsonl", "json"):
-                _check_same_columns(first, planner.file_order[first.path], f, planner.file_order[f.path])
-            yield fchunks
-
-    later = [(f.path, -(-f.size // max(1, chunk_bytes))) for f in files[len(head):]
-             if not f.compression and f.format != "json"]
-    return Plan(files, ChunkFeed(chunks, rest(), later), spec, max(1, min(n, len(files))), inferred, discovered,
-                young)
 
 
 def _check_partition_names(f: InputFile, columns) -> None:
@@ -585,12 +642,12 @@ def _check_same_columns(first: InputFile, base: tuple[str, ...], f: InputFile, c
             file=f.path)
 
 
-def _partition_types(files: list[InputFile]) -> dict[str, pa.DataType]:
-    """The type of every hive partition column, from all its folder values (the listing alone: no
-    file is read for it)."""
+def _partition_types(partitions) -> dict[str, pa.DataType]:
+    """The type of every hive partition column, from all its folder values (each file's ``partitions``:
+    the names alone, no file is read for it)."""
     values: dict[str, list[str | None]] = {}
-    for f in files:
-        for key, value in f.partitions:
+    for parts in partitions:
+        for key, value in parts:
             values.setdefault(key, []).append(value)
     return {k: infer.infer_column(pa.array(v, pa.string())) for k, v in values.items()}
 

@@ -16,12 +16,14 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.output.publish import OutputPaths
 from pipeline.output.records import ChunkResult
 
 JOURNAL = "_journal.jsonl"
+PlanKey = str | Callable[[], str]   # Plan.key(), or Plan.key itself while the plan is still listing files
 
 log = logging.getLogger("pipeline")
 
@@ -35,14 +37,19 @@ class Resumed:
 
 
 def start_journal(staging: str, run_id: str, config_hash: str, plan_key: str, parts: str = "") -> str:
-    """Begin the journal of a run; ``parts`` says where its part files go (a URL, or "" for staging)."""
+    """Begin the journal of a run; ``parts`` says where its part files go (a URL, or "" for staging).
+
+    The journal appears whole (written aside, then renamed): the writer appends checkpoints only to
+    a journal that exists, so a plan still listing its files postpones them until it has its key.
+    """
     path = os.path.join(staging, JOURNAL)
     header = {"kind": "header", "run_id": run_id, "config_hash": config_hash, "plan": plan_key,
               "parts": parts}
-    with open(path, "w", encoding="utf-8") as fh:
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(json.dumps(header) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    os.replace(path + ".tmp", path)
     return path
 
 
@@ -111,8 +118,12 @@ def _read(path: str) -> tuple[dict | None, list[dict]]:
     return header, lines
 
 
-def find_resumable(paths: OutputPaths, config_hash: str, plan_key: str, parts: str = "") -> Resumed | None:
+def find_resumable(paths: OutputPaths, config_hash: str, plan_key: PlanKey,
+                   parts: str = "") -> Resumed | None:
     """The newest dead run's staging that this run can continue, cleaned down to its journal.
+
+    ``plan_key`` may be a function (a plan still listing its files): it is called only for a staging
+    of the same config whose journal has checkpoints.
 
     ``parts`` is where this run's part files go ("" for staging itself, else the output's URL);
     a journal that put them elsewhere is not resumed. Parts under a URL are not checked here: the
@@ -126,10 +137,12 @@ def find_resumable(paths: OutputPaths, config_hash: str, plan_key: str, parts: s
     for entry in candidates:
         staging = os.path.join(parent, entry)
         header, checkpoints = _read(os.path.join(staging, JOURNAL))
-        if header is None or header.get("config_hash") != config_hash or header.get("plan") != plan_key \
-                or header.get("parts", "") != parts:
+        if header is None or header.get("config_hash") != config_hash or header.get("parts", "") != parts \
+                or not checkpoints:
             continue
-        if not checkpoints:
+        if callable(plan_key):
+            plan_key = plan_key()
+        if header.get("plan") != plan_key:
             continue
         files = [f for c in checkpoints for f in c["files"]]
         results = [ChunkResult.from_dict(r) for c in checkpoints for r in c["chunks"]]

@@ -33,7 +33,7 @@ from pipeline.output.objectstore import (
     remove_unlisted,
 )
 from pipeline.output.publish import OutputPaths, check_target, link_previous, publish, read_manifest, recover
-from pipeline.output.resume import JOURNAL, Resumed, find_resumable, start_journal
+from pipeline.output.resume import JOURNAL, PlanKey, Resumed, find_resumable, start_journal
 
 log = logging.getLogger("pipeline")
 
@@ -58,7 +58,7 @@ class OutputTarget(Protocol):
     def manifest(self) -> dict | None: ...
 
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
-                resume: tuple[str, str] | None) -> Staging: ...
+                resume: tuple[str, PlanKey] | None) -> Staging: ...
 
     def publish(self, staging: Staging, manifest: dict, mode: str) -> None: ...
 
@@ -89,7 +89,7 @@ class DirectoryTarget:
             return None
 
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
-                resume: tuple[str, str] | None) -> Staging:
+                resume: tuple[str, PlanKey] | None) -> Staging:
         resumed = _recover(self.paths, resume)
         previous = check_target(self.paths, mode)
         directory, journal = _open_staging(self.paths, run_id, resume, resumed)
@@ -109,7 +109,7 @@ class DirectoryTarget:
         _keep_or_remove(staging, keep)
 
 
-def _recover(paths: OutputPaths, resume: tuple[str, str] | None, parts: str = "") -> Resumed | None:
+def _recover(paths: OutputPaths, resume: tuple[str, PlanKey] | None, parts: str = "") -> Resumed | None:
     """Undo what dead runs left beside ``paths``, keeping the staging of one this run can resume."""
     os.makedirs(paths.parent, exist_ok=True)
     resumed = find_resumable(paths, *resume, parts=parts) if resume is not None else None
@@ -118,14 +118,14 @@ def _recover(paths: OutputPaths, resume: tuple[str, str] | None, parts: str = ""
     return resumed
 
 
-def _open_staging(paths: OutputPaths, run_id: str, resume: tuple[str, str] | None,
+def _open_staging(paths: OutputPaths, run_id: str, resume: tuple[str, PlanKey] | None,
                   resumed: Resumed | None, parts: str = "") -> tuple[str, str]:
     """The run's staging directory and journal: the resumed run's, or new ones."""
     if resumed is not None:
         return resumed.staging, os.path.join(resumed.staging, JOURNAL)
     directory = paths.staging(run_id)
     os.makedirs(directory, mode=0o755)
-    if resume is None:
+    if resume is None or callable(resume[1]):   # no journal; or one begun once the plan has its key
         return directory, os.path.join(directory, JOURNAL)
     return directory, start_journal(directory, run_id, resume[0], resume[1], parts=parts)
 
@@ -153,7 +153,7 @@ class ObjectStoreTarget:
             return None
 
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
-                resume: tuple[str, str] | None) -> Staging:
+                resume: tuple[str, PlanKey] | None) -> Staging:
         parts = self.path if parts_on_url else ""
         resumed = _recover(self.local, resume, parts)
         previous = check_remote_target(self.path, mode)

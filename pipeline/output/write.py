@@ -556,7 +556,8 @@ def run_writer(queue, events, spec: WriterSettings) -> dict:
                 raise RuntimeError(f"chunk {chunk_id}: {written} rows arrived, the worker sent {result.rows_written}")
             if spec.journal:
                 since_checkpoint.append(result)
-                if time.monotonic() - last_checkpoint >= spec.checkpoint_seconds:
+                # a journal not begun yet: the plan is still listing files (see resume.start_journal)
+                if time.monotonic() - last_checkpoint >= spec.checkpoint_seconds and os.path.exists(spec.journal):
                     checkpoint(spec.journal)
             events.put(("ack", chunk_id, attempt, written, result))
         elif kind == "last":

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import OutputError
@@ -78,12 +78,16 @@ def fingerprint(path: str, size: int) -> str:
     return h.hexdigest()
 
 
+FOLLOW_SECONDS = 0.05   # how often the fingerprints' thread looks for files listed since
+
+
 class Fingerprints:
     """The fingerprints of a run's input files, computed on a thread of the parent while the
     workers read them (the parent is idle then): thousands of small files cost no time at the end."""
 
-    def __init__(self, files) -> None:
-        self.files = [(f.path, f.size) for f in files]
+    def __init__(self, files: list, listed: Callable[[], bool] = lambda: True) -> None:
+        self.files = files           # InputFiles; a streamed plan's list grows until ``listed()``
+        self.listed = listed
         self.prints: dict[str, str] = {}
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._compute, name="pipeline-fingerprints", daemon=True)
@@ -95,8 +99,15 @@ class Fingerprints:
 
     def _compute(self) -> None:
         try:
-            for path, size in self.files:
-                self.prints[path] = fingerprint(path, size)
+            done = 0
+            while True:
+                listed = self.listed()
+                for f in self.files[done:]:
+                    self.prints[f.path] = fingerprint(f.path, f.size)
+                    done += 1
+                if listed and done == len(self.files):
+                    return
+                time.sleep(FOLLOW_SECONDS)
         except BaseException as exc:  # noqa: BLE001 - raised again in the run's own thread by result()
             self.error = exc
 
