@@ -34,10 +34,11 @@ from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, Loc
 from pipeline.execution.executor import Committed, Executor, TaskSettings
 from pipeline.execution.local import LocalExecutor
 from pipeline.execution.worker import WorkerSettings
+from pipeline.input.chunks import Chunk
 from pipeline.input.feed import ChunkFeed
 from pipeline.input.lookups import fingerprints as lookup_fingerprints
 from pipeline.input.lookups import job_lookup_tables, lookup_tables, lookups_key, lookups_of
-from pipeline.input.plan import Chunk, Plan, build_plan
+from pipeline.input.plan import Plan, build_plan
 from pipeline.input.read import BadRow
 from pipeline.input.storage import is_url
 from pipeline.log import set_context

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.input import boundaries
+from pipeline.input.chunks import Chunk, ReadSpec, chunk_id
 from pipeline.input.discover import InputFile
-from pipeline.input.plan import Chunk, ReadSpec, chunk_id
 from pipeline.input.split import JSON_LINES, Dialect, Scanner, record_spans
 from tests.helpers import basic_job, read_output, write_job
 

@@ -35,7 +35,7 @@ from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.executor import Committed, OnResult, TaskSettings, group_small
 from pipeline.execution.worker import chunk_tables
 from pipeline.input.boundaries import resolve_states
-from pipeline.input.plan import Chunk
+from pipeline.input.chunks import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import filesystem, is_url
 from pipeline.output.parts import PartWriter, empty_part

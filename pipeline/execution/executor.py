@@ -17,7 +17,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from pipeline.execution.worker import WorkerSettings
-from pipeline.input.plan import Chunk
+from pipeline.input.chunks import Chunk
 from pipeline.output.records import ChunkResult
 from pipeline.output.write import WriterSettings
 

@@ -30,8 +30,8 @@ from pipeline.errors import InputError, OutputError, PipelineError
 from pipeline.execution.executor import Committed, OnResult, TaskSettings, group_small
 from pipeline.execution.worker import WorkerSettings, init, process_chunks
 from pipeline.input import boundaries
+from pipeline.input.chunks import Chunk
 from pipeline.input.feed import ChunkFeed
-from pipeline.input.plan import Chunk
 from pipeline.input.read import BadRow, raw_records
 from pipeline.input.storage import is_url
 from pipeline.memory import reuse_freed_memory

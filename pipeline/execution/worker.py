@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
+from pipeline.input.chunks import Chunk, ReadSpec
 from pipeline.input.lookups import lookup_tables
-from pipeline.input.plan import Chunk, ReadSpec
 from pipeline.input.read import BadRow, read_chunk
 from pipeline.log import set_title
 from pipeline.output.records import ChunkResult, Shared, end_message, rejects_table, spool, spool_together

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
-    from pipeline.input.plan import Chunk
+    from pipeline.input.chunks import Chunk
 
 
 class ChunkFeed(Sequence["Chunk"]):

@@ -18,8 +18,10 @@ import pyarrow.json as pajson
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.input import infer, json_array
+from pipeline.input.chunks import Chunk, ReadSpec, chunk_id
 from pipeline.input.discover import InputFile, Listing, list_inputs, old_enough
 from pipeline.input.feed import ChunkFeed
+from pipeline.input.read import parse_block
 from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed
@@ -31,61 +33,6 @@ MIN_AUTO_CHUNK = 4 << 20
 SAMPLE_FILES = 8
 LIST_AHEAD = 1000   # files whose size and kind a streamed plan reads before the run starts
 MAX_AUTO_CHUNK = 32 << 20
-
-
-@dataclass(frozen=True)
-class ReadSpec:
-    """Everything a worker needs to turn any chunk into a table of ``schema``."""
-
-    schema: pa.Schema
-    delimiter: str = ","
-    quote: str | None = '"'
-    null_values: tuple[str, ...] = ("",)
-    comment: str | None = None
-    encoding: str = "utf-8"
-    max_record_bytes: int = 16 << 20
-    max_decompressed_bytes: int | None = None
-    block_bytes: int = 64 << 20
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A unit of work: a byte range of a text file, a whole compressed file, or Parquet row groups."""
-
-    id: str
-    file: InputFile
-    index: int
-    start: int
-    end: int                       # -1: to the end of a decompressed stream
-    first_line: int = 1            # 0: not counted at plan time (see split.line_at)
-    quotes: int = -1               # quote characters in the range; -1 unknown
-    columns: tuple[str, ...] = ()  # the file's own column names in its order (text formats)
-    row_groups: tuple[int, ...] = ()
-    delimiter: str = ","
-    lines_skipped: int = 0         # comment lines before the header (first chunk of a file)
-    origin: int = -1               # a cut text chunk: where the file's records start (see input.boundaries)
-    step: int = 0                  # a cut text chunk: the byte length of every range of its file
-    states: tuple[int, int] = (-1, -1)   # quote state at both cuts, when resolved before the run (Dask)
-
-    @property
-    def cut(self) -> bool:
-        """``start``-``end`` is a byte range cut without reading: the chunk's records are the ones
-        that start in it, and the worker finds their boundaries (pipeline/input/boundaries.py)."""
-        return self.origin >= 0
-
-    @property
-    def nbytes(self) -> int:
-        """Input bytes of the chunk (a streamed file counts its compressed size)."""
-        return (self.end - self.start) if self.end >= 0 else self.file.size
-
-    def describe(self) -> str:
-        if self.row_groups:
-            where = f"row groups {self.row_groups[0]}-{self.row_groups[-1]}"
-        elif self.end < 0:
-            where = "whole file"
-        else:
-            where = f"bytes {self.start}-{self.end}"
-        return f"chunk {self.index} of {self.file.path} ({where})"
 
 
 @dataclass
@@ -114,12 +61,6 @@ class Plan:
         for f in self.files:
             h.update(f"\0{f.path}\0{f.size}\0{f.mtime_ns}".encode())
         return h.hexdigest()
-
-
-def chunk_id(f: InputFile, start: int, end: int) -> str:
-    """Stable across runs while the file and the range are the same."""
-    key = f"{f.path}\0{f.size}\0{f.mtime_ns}\0{start}\0{end}".encode()
-    return hashlib.sha1(key).hexdigest()[:16]
 
 
 def _delimiter(job, fmt: str) -> str:
@@ -277,7 +218,6 @@ def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start
         return {}
     if not sample.strip():
         return {n: pa.null() for n in names}
-    from pipeline.input.read import parse_block  # read imports this module
 
     read_options = pacsv.ReadOptions(column_names=list(names), use_threads=False, encoding=opts.encoding)
     convert = pacsv.ConvertOptions(column_types={n: pa.binary() for n in names},

@@ -22,7 +22,7 @@ import pyarrow.json as pajson
 from pipeline.errors import InputError
 from pipeline.input import boundaries, json_array
 from pipeline.input.boundaries import dialect_of
-from pipeline.input.plan import Chunk, ReadSpec
+from pipeline.input.chunks import Chunk, ReadSpec
 from pipeline.input.split import JSON_LINES, Dialect, Scanner, count_line_ends, line_at, line_numbers, record_spans
 from pipeline.input.storage import open_input, parquet_file
 from pipeline.input.streams import open_decompressed

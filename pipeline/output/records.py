@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline import arrays
-from pipeline.input.plan import Chunk
+from pipeline.input.chunks import Chunk
 from pipeline.input.read import BadRow
 
 BAD_ROW_SAMPLES = 5     # bad rows kept per chunk, and per run for the summary
