@@ -143,3 +143,14 @@ def test_a_killed_run_whose_listing_streamed_resumes_from_its_checkpoints(tmp_pa
     assert done.returncode == 0, done.stderr
     assert "resuming run" in done.stderr and "came from run" in done.stdout
     assert sorted(read_output(tmp_path / "out").to_pylist(), key=lambda r: r["id"]) == _reference(tmp_path / "in")
+
+
+@pytest.mark.parametrize("pattern", ["*/*", "**/*.csv", "*"])
+def test_a_glob_of_folders_only_is_named_before_anything_runs_and_one_of_data_names_when_listed(tmp_path, pattern):
+    from pipeline.errors import ConfigError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b.csv").mkdir()        # a folder with a data file's name
+    (tmp_path / "a" / "c").mkdir()
+    with pytest.raises(ConfigError, match="no file matches"):
+        discover((str(tmp_path / pattern),), "auto")

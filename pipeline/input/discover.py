@@ -85,9 +85,11 @@ class Listing:
     the listing is iterated, so a run can plan and run the first files while the rest are taken.
     """
 
-    def __init__(self, items: list, *, follow_symlinks: bool):
+    def __init__(self, items: list, *, follow_symlinks: bool, patterns: tuple[str, ...] = (), line_of=None):
         self.items = items       # Name (local) or InputFile (object stores list sizes with names)
         self.follow_symlinks = follow_symlinks
+        self.patterns = patterns
+        self.line_of = line_of
         self.taken = 0           # names iterated so far
 
     def __len__(self) -> int:
@@ -100,18 +102,28 @@ class Listing:
         return [i.partitions for i in self.items]
 
     def __iter__(self) -> Iterator[InputFile]:
+        found: set[int] = set()
         for item in self.items:
             f = item if isinstance(item, InputFile) else self._take(item)
             self.taken += 1
             if f is not None:
+                if isinstance(item, Name):
+                    found.add(item.pattern)
                 yield f
+        # a glob whose every match with a data file's name turned out to be a folder
+        for i in sorted({i.pattern for i in self.items if isinstance(i, Name)} - found):
+            key = f"input.paths[{i}]"
+            raise ConfigError(f"no file matches {self.patterns[i]!r}", key=key,
+                              line=self.line_of(key) if self.line_of else None)
 
     def _take(self, name: Name) -> InputFile | None:
-        """The input file behind a name; None for anything but a regular file (a fifo, a socket)."""
+        """The input file behind a name; None for anything but a regular file (a folder, a fifo)."""
         real = name.path
         try:
             st = name.entry.stat(follow_symlinks=False) if name.entry is not None else os.lstat(real)
             if stat.S_ISLNK(st.st_mode):
+                if os.path.isdir(real):
+                    return None
                 if not self.follow_symlinks:
                     raise InputError(f"{real}: is a symbolic link; set input.follow_symlinks: true to read it",
                                      file=real)
@@ -166,15 +178,24 @@ def list_inputs(patterns: tuple[str, ...], configured_format: str, *, follow_sym
                 items.append(Name(real, fmt, compression, (), i, entry))
             continue
         base = os.path.abspath(literal_root(pattern, os.sep) or ".")
+        before = len(items)
         for match in matches:
             real = os.path.abspath(match)
             below = _below_local(base, real)
             if hidden(below) or real in seen:
                 continue
+            try:
+                fmt, compression = detect_name(below[-1] if below else os.path.basename(real), real,
+                                               configured_format)
+            except ConfigError:
+                if os.path.isdir(real):   # a folder the glob matched: only a name without a data file's
+                    continue              # extension is looked up here; the others when they are taken
+                raise
             seen.add(real)
-            fmt, compression = detect(real, configured_format)
             items.append(Name(real, fmt, compression, hive_partitions(below) if hive else (), i))
-    return Listing(items, follow_symlinks=follow_symlinks)
+        if len(items) == before and all(os.path.isdir(m) for m in matches) and not allow_empty:
+            raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
+    return Listing(items, follow_symlinks=follow_symlinks, patterns=tuple(patterns), line_of=line_of)
 
 
 def detect_name(name: str, path: str, configured: str) -> tuple[str, str | None]:
@@ -226,8 +247,8 @@ def _match_folder(pattern: str) -> tuple[str, list[os.DirEntry]] | None:
 
 
 def _match_glob(pattern: str) -> list[str]:
-    """The paths other than folders a local glob matches, sorted."""
-    return [m for m in sorted(glob.glob(pattern, recursive=True)) if not os.path.isdir(m)]
+    """The paths a local glob matches, sorted (folders among them are left out by the caller)."""
+    return sorted(glob.glob(pattern, recursive=True))
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

@@ -47,10 +47,13 @@ CANDIDATES: list[tuple[pa.DataType, str]] = [
 ]
 
 
-def infer_column(values: pa.ChunkedArray | pa.Array) -> pa.DataType:
-    """The narrowest candidate type for a column of sampled strings (string if none fits)."""
-    values = values.drop_null() if hasattr(values, "drop_null") else values
-    n = len(values)
+def infer_column(values: pa.ChunkedArray | pa.Array, counts: pa.Array | None = None) -> pa.DataType:
+    """The narrowest candidate type for a column of sampled strings (string if none fits).
+
+    ``counts``: how many times each of ``values`` (then distinct, without nulls) occurs."""
+    if counts is None:
+        values = values.drop_null() if hasattr(values, "drop_null") else values
+    n = len(values) if counts is None else (pc.sum(counts).as_py() or 0)
     if n == 0:
         return pa.string()
     # one stray value in a hundred or more is a bad row, not a reason to make the column text
@@ -61,7 +64,7 @@ def infer_column(values: pa.ChunkedArray | pa.Array) -> pa.DataType:
             fits = pc.and_(fits, _fits_int64(values))
         elif dtype == pa.float64():   # an integer past 38 digits is text: a float would round it
             fits = pc.and_(fits, pc.invert(pc.match_substring_regex(values, _LONGER_INT)))
-        matched = pc.sum(fits).as_py() or 0
+        matched = (pc.sum(fits) if counts is None else pc.sum(pc.if_else(fits, counts, 0))).as_py() or 0
         if n - matched <= allowed_misses:
             return dtype
     return pa.string()

@@ -6,6 +6,7 @@ record boundaries, but writes nothing. ``pipeline plan`` prints what it returns.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import itertools
@@ -584,12 +585,19 @@ def _check_same_columns(first: InputFile, base: tuple[str, ...], f: InputFile, c
 
 def _partition_types(partitions) -> dict[str, pa.DataType]:
     """The type of every hive partition column, from all its folder values (each file's ``partitions``:
-    the names alone, no file is read for it)."""
-    values: dict[str, list[str | None]] = {}
-    for parts in partitions:
+    the names alone, no file is read for it). Thousands of files share a few values: each distinct
+    value is looked at once, weighed by its files."""
+    values: dict[str, dict[str | None, int]] = {}
+    for parts, files in collections.Counter(partitions).items():
         for key, value in parts:
-            values.setdefault(key, []).append(value)
-    return {k: infer.infer_column(pa.array(v, pa.string())) for k, v in values.items()}
+            seen = values.setdefault(key, {})
+            seen[value] = seen.get(value, 0) + files
+    types = {}
+    for k, counted in values.items():
+        distinct = [v for v in counted if v is not None]
+        types[k] = infer.infer_column(pa.array(distinct, pa.string()),
+                                      counts=pa.array([counted[v] for v in distinct], pa.int64()))
+    return types
 
 
 def _unify(files, per_file, file_order, job, pinned, partitions=None) -> tuple[pa.Schema, dict[str, str]]:
