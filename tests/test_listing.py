@@ -154,3 +154,20 @@ def test_a_glob_of_folders_only_is_named_before_anything_runs_and_one_of_data_na
     (tmp_path / "a" / "c").mkdir()
     with pytest.raises(ConfigError, match="no file matches"):
         discover((str(tmp_path / pattern),), "auto")
+
+
+@pytest.mark.parametrize("values", [
+    ["1", "2", "3"] * 50,
+    ["1"] * 999 + ["x"],                      # one stray value in 1,000 files: still int64
+    ["1"] * 998 + ["x", "y"],                 # two: text
+    ["2026-01-01", "2026-01-02", None] * 40,
+    ["1.5", "2"] * 30 + ["abc"] * 3,
+    ["true", "false", "TRUE"],
+])
+def test_partition_types_from_distinct_values_weighed_by_files_are_those_of_every_value(values):
+    import pyarrow as pa
+
+    from pipeline.input.infer import infer_column
+
+    partitions = [(("k", v),) for v in values]
+    assert plan_mod._partition_types(partitions) == {"k": infer_column(pa.array(values, pa.string()))}
