@@ -20,8 +20,9 @@ reads the range, from the bytes it reads anyway, and the small prefix over the c
 
 Only quote characters are looked at for the chain; the boundaries themselves come from the one
 state machine (:class:`split.Scanner`) run over a small window at each end of the range. With
-``csv.comment`` set the plan cuts at exact boundaries instead (a comment line changes the state
-machine's state in ways a quote run does not), and so do compressed files (read as one stream).
+``csv.comment`` set, the chain is kept at the first line start after each cut and each link comes
+from the state machine itself (see the section below). Compressed files are not cut (read as one
+stream).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.input.split import CR, JSON_LINES, LF, Dialect, Scanner, _quote_runs
+from pipeline.input.split import CR, JSON_LINES, LF, Dialect, Scanner, _quote_runs, _terminators
 from pipeline.input.storage import is_url, open_input
 
 OUT, IN, UNKNOWN = 0, 1, -1
@@ -161,6 +162,11 @@ def _transfer(fh: IO[bytes], chunk, i: int, starts: tuple[int, ...], d: Dialect)
     a, b = range_bounds(chunk, i)
     lo = max(a - 1, 0)
     fh.seek(lo)
+    if d.comment:
+        buf = fh.read(b - lo + 4096)
+        buf, pa_ = _line_start_in(fh, buf, lo, a, chunk.file, d, first=i == 0)
+        buf, pb_ = _line_start_in(fh, buf, lo, b, chunk.file, d)
+        return [lines_state(buf, pa_, pb_, s, d) for s in starts]
     buf = fh.read(b - lo + 4096)
     arr = np.frombuffer(buf, dtype=np.uint8)
     prev = int(arr[a - lo - 1]) if a > 0 else LF
@@ -193,6 +199,107 @@ def start_state(chunk, fh: IO[bytes], d: Dialect, states: StateTable | None = No
         s = _transfer(fh, chunk, i, (s,), d)[0]
         states.put(path, i + 1, s)
     return s
+
+
+# --------------------------------------------------------------------------- with csv.comment
+#
+# A comment line changes the state machine in ways a quote run does not (its quotes are not special),
+# so with ``csv.comment`` the chain is kept at line starts instead of at the cuts themselves: the
+# state at the cut ``x`` of a range is the state at the first line start at or after ``x`` (``x``
+# itself when a line ends just before it). A comment line ends at its line end, so there the state
+# is one of two again: outside quotes (a record, a blank or a comment line starts) or inside a
+# quoted value that goes on. A range's records are those that start between its two line starts.
+
+
+def line_start(arr: np.ndarray, x: int, prev: int, d: Dialect, eof: bool) -> int | None:
+    """The first line start at or after ``x`` in ``arr`` (``prev``: the byte before ``x``); None when
+    the bytes end first and more may follow (not ``eof``)."""
+    if prev == LF or (d.cr and prev == CR and x < len(arr) and arr[x] != LF):
+        return x
+    if d.cr and prev == CR and x >= len(arr):
+        return x if eof else None
+    lo = x
+    while lo < len(arr):
+        hi = min(len(arr), lo + WINDOW)
+        ends = _terminators(arr[lo:hi], d.cr)
+        if len(ends):
+            end = lo + int(ends[0])
+            if d.cr and end == hi and arr[hi - 1] == CR and hi < len(arr) and arr[hi] == LF:
+                return hi + 1     # a CRLF cut by the window
+            if end == len(arr) and arr[end - 1] == CR and not eof:
+                return None       # a CR at the end of the bytes read: CRLF or a line end of its own
+            return end
+        lo = hi
+    return len(arr) if eof else None
+
+
+def _line_start_in(fh: IO[bytes], buf: bytes, lo: int, x: int, f, d: Dialect, first: bool = False
+                   ) -> tuple[bytes, int]:
+    """(``buf``, read on as needed, and the first line start at or after file offset ``x`` in it);
+    ``buf`` holds the file from ``lo``. The end of the file is a line start; so is a file's data
+    start (``first``)."""
+    while True:
+        if first or x >= f.size:
+            return buf, min(x, f.size) - lo
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        eof = lo + len(buf) >= f.size
+        at = line_start(arr, x - lo, int(arr[x - lo - 1]) if x > 0 else LF, d, eof)
+        if at is not None:
+            return buf, at
+        fh.seek(lo + len(buf))
+        more = fh.read(min(max(len(buf), WINDOW), f.size - lo - len(buf)))
+        if not more:
+            raise InputError(f"{f.path}: file changed while reading (it ended before byte {f.size})", file=f.path)
+        buf += more
+
+
+def lines_state(buf: bytes, p: int, q: int, state: int, d: Dialect) -> int:
+    """The state at line start ``q`` from ``state`` at line start ``p`` (offsets in ``buf``)."""
+    if q <= p:
+        return state
+    scan = Scanner(d, offset=p, inside=bool(state), prev=LF).feed(buf[p:q], final=True)
+    return OUT if len(scan.breaks) and int(scan.breaks[-1]) == q else IN
+
+
+def _locate_lines(chunk, d: Dialect, states: StateTable) -> Located:
+    """``locate`` with csv.comment: the chunk's records are those that start between the line starts
+    at or after its two cuts."""
+    f = chunk.file
+    a, b = chunk.start, chunk.end
+    try:
+        with open_input(f.path) as fh:
+            lo = max(a - 1, 0)
+            fh.seek(lo)
+            buf = fh.read(min(b - lo + WINDOW, f.size - lo))
+            if lo + len(buf) < b:
+                raise InputError(f"{f.path}: file changed while reading (expected {b - lo} bytes at offset {lo}, "
+                                 f"got {len(buf)})", file=f.path)
+            buf, p = _line_start_in(fh, buf, lo, a, f, d, first=chunk.index == 0)
+            buf, q = _line_start_in(fh, buf, lo, b, f, d)
+            s = start_state(chunk, fh, d, states)
+            if chunk.states[1] != UNKNOWN:
+                s_end = chunk.states[1]
+            else:
+                s_end = lines_state(buf, p, q, s, d)
+                if b < f.size:
+                    states.put(f.path, chunk.index + 1, s_end)
+            # the end: the first record boundary at or after q (a quoted value may go on past it)
+            e: int | None = q if s_end == OUT or lo + q >= f.size else None
+            while e is None:
+                e = first_boundary(buf, q, s_end, LF, d, lo + len(buf) >= f.size)
+                if e is not None:
+                    break
+                fh.seek(lo + len(buf))
+                more = fh.read(min(max(len(buf), WINDOW), f.size - lo - len(buf)))
+                if not more:
+                    raise InputError(f"{f.path}: file changed while reading (it ended before byte {f.size})",
+                                     file=f.path)
+                buf += more
+    except OSError as exc:
+        raise InputError(f"{f.path}: cannot read: {exc.strerror or exc}", file=f.path) from exc
+    first = p if s == OUT else first_boundary(buf, p, s, LF, d, True, limit=e)
+    start = e if first is None else min(first, e)
+    return Located(buf[start:e], lo + start, lo + e, lo + e >= f.size)
 
 
 # --------------------------------------------------------------------------- boundaries
@@ -243,9 +350,11 @@ class Located:
 def locate(chunk, d: Dialect, states: StateTable | None = None) -> Located:
     """Read a cut chunk's records: from the first boundary at or after its start to the first one
     at or after its end. Publishes the state at its end before returning."""
+    states = states or _TABLE
+    if d.comment:
+        return _locate_lines(chunk, d, states)
     f = chunk.file
     a, b = chunk.start, chunk.end
-    states = states or _TABLE
     try:
         with open_input(f.path) as fh:
             lo = max(a - 1, 0)

@@ -23,8 +23,8 @@ from pipeline.input.chunks import Chunk, ReadSpec, chunk_id
 from pipeline.input.discover import InputFile, Listing, list_inputs, old_enough
 from pipeline.input.feed import ChunkFeed
 from pipeline.input.read import parse_block
-from pipeline.input.split import JSON_LINES, Dialect, count_line_ends, line_numbers, record_spans, split_ranges
-from pipeline.input.storage import open_input, parquet_file
+from pipeline.input.split import Dialect, count_line_ends, line_numbers, record_spans
+from pipeline.input.storage import parquet_file
 from pipeline.input.streams import open_decompressed
 from pipeline.memory import memory_plan
 
@@ -326,25 +326,16 @@ def _text_chunks(f: InputFile, job, delimiter: str, names, data_start: int, firs
     if f.compression:
         cid = chunk_id(f, data_start, -1)
         return [Chunk(cid, f, 0, data_start, -1, first_line, -1, tuple(names), delimiter=delimiter)]
-    dialect = JSON_LINES if f.format == "jsonl" else _dialect(job, delimiter)
-    if dialect.comment is None:
-        # cut without reading: each worker finds its chunk's record boundaries (input.boundaries)
-        step = max(1, chunk_bytes)
-        out: list[Chunk] = []
-        if data_start >= f.size:
-            return out
-        for i, a in enumerate(range(data_start, max(f.size, data_start + 1), step)):
-            b = min(a + step, f.size)
-            out.append(Chunk(chunk_id(f, a, b), f, i, a, b, first_line if i == 0 else 0, -1, tuple(names),
-                             delimiter=delimiter, origin=data_start, step=step))
+    # cut without reading: each worker finds its chunk's record boundaries (input.boundaries)
+    step = max(1, chunk_bytes)
+    out: list[Chunk] = []
+    if data_start >= f.size:
         return out
-    chunks = []
-    with open_input(f.path) as fh:
-        for i, (a, b, line, quotes) in enumerate(
-                split_ranges(fh, data_start, f.size, chunk_bytes, dialect, first_line, count_lines=False)):
-            chunks.append(Chunk(chunk_id(f, a, b), f, i, a, b, line, quotes,
-                                tuple(names), delimiter=delimiter))
-    return chunks
+    for i, a in enumerate(range(data_start, max(f.size, data_start + 1), step)):
+        b = min(a + step, f.size)
+        out.append(Chunk(chunk_id(f, a, b), f, i, a, b, first_line if i == 0 else 0, -1, tuple(names),
+                         delimiter=delimiter, origin=data_start, step=step))
+    return out
 
 
 def _parquet_chunks(f: InputFile, job, chunk_bytes: int) -> tuple[list[Chunk], pa.Schema]:
