@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from pipeline.input import discover as discover_mod
 from pipeline.input import plan as plan_mod
 from pipeline.input.discover import discover, hidden, list_inputs
 from tests.helpers import ROOT, basic_job, manifest_of, read_output, run_cli, write_job
-from tests.test_plan_stream import MARK, SLOW, _files, _reference
+from tests.test_plan_stream import _files, _reference, kill_and_resume, marked_job, wait_for
 
 NAMES = ["a.csv", "a-b.csv", "a.b.csv", "A.csv", "a0.csv", "b.csv", "b.CSV", "_x.csv", ".y.csv", "é.csv",
          "z z.csv", "c.tsv", "[x].csv", "d.csv.gz", "e.jsonl"]
@@ -63,22 +61,14 @@ def test_the_first_chunk_runs_before_the_last_file_is_listed(tmp_path, monkeypat
     """With more files than LIST_AHEAD, the rest are taken (stat, kind) while the workers run: the
     last one waits here until a chunk has run, which a run that listed every file first never sees."""
     monkeypatch.setattr(plan_mod, "LIST_AHEAD", 20)
-    _files(tmp_path / "in", 60)
-    marker = tmp_path / "a-chunk-ran"
-    (tmp_path / "mark.py").write_text(MARK)
-    job = basic_job("in/*.csv", stages=[{"python": {"function": "mark:mark", "params": {"marker": str(marker)}}}],
-                    run={"workers": 2, "start_method": "fork"})
-    config = write_job(tmp_path, job)
+    config, marker = marked_job(tmp_path, 60)
     last = str(tmp_path / "in" / "f059.csv")
     take = discover_mod.Listing._take
     waited = []
 
     def slow_last(self, name):
         if name.path == last:
-            deadline = time.monotonic() + 30
-            while not marker.exists():
-                assert time.monotonic() < deadline, "no chunk ran before the last file was listed"
-                time.sleep(0.01)
+            wait_for(marker, "the last file was listed")
             waited.append(True)
         return take(self, name)
 
@@ -119,27 +109,8 @@ sys.exit(main(sys.argv[1:]))
 def test_a_killed_run_whose_listing_streamed_resumes_from_its_checkpoints(tmp_path):
     """The journal begins once the last file is listed (it names the plan's key); checkpoints wait
     for it. A run killed after some checkpoints is resumed by the next, which lists every file first."""
-    _files(tmp_path / "in", 40)
-    (tmp_path / "slow.py").write_text(SLOW)
-    job = basic_job("in/*.csv", input={"chunk_bytes": 500},
-                    stages=[{"python": {"function": "slow:slow", "params": {"seconds": 0.1}}}],
-                    run={"workers": 2, "checkpoint_interval": "1ms"})
-    config = write_job(tmp_path, job)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", KILL_AND_RESUME, "run", str(config), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-    def checkpoints() -> int:
-        return sum(j.read_text().count('"checkpoint"') for j in tmp_path.glob(".out.staging-*/_journal.jsonl"))
-
-    deadline = time.monotonic() + 60
-    while checkpoints() < 4 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    assert checkpoints() >= 4 and not (tmp_path / "out").exists()
-    done = subprocess.run([sys.executable, "-c", KILL_AND_RESUME, "run", str(config), "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = kill_and_resume(tmp_path, [sys.executable, "-c", KILL_AND_RESUME],
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stderr
     assert "resuming run" in done.stderr and "came from run" in done.stdout
     assert sorted(read_output(tmp_path / "out").to_pylist(), key=lambda r: r["id"]) == _reference(tmp_path / "in")

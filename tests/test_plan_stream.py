@@ -3,6 +3,8 @@ the rest are cut on a thread of the parent (input.feed). Compared with pyarrow's
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -40,25 +42,34 @@ def _reference(folder: Path) -> list[dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def test_the_first_chunk_runs_before_the_last_file_is_planned(tmp_path, monkeypatch):
-    _files(tmp_path / "in", 60)
+def marked_job(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """A job over ``n`` small files whose python stage touches a marker file once a chunk has run."""
+    _files(tmp_path / "in", n)
     marker = tmp_path / "a-chunk-ran"
     (tmp_path / "mark.py").write_text(MARK)
     job = basic_job("in/*.csv", stages=[{"python": {"function": "mark:mark", "params": {"marker": str(marker)}}}],
                     run={"workers": 2, "start_method": "fork"})
-    config = write_job(tmp_path, job)
+    return write_job(tmp_path, job), marker
+
+
+def wait_for(marker: Path, what: str) -> None:
+    """Until a worker has run a chunk: a run that did ``what`` before starting its workers would wait
+    here for ever (and fail after 30 s)."""
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"no chunk ran before {what}"
+        time.sleep(0.01)
+
+
+def test_the_first_chunk_runs_before_the_last_file_is_planned(tmp_path, monkeypatch):
+    config, marker = marked_job(tmp_path, 60)
     last = str(tmp_path / "in" / "f059.csv")
     plan_file = plan_mod._Planner.plan_file
     waited = []
 
     def slow_last(self, f):
-        # the plan of the last file waits until a worker has run a chunk: a run that planned every
-        # file before starting its workers would wait here for ever (and fail after 30 s)
         if f.path.endswith(last):
-            deadline = time.monotonic() + 30
-            while not marker.exists():
-                assert time.monotonic() < deadline, "no chunk ran before the last file was planned"
-                time.sleep(0.01)
+            wait_for(marker, "the last file was planned")
             waited.append(threading.current_thread().name)
         return plan_file(self, f)
 
@@ -123,20 +134,16 @@ def slow(df, seconds):
 '''
 
 
-def test_a_killed_run_of_many_files_resumes_from_its_checkpoints(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.helpers import run_subprocess
-
+def kill_and_resume(tmp_path: Path, command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """40 small files read slowly with a checkpoint after every chunk: ``command`` (a ``pipeline``
+    command line without ``run JOB``) is killed after 4 checkpoints, then run again to the end."""
     _files(tmp_path / "in", 40)
     (tmp_path / "slow.py").write_text(SLOW)
     job = basic_job("in/*.csv", input={"chunk_bytes": 500},
                     stages=[{"python": {"function": "slow:slow", "params": {"seconds": 0.1}}}],
                     run={"workers": 2, "checkpoint_interval": "1ms"})
-    config = write_job(tmp_path, job)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(config), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [*command, "run", str(write_job(tmp_path, job)), "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def checkpoints() -> int:
         return sum(j.read_text().count('"checkpoint"') for j in tmp_path.glob(".out.staging-*/_journal.jsonl"))
@@ -147,7 +154,11 @@ def test_a_killed_run_of_many_files_resumes_from_its_checkpoints(tmp_path):
     proc.kill()
     proc.wait()
     assert checkpoints() >= 4 and not (tmp_path / "out").exists()
-    done = run_subprocess("run", config, "--no-progress")
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_a_killed_run_of_many_files_resumes_from_its_checkpoints(tmp_path):
+    done = kill_and_resume(tmp_path, [sys.executable, "-m", "pipeline"])
     assert done.returncode == 0, done.stderr
     assert "resuming run" in done.stderr and "came from run" in done.stdout
     assert sorted(read_output(tmp_path / "out").to_pylist(), key=lambda r: r["id"]) == _reference(tmp_path / "in")

@@ -246,11 +246,39 @@ def _line_start_in(fh: IO[bytes], buf: bytes, lo: int, x: int, f, d: Dialect, fi
         at = line_start(arr, x - lo, int(arr[x - lo - 1]) if x > 0 else LF, d, eof)
         if at is not None:
             return buf, at
-        fh.seek(lo + len(buf))
-        more = fh.read(min(max(len(buf), WINDOW), f.size - lo - len(buf)))
-        if not more:
-            raise InputError(f"{f.path}: file changed while reading (it ended before byte {f.size})", file=f.path)
-        buf += more
+        buf = _read_on(fh, buf, lo, f)
+
+
+def _read_range(fh: IO[bytes], a: int, b: int, f) -> tuple[int, bytes]:
+    """(offset, bytes) of a range ``a``-``b`` of file ``f``, from the byte before it to WINDOW past it
+    (never past the size the plan saw)."""
+    lo = max(a - 1, 0)
+    fh.seek(lo)
+    buf = fh.read(min(b - lo + WINDOW, f.size - lo))
+    if lo + len(buf) < b:
+        raise InputError(f"{f.path}: file changed while reading (expected {b - lo} bytes at offset {lo}, "
+                         f"got {len(buf)})", file=f.path)
+    return lo, buf
+
+
+def _read_on(fh: IO[bytes], buf: bytes, lo: int, f) -> bytes:
+    """``buf`` (the file from offset ``lo``) with the bytes after it read on; InputError if the file
+    ended before the size the plan saw."""
+    fh.seek(lo + len(buf))
+    more = fh.read(min(max(len(buf), WINDOW), f.size - lo - len(buf)))
+    if not more:
+        raise InputError(f"{f.path}: file changed while reading (it ended before byte {f.size})", file=f.path)
+    return buf + more
+
+
+def _end_boundary(fh: IO[bytes], buf: bytes, lo: int, x: int, state: int, prev: int, f, d: Dialect
+                  ) -> tuple[bytes, int]:
+    """(``buf`` read on as needed, the first record boundary at or after ``x`` in it)."""
+    while True:
+        e = first_boundary(buf, x, state, prev, d, lo + len(buf) >= f.size)
+        if e is not None:
+            return buf, e
+        buf = _read_on(fh, buf, lo, f)
 
 
 def lines_state(buf: bytes, p: int, q: int, state: int, d: Dialect) -> int:
@@ -268,12 +296,7 @@ def _locate_lines(chunk, d: Dialect, states: StateTable) -> Located:
     a, b = chunk.start, chunk.end
     try:
         with open_input(f.path) as fh:
-            lo = max(a - 1, 0)
-            fh.seek(lo)
-            buf = fh.read(min(b - lo + WINDOW, f.size - lo))
-            if lo + len(buf) < b:
-                raise InputError(f"{f.path}: file changed while reading (expected {b - lo} bytes at offset {lo}, "
-                                 f"got {len(buf)})", file=f.path)
+            lo, buf = _read_range(fh, a, b, f)
             buf, p = _line_start_in(fh, buf, lo, a, f, d, first=chunk.index == 0)
             buf, q = _line_start_in(fh, buf, lo, b, f, d)
             s = start_state(chunk, fh, d, states)
@@ -284,17 +307,10 @@ def _locate_lines(chunk, d: Dialect, states: StateTable) -> Located:
                 if b < f.size:
                     states.put(f.path, chunk.index + 1, s_end)
             # the end: the first record boundary at or after q (a quoted value may go on past it)
-            e: int | None = q if s_end == OUT or lo + q >= f.size else None
-            while e is None:
-                e = first_boundary(buf, q, s_end, LF, d, lo + len(buf) >= f.size)
-                if e is not None:
-                    break
-                fh.seek(lo + len(buf))
-                more = fh.read(min(max(len(buf), WINDOW), f.size - lo - len(buf)))
-                if not more:
-                    raise InputError(f"{f.path}: file changed while reading (it ended before byte {f.size})",
-                                     file=f.path)
-                buf += more
+            if s_end == OUT or lo + q >= f.size:
+                e = q
+            else:
+                buf, e = _end_boundary(fh, buf, lo, q, s_end, LF, f, d)
     except OSError as exc:
         raise InputError(f"{f.path}: cannot read: {exc.strerror or exc}", file=f.path) from exc
     first = p if s == OUT else first_boundary(buf, p, s, LF, d, True, limit=e)
@@ -357,12 +373,7 @@ def locate(chunk, d: Dialect, states: StateTable | None = None) -> Located:
     a, b = chunk.start, chunk.end
     try:
         with open_input(f.path) as fh:
-            lo = max(a - 1, 0)
-            fh.seek(lo)
-            buf = fh.read(min(b - lo + WINDOW, f.size - lo))   # never past the size the plan saw
-            if lo + len(buf) < b:
-                raise InputError(f"{f.path}: file changed while reading (expected {b - lo} bytes at offset {lo}, "
-                                 f"got {len(buf)})", file=f.path)
+            lo, buf = _read_range(fh, a, b, f)
             # the state at the cut after the range is read: by then the worker on the range before has
             # usually put it in the table (else it is worked out from that range, read again)
             s = start_state(chunk, fh, d, states)
@@ -377,16 +388,10 @@ def locate(chunk, d: Dialect, states: StateTable | None = None) -> Located:
                 if b < f.size:
                     states.put(f.path, chunk.index + 1, s_end)
             # the end: the first boundary at or after b (reading on until one is found)
-            e: int | None = len(buf) if b >= f.size else None
-            while e is None:
-                e = first_boundary(buf, b - lo, s_end, int(buf[b - lo - 1]), d, lo + len(buf) >= f.size)
-                if e is not None:
-                    break
-                more = fh.read(min(max(len(buf), WINDOW), f.size - lo - len(buf)))
-                if not more:
-                    raise InputError(f"{f.path}: file changed while reading (it ended before byte {f.size})",
-                                     file=f.path)
-                buf += more
+            if b >= f.size:
+                e = len(buf)
+            else:
+                buf, e = _end_boundary(fh, buf, lo, b - lo, s_end, int(buf[b - lo - 1]), f, d)
     except OSError as exc:
         raise InputError(f"{f.path}: cannot read: {exc.strerror or exc}", file=f.path) from exc
     if chunk.index == 0:
