@@ -142,3 +142,9 @@ def test_partition_types_from_distinct_values_weighed_by_files_are_those_of_ever
 
     partitions = [(("k", v),) for v in values]
     assert plan_mod._partition_types(partitions) == {"k": infer_column(pa.array(values, pa.string()))}
+
+
+def test_an_incremental_jobs_glob_of_folders_only_is_no_input_yet(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b.csv").mkdir()
+    assert discover((str(tmp_path / "**/*.csv"),), "auto", allow_empty=True) == []

@@ -85,11 +85,13 @@ class Listing:
     the listing is iterated, so a run can plan and run the first files while the rest are taken.
     """
 
-    def __init__(self, items: list, *, follow_symlinks: bool, patterns: tuple[str, ...] = (), line_of=None):
+    def __init__(self, items: list, *, follow_symlinks: bool, patterns: tuple[str, ...] = (), line_of=None,
+                 allow_empty: bool = False):
         self.items = items       # Name (local) or InputFile (object stores list sizes with names)
         self.follow_symlinks = follow_symlinks
         self.patterns = patterns
         self.line_of = line_of
+        self.allow_empty = allow_empty
         self.taken = 0           # names iterated so far
 
     def __len__(self) -> int:
@@ -110,6 +112,8 @@ class Listing:
                 if isinstance(item, Name):
                     found.add(item.pattern)
                 yield f
+        if self.allow_empty:   # an incremental job's landing folder may hold no file tonight
+            return
         # a glob whose every match with a data file's name turned out to be a folder
         for i in sorted({i.pattern for i in self.items if isinstance(i, Name)} - found):
             key = f"input.paths[{i}]"
@@ -195,7 +199,8 @@ def list_inputs(patterns: tuple[str, ...], configured_format: str, *, follow_sym
             items.append(Name(real, fmt, compression, hive_partitions(below) if hive else (), i))
         if len(items) == before and all(os.path.isdir(m) for m in matches) and not allow_empty:
             raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
-    return Listing(items, follow_symlinks=follow_symlinks, patterns=tuple(patterns), line_of=line_of)
+    return Listing(items, follow_symlinks=follow_symlinks, patterns=tuple(patterns), line_of=line_of,
+                   allow_empty=allow_empty)
 
 
 def detect_name(name: str, path: str, configured: str) -> tuple[str, str | None]:
