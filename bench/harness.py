@@ -3,7 +3,7 @@
 Environment variables:
 
     BENCH_SCALE    sizes relative to the defaults (1.0: W1 5,000,000 rows; W3 2,000 files) [1.0]
-    BENCH_REPEAT   runs of each engine on each workload; the table shows medians          [3]
+    BENCH_REPEAT   timed runs of each engine on each workload (medians), +1 sampled for memory [3]
     BENCH_ONLY     workloads to run, e.g. "W1,W5"                                         [all]
     BENCH_ENGINES  engines to run, e.g. "pipeline,duckdb"                                 [all]
     BENCH_TIMEOUT  seconds one run may take before it is killed and marked FAIL           [1800]
@@ -186,16 +186,18 @@ def _tail(path: Path, lines: int = 12) -> str:
 
 
 def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, env: dict,
-            timeout: float, cluster_pids: tuple[int, ...] = ()) -> dict:
+            timeout: float, cluster_pids: tuple[int, ...] = (), memory: bool = False) -> dict:
+    """One run of an engine, checked. A timed run is not sampled while it goes on; a ``memory`` run
+    is (every process's PSS and RSS every 20 ms), for the peak memory only."""
     out = out_root / w.wid / engine.name
     shutil.rmtree(out, ignore_errors=True)
     if not engine.name.startswith("pipeline"):
         out.mkdir(parents=True)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{w.wid}-{engine.name}-{rep + 1}.log"
+    log = logs / f"{w.wid}-{engine.name}-{'memory' if memory else rep + 1}.log"
     m = measure.run(engine.command(out), cwd=str(ROOT), env=env, log_path=str(log), timeout=timeout,
-                    extra_pids=cluster_pids if engine.cluster else ())
+                    extra_pids=cluster_pids if engine.cluster else (), memory=memory)
     problem = None
     if m.timed_out:
         problem = f"timed out after {timeout:g} s"
@@ -210,17 +212,17 @@ def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, e
     if m.extra.get("left_behind"):
         problem = (problem + "; " if problem else "") + f"{m.extra['left_behind']} process(es) left behind"
     result = {
-        "rep": rep + 1, "wall": m.wall, "cpu": m.cpu, "peak_rss": m.peak_rss, "peak_pss": m.peak_pss,
+        "rep": rep + 1, "memory": memory, "wall": m.wall, "cpu": m.cpu, "peak_rss": m.peak_rss, "peak_pss": m.peak_pss,
         "pss_at_peak": {k: {"mib": round(v[0] / 2**20, 1), "processes": v[1]} for k, v in m.pss_at_peak.items()},
         "procs": m.max_procs,
         "returncode": m.returncode, "ok": problem is None, "problem": problem, "log": _rel(log, ROOT),
         "load1": _load()[0],
     }
     status = "ok" if problem is None else f"FAIL: {problem}"
-    print(f"  {w.wid} run {rep + 1:<2} {engine.name:<9} "
-          f"{m.wall:8.2f} s wall {m.cpu:8.2f} s cpu {m.peak_pss / 2**20:6.0f} MiB PSS "
-          f"{m.peak_rss / 2**20:6.0f} MiB RSS "
-          f"{m.max_procs:3d} procs  {status}", flush=True)
+    sampled = (f"{m.peak_pss / 2**20:6.0f} MiB PSS {m.peak_rss / 2**20:6.0f} MiB RSS {m.max_procs:3d} procs"
+               if memory else "(timed, not sampled)")
+    print(f"  {w.wid} {'memory' if memory else f'run {rep + 1:<2}'} {engine.name:<9} "
+          f"{m.wall:8.2f} s wall {m.cpu:8.2f} s cpu {sampled}  {status}", flush=True)
     if problem and m.returncode != 0:
         print(_tail(log), flush=True)
     return result
@@ -233,13 +235,16 @@ def summarise(w: Workload) -> list[dict]:
         if not runs:
             continue
         good = [r for r in runs if r["ok"]] or runs
-        wall = statistics.median(r["wall"] for r in good)
-        by_pss = sorted(good, key=lambda r: r["peak_pss"])
+        # time from the timed runs, memory from the sampled ones (results of older versions: all runs)
+        timed = [r for r in good if not r.get("memory")] or good
+        sampled = [r for r in good if r.get("memory", True)] or good
+        wall = statistics.median(r["wall"] for r in timed)
+        by_pss = sorted(sampled, key=lambda r: r["peak_pss"])
         rows.append({
             "workload": w.wid, "engine": engine.name, "runs": len(runs), "rows": w.dataset.rows,
-            "wall": wall, "cpu": statistics.median(r["cpu"] for r in good),
-            "peak_pss_mib": statistics.median(r["peak_pss"] for r in good) / 2**20,
-            "peak_mib": statistics.median(r["peak_rss"] for r in good) / 2**20,
+            "wall": wall, "cpu": statistics.median(r["cpu"] for r in timed),
+            "peak_pss_mib": statistics.median(r["peak_pss"] for r in sampled) / 2**20,
+            "peak_mib": statistics.median(r["peak_rss"] for r in sampled) / 2**20,
             "pss_at_peak": by_pss[len(by_pss) // 2]["pss_at_peak"],    # of the run with the median peak
             "rows_per_s": w.dataset.rows / wall if wall > 0 else 0.0,
             "mb_per_s": w.dataset.bytes / 1e6 / wall if wall > 0 else 0.0,
@@ -340,12 +345,13 @@ def main() -> int:
                       flush=True)
                 stack.callback(CLUSTER.update, address=None)
             runs = max(repeat, W5_MIN_REPEAT) if w.wid == "W5" and repeat > 1 else repeat
-            for rep in range(runs):
-                # every engine once per repetition, the order rotated from one repetition to the next
+            for rep in range(runs + 1):
+                # every engine once per repetition, the order rotated from one repetition to the next;
+                # the last repetition samples memory, the others are timed
                 k = rep % len(w.engines)
                 for engine in w.engines[k:] + w.engines[:k]:
                     w.runs.setdefault(engine.name, []).append(
-                        run_one(w, engine, rep, work / "out", logs, env, timeout, pids))
+                        run_one(w, engine, rep, work / "out", logs, env, timeout, pids, memory=rep == runs))
 
     if not any(w.runs for w in workloads):
         print("bench: nothing to run (see BENCH_ONLY and BENCH_ENGINES)", file=sys.stderr)

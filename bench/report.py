@@ -77,10 +77,11 @@ def _markdown_table(columns, body, right) -> list[str]:
 
 def _notes() -> list[str]:
     return [
-        "wall: median over the runs, from the start of the command to its exit (all of `pipeline run`,",
-        "  start-up included). CPU: user + system seconds of the whole process tree. PSS MiB: the largest",
-        "  sum over all processes of the run of their proportional set size (a page shared by n processes",
-        "  counts 1/n in each: what the run costs the machine), sampled every 20 ms; RSS MiB: the same with",
+        "wall: median over the timed runs, from the start of the command to its exit (all of `pipeline run`,",
+        "  start-up included); nothing samples a timed run while it goes on. CPU: user + system seconds of",
+        "  the whole process tree in the timed runs. PSS MiB: from one more run of each engine, sampled every",
+        "  20 ms: the largest sum over all processes of the run of their proportional set size (a page shared",
+        "  by n processes counts 1/n in each: what the run costs the machine); RSS MiB: the same with",
         "  resident set sizes (a shared page counts once per process). pipeline-dask: the same job with",
         "  run.executor=dask on a Dask cluster (a scheduler and 2 single-threaded worker processes) started",
         "  before the run; the cluster's processes' CPU and memory during the run are included. rows/s and",

@@ -60,7 +60,7 @@ from pipeline.preflight import (
     target_schema,
 )
 from pipeline.progress import Progress
-from pipeline.stages import StageContext
+from pipeline.stages import StageContext, columns_read
 from pipeline.state.incremental import Selection
 from pipeline.state.metrics import write_metrics
 from pipeline.state.store import Fingerprints, Seen, StateStore
@@ -236,7 +236,8 @@ def _stage_line(job: Job, key: str) -> int | None:
 def worker_settings(job: Job, plan: Plan, spool: str = "") -> WorkerSettings:
     return WorkerSettings(
         job_name=job.name,
-        read=plan.read,
+        # the workers convert only the input columns the stages read
+        read=plan.read.narrowed(columns_read([(s.name, s.spec) for s in job.stages])),
         stages=tuple((s.name, s.spec) for s in job.stages),
         stage_keys=tuple(s.key for s in job.stages),
         base_dir=str(job.base_dir),

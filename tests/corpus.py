@@ -162,9 +162,10 @@ class Run:
 
 
 def run_tool(rel: str, *, strings: bool, policy: str, chunk_bytes: str | None, workers: int,
-             header: list[str] | None = None, copies: int = 1, dask: str | None = None) -> Run:
+             header: list[str] | None = None, copies: int = 1, dask: str | None = None,
+             stages: list | None = None) -> Run:
     """One run on the file; with ``copies``, on that many copies of it in one folder (many small files);
-    with ``dask``, on the Dask scheduler at that address."""
+    with ``dask``, on the Dask scheduler at that address; with ``stages``, through them."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         o = options(rel)
@@ -188,6 +189,8 @@ def run_tool(rel: str, *, strings: bool, policy: str, chunk_bytes: str | None, w
                "run": {"workers": workers, "on_bad_rows": policy}}
         if dask:
             job["run"].update(executor="dask", dask={"address": dask})
+        if stages:
+            job["stages"] = stages
         (tmp_path / "job.yaml").write_text(yaml.safe_dump(job, allow_unicode=True), encoding="utf-8")
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -31,6 +31,12 @@ def test_bench_smoke(tmp_path):
     local = rows[("W1", "pipeline")]["pss_at_peak"]
     assert any(name.endswith(" worker") for name in local) and any(name.endswith(" writer") for name in local)
     assert "dask worker" in rows[("W1", "pipeline-dask")]["pss_at_peak"]
+    # a timed run is not sampled (the sampler would slow it); one more run of each engine is, for memory
+    for engine in ("pipeline", "pipeline-dask", "duckdb"):
+        runs = results["runs"]["W1"][engine]
+        assert [r["memory"] for r in runs] == [False, True]
+        assert runs[0]["peak_pss"] == 0 and runs[1]["peak_pss"] > 0
+        assert rows[("W1", engine)]["wall"] == runs[0]["wall"]
     assert "Scale curve" in table
     # the cluster was stopped: no dask process of this test is left
     left = [p for p in psutil.process_iter(["cmdline"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import json
+
 import pytest
 
 from tests import corpus, corpus_table
@@ -44,6 +47,39 @@ def test_corpus_file_copied_twelve_times_gives_each_of_its_rows_twelve_times(rel
         assert corpus._sorted(many.rows) == corpus._sorted(one.rows * 12)
         assert len(many.rejects) == 12 * len(one.rejects)
         assert {k: 12 * v for k, v in one.counts.items()} == many.counts
+
+
+@pytest.mark.parametrize("rel", FILES)
+@pytest.mark.parametrize("strings", [True, False], ids=["strings", "inferred"])
+def test_corpus_file_through_a_select_of_two_columns_gives_those_columns_of_every_row(rel, strings):
+    """A run reads only the columns its stages read: through ``select: [last, first]`` a file gives the
+    two columns of the rows it gives whole, and the same rejects, except rows rejected whole for a
+    value of a column it no longer reads, which it now writes."""
+    header = corpus.reference(rel).header
+    if len(header) < 2:
+        pytest.skip("fewer than two columns")
+    pair = [header[-1], header[0]]
+    whole = corpus.run_tool(rel, strings=strings, policy="quarantine", chunk_bytes=None, workers=2, header=header)
+    two = corpus.run_tool(rel, strings=strings, policy="quarantine", chunk_bytes=None, workers=2, header=header,
+                          stages=[{"select": pair}])
+    assert two.code == whole.code, two.err
+    if whole.code != 0:
+        return
+    projected = [{k: r[k] for k in pair} for r in whole.rows]
+    assert two.counts["rows_read"] == whole.counts["rows_read"]
+    whole_lines = {r["line"] for r in whole.rejects}
+    two_lines = {r["line"] for r in two.rejects}
+    if strings:   # no value can fail a type: the same rows, the same rejects
+        assert corpus._sorted(two.rows) == corpus._sorted(projected)
+        assert two_lines == whole_lines
+        return
+    assert two_lines <= whole_lines
+    assert len(two.rows) == len(whole.rows) + len(whole_lines - two_lines)
+    def key(row: dict) -> str:   # NaN equals NaN here
+        return json.dumps(row, sort_keys=True, default=str)
+
+    missing = collections.Counter(map(key, projected)) - collections.Counter(map(key, two.rows))
+    assert not missing, f"rows of the whole run missing from the run through select: {list(missing)[:3]}"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ Frozen and picklable: chunks cross process boundaries (the local pool, Dask task
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
@@ -26,6 +26,24 @@ class ReadSpec:
     max_record_bytes: int = 16 << 20
     max_decompressed_bytes: int | None = None
     block_bytes: int = 64 << 20
+    # the input columns the stages read (see stages.columns_read), in the schema's order; None: all.
+    # A column nothing reads is not converted: a value in it that fits no type rejects no row.
+    columns: tuple[str, ...] | None = None
+
+    @property
+    def read_schema(self) -> pa.Schema:
+        """The schema of the tables read: ``schema`` narrowed to ``columns``."""
+        if self.columns is None:
+            return self.schema
+        return pa.schema([f for f in self.schema if f.name in self.columns])
+
+    def narrowed(self, read: frozenset[str] | None) -> ReadSpec:
+        """This spec reading only ``read`` of its columns (None: all). With none of them (stages that
+        make every column themselves), the first column is still read: it carries the rows."""
+        if read is None or not len(self.schema):
+            return replace(self, columns=None)
+        keep = tuple(n for n in self.schema.names if n in read) or (self.schema.names[0],)
+        return replace(self, columns=None if len(keep) == len(self.schema) else keep)
 
 
 @dataclass(frozen=True)

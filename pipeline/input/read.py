@@ -56,12 +56,16 @@ class Block:
 
 def _csv_parser(chunk: Chunk, spec: ReadSpec) -> Callable[[bytes], pa.Table]:
     names = list(chunk.columns)
-    types = {f.name: f.type for f in spec.schema if f.name in names}
+    wanted = spec.read_schema.names
+    # the columns no stage reads are split off but never converted (pyarrow's include_columns)
+    included = names if spec.columns is None else [n for n in names if n in wanted]
+    types = {f.name: f.type for f in spec.schema if f.name in included}
     quote = spec.quote
     read_options = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 30,
                                      encoding=spec.encoding)
     convert = pacsv.ConvertOptions(column_types=types, null_values=list(spec.null_values),
-                                   strings_can_be_null=True, quoted_strings_can_be_null=True)
+                                   strings_can_be_null=True, quoted_strings_can_be_null=True,
+                                   include_columns=included)
     multiline = pacsv.ParseOptions(delimiter=chunk.delimiter, quote_char=quote or False,
                                    newlines_in_values=bool(quote), ignore_empty_lines=True)
     simple = pacsv.ParseOptions(delimiter=chunk.delimiter, quote_char=quote or False,
@@ -69,7 +73,7 @@ def _csv_parser(chunk: Chunk, spec: ReadSpec) -> Callable[[bytes], pa.Table]:
 
     def parse(data: bytes) -> pa.Table:
         if not data.strip(b"\r\n"):
-            return pa.table({n: pa.array([], types[n]) for n in names})
+            return pa.table({n: pa.array([], types[n]) for n in included})
         # Without quote characters no value can hold a newline: the faster parser is exact.
         opts = multiline if quote and quote.encode() in data else simple
         return pacsv.read_csv(pa.py_buffer(data), read_options=read_options, parse_options=opts,
@@ -303,6 +307,8 @@ def with_partitions(f, schema: pa.Schema, to_schema: Callable[[pa.Table], pa.Tab
         return to_schema
     values = []
     for key, value in f.partitions:
+        if key not in schema.names:   # a partition column no stage reads
+            continue
         fld = schema.field(key)
         try:
             values.append((schema.get_field_index(key), fld, pa.array([value], pa.string()).cast(fld.type)[0]))
@@ -357,7 +363,7 @@ def read_chunk(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         parse = _csv_parser(chunk, spec)
         names = list(chunk.columns)
     dialect = dialect_of(chunk, spec)
-    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
+    to_schema = with_partitions(f, spec.read_schema, conform(spec.read_schema))
 
     before = [chunk.lines_skipped]   # comment lines before the header: counted with the first block
 
@@ -470,7 +476,7 @@ def read_json_array_text(f, spec: ReadSpec) -> str:
 def _read_json_array(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     f = chunk.file
     parse = _json_parser(spec)
-    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
+    to_schema = with_partitions(f, spec.read_schema, conform(spec.read_schema))
     lines: list[int] = []
     pieces: list[str] = []
     size = 0
@@ -497,11 +503,11 @@ def _read_parquet(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     try:
         pf = parquet_file(f.path)
         first_row = sum(pf.metadata.row_group(i).num_rows for i in range(chunk.row_groups[0]))
-        present = [n for n in spec.schema.names if n in pf.schema_arrow.names]
+        present = [n for n in spec.read_schema.names if n in pf.schema_arrow.names]
         table = pf.read_row_groups(list(chunk.row_groups), columns=present, use_threads=False)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{f.path}: cannot read Parquet row groups {chunk.row_groups}: {exc}", file=f.path) from exc
-    to_schema = with_partitions(f, spec.schema, conform(spec.schema))
+    to_schema = with_partitions(f, spec.read_schema, conform(spec.read_schema))
     try:
         out = to_schema(table)
         good = None

@@ -13,6 +13,7 @@ from pipeline.stages.registry import (
     StageOutput,
     StagesResult,
     apply_stages,
+    columns_read,
     output_schema,
     register,
     validate_spec,
@@ -20,6 +21,6 @@ from pipeline.stages.registry import (
 
 __all__ = [
     "REJECTED_POSITIONS_SCHEMA", "STAGES", "PythonSpec", "StageContext", "StageDef", "StageOutput",
-    "StagesResult", "apply_stages", "check_python_spec", "load_function", "output_schema",
+    "StagesResult", "apply_stages", "check_python_spec", "columns_read", "load_function", "output_schema",
     "register", "validate_spec",
 ]

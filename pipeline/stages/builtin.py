@@ -6,6 +6,7 @@ The user documentation is ``docs/stages.md``.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -194,25 +195,61 @@ def _bound(bound: Any, dtype: pa.DataType, what: str, key: str) -> pa.Scalar:
 
 
 # --------------------------------------------------------------------------------------------
+# The columns each stage reads (see registry.columns_read)
+# --------------------------------------------------------------------------------------------
+
+
+def _also(names: Callable[[Any], Iterable[str]]) -> Callable[[Any, frozenset[str] | None], frozenset[str] | None]:
+    """``reads`` of a stage that keeps every column and reads those ``names(spec)`` gives."""
+    return lambda spec, after: None if after is None else after | frozenset(names(spec))
+
+
+def _expression_columns(text: str) -> frozenset[str]:
+    return compile_expr(text).columns
+
+
+def _reads_rename(spec: dict[str, str], after: frozenset[str] | None) -> frozenset[str] | None:
+    return None if after is None else (after - frozenset(spec.values())) | frozenset(spec)
+
+
+def _reads_derive(spec: dict[str, str], after: frozenset[str] | None) -> frozenset[str] | None:
+    if after is None:
+        return None
+    used = frozenset().union(*(_expression_columns(t) for t in spec.values()))
+    return (after - frozenset(spec)) | used
+
+
+def _reads_drop_nulls(spec, after: frozenset[str] | None) -> frozenset[str] | None:
+    return None if spec in (None, "all") or after is None else after | frozenset(spec)
+
+
+def _validated_columns(spec: ValidateSpec) -> frozenset[str]:
+    used = set(spec.not_null) | set(spec.range) | set(spec.allowed) | set(spec.regex)
+    for text in spec.expr.values():
+        used |= _expression_columns(text)
+    return frozenset(used)
+
+
+# --------------------------------------------------------------------------------------------
 # The stages
 # --------------------------------------------------------------------------------------------
 
 
-@register("select", example="select: [id, ts, total]")
+@register("select", example="select: [id, ts, total]", reads=lambda spec, after: frozenset(spec))
 def select(table: pa.Table, spec: Columns, ctx: StageContext) -> pa.Table:
     """Keep these columns, in this order."""
     _require(table, spec)
     return table.select(spec)
 
 
-@register("drop", example="drop: [tmp, debug]")
+@register("drop", example="drop: [tmp, debug]", reads=_also(lambda spec: spec))
 def drop(table: pa.Table, spec: Columns, ctx: StageContext) -> pa.Table:
     """Remove these columns."""
     _require(table, spec)
     return table.drop_columns(spec)
 
 
-@register("rename", example="rename: {old_name: new_name}")
+@register("rename", example="rename: {old_name: new_name}", reads=_reads_rename)
 def rename(table: pa.Table, spec: dict[str, str], ctx: StageContext) -> pa.Table:
     """Rename columns: {old: new}."""
     _require(table, spec, key=True)
@@ -223,7 +260,7 @@ def rename(table: pa.Table, spec: dict[str, str], ctx: StageContext) -> pa.Table
     return table.rename_columns(names)
 
 
-@register("cast", example="cast: {qty: int32, ts: 'timestamp[s]'}")
+@register("cast", example="cast: {qty: int32, ts: 'timestamp[s]'}", reads=_also(lambda spec: spec))
 def cast(table: pa.Table, spec: dict[str, TypeName], ctx: StageContext) -> StageOutput:
     """Convert columns to types; rows whose value does not convert are rejected."""
     _require(table, spec, key=True)
@@ -309,7 +346,7 @@ def _bisect(values, dtype: pa.DataType) -> list[int]:
     return bad
 
 
-@register("filter", example="filter: \"status == 'ok' and qty > 0\"")
+@register("filter", example="filter: \"status == 'ok' and qty > 0\"", reads=_also(_expression_columns))
 def filter_(table: pa.Table, spec: ExprText, ctx: StageContext) -> StageOutput:
     """Keep the rows where the expression is true (null counts as false)."""
     value = _evaluate(spec, table, None)
@@ -320,7 +357,7 @@ def filter_(table: pa.Table, spec: ExprText, ctx: StageContext) -> StageOutput:
     return StageOutput(table.filter(kept), kept=kept)
 
 
-@register("derive", example="derive: {total: \"price * qty\"}")
+@register("derive", example="derive: {total: \"price * qty\"}", reads=_reads_derive)
 def derive(table: pa.Table, spec: dict[str, DeriveText], ctx: StageContext) -> pa.Table:
     """Add or replace columns, computed by expressions in order."""
     for name, text in spec.items():
@@ -329,7 +366,7 @@ def derive(table: pa.Table, spec: dict[str, DeriveText], ctx: StageContext) -> p
     return table
 
 
-@register("fill_null", example="fill_null: {discount: 0, country: unknown}")
+@register("fill_null", example="fill_null: {discount: 0, country: unknown}", reads=_also(lambda spec: spec))
 def fill_null(table: pa.Table, spec: dict[str, Literal_], ctx: StageContext) -> pa.Table:
     """Replace nulls in columns with a literal value of the column's type."""
     _require(table, spec, key=True)
@@ -343,7 +380,7 @@ def fill_null(table: pa.Table, spec: dict[str, Literal_], ctx: StageContext) -> 
     return table
 
 
-@register("drop_nulls", example="drop_nulls: [id, ts] (or drop_nulls: all)")
+@register("drop_nulls", example="drop_nulls: [id, ts] (or drop_nulls: all)", reads=_reads_drop_nulls)
 def drop_nulls(table: pa.Table, spec: list[str] | Literal["all"] | None, ctx: StageContext) -> StageOutput:
     """Remove rows with a null in any of these columns (all columns for `all` or null)."""
     names = table.column_names if spec in (None, "all") else spec
@@ -356,7 +393,8 @@ def drop_nulls(table: pa.Table, spec: list[str] | Literal["all"] | None, ctx: St
     return StageOutput(table.filter(kept), kept=kept)
 
 
-@register("validate", example="validate: {not_null: [id], range: {qty: {min: 0}}}")
+@register("validate", example="validate: {not_null: [id], range: {qty: {min: 0}}}",
+          reads=_also(_validated_columns))
 def validate(table: pa.Table, spec: ValidateSpec, ctx: StageContext) -> StageOutput:
     """Reject the rows that break a rule; each rejected row gets the reason of its first rule."""
     n = table.num_rows

@@ -76,6 +76,9 @@ class StageDef:
     # run at validate time on the typed spec, before the stage runs on an empty table
     # (the python stage checks that its function can be loaded)
     check: Callable[[Any, StageContext], None] | None = None
+    # the columns of its input the stage reads, given those read after it (None: every column);
+    # without it, the stage may read any column (see columns_read)
+    reads: Callable[[Any, frozenset[str] | None], frozenset[str] | None] | None = None
 
     @property
     def adapter(self) -> TypeAdapter:
@@ -100,12 +103,15 @@ def _adapter(sdef: StageDef) -> TypeAdapter:
 
 
 def register(
-    name: str, *, example: str = "", check: Callable[[Any, StageContext], None] | None = None
+    name: str, *, example: str = "", check: Callable[[Any, StageContext], None] | None = None,
+    reads: Callable[[Any, frozenset[str] | None], frozenset[str] | None] | None = None,
 ) -> Callable:
     """Register a stage function; its ``spec`` parameter's annotation is the config schema.
 
     ``check(spec, ctx)``, if given, is run by :func:`output_schema` before the stage runs on an
     empty table; it raises ExprError for a spec that cannot work (a function that cannot be loaded).
+    ``reads(spec, after)``, if given, says which columns of its input the stage needs when the
+    stages after it need ``after`` (None: all); it lets a run leave the other input columns unread.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -113,7 +119,8 @@ def register(
         if "spec" not in hints:
             raise TypeError(f"stage {name!r}: the function needs an annotated 'spec' parameter")
         doc = (fn.__doc__ or "").strip()
-        STAGES[name] = StageDef(name=name, fn=fn, spec_type=hints["spec"], doc=doc, example=example, check=check)
+        STAGES[name] = StageDef(name=name, fn=fn, spec_type=hints["spec"], doc=doc, example=example, check=check,
+                                reads=reads)
         _ADAPTERS.pop(name, None)
         return fn
 
@@ -200,6 +207,21 @@ def _is_type_tag(part: str) -> bool:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def columns_read(stages: Sequence[tuple[str, Any]]) -> frozenset[str] | None:
+    """The input columns a list of ``(name, typed spec)`` stages reads; None: all of them.
+
+    Walked from the last stage back: the output keeps every column that reaches it, a stage that
+    names the columns it keeps (``select``) narrows what the stages before it must give, and a stage
+    that may read any column (``python``, ``sql``) needs them all. A stage still reads every column
+    it names (a ``cast`` whose result is dropped still rejects the rows that do not convert).
+    """
+    after: frozenset[str] | None = None
+    for name, spec in reversed(stages):
+        sdef = STAGES[name]
+        after = None if sdef.reads is None else sdef.reads(sdef.adapter.validate_python(spec), after)
+    return after
 
 
 # --------------------------------------------------------------------------------------------
