@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import multiprocessing.pool
 import os
 import queue as queue_mod
 import signal
@@ -161,9 +162,9 @@ class LocalExecutor:
                 state.outstanding.clear()   # handed out again by this pool
                 state.outstanding_bytes = 0
                 state.cond.notify_all()
-            pool = ctx.Pool(min(self.workers, max(len(feed), 1)) if feed.done else self.workers,
-                            initializer=_worker_init,
-                            initargs=(data_q, starts, worker_spec, title, me, states, slots))
+            pool = _Pool(min(self.workers, max(len(feed), 1)) if feed.done else self.workers,
+                         initializer=_worker_init,
+                         initargs=(data_q, starts, worker_spec, title, me, states, slots), context=ctx)
             # Pool replaces and forgets dead workers on its own thread; remember every one it starts,
             # so that a worker born and killed between two polls is still seen with its exit code.
             pool._pool = _Recorded(pool._pool, state.procs)
@@ -428,6 +429,17 @@ def quarantine_chunk(chunk: Chunk, spec: WorkerSettings, reason: str, attempt: i
                          messages=1, bytes_read=chunk.nbytes)
     result.add_samples(bad[:1])
     return [("rejects", chunk.id, attempt, path, len(bad)), end_message(chunk.id, attempt, 1, result)]
+
+
+class _Pool(mp.pool.Pool):
+    """A process pool whose worker-handler thread wakes when a worker exits or the pool changes
+    (closed, its last task done), as a thread pool's does. The standard one also wakes when the
+    result pipe has data, and so spins while a result waits for the result thread: about 50 wakeups
+    per result, each polling every worker, a tenth of a core taken from the workers (W1: 5,287
+    wakeups for 102 chunks)."""
+
+    def _get_sentinels(self):
+        return [self._change_notifier._reader]
 
 
 class _Recorded(list):
