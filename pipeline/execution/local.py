@@ -438,6 +438,9 @@ class _Pool(mp.pool.Pool):
     per result, each polling every worker, a tenth of a core taken from the workers (W1: 5,287
     wakeups for 102 chunks)."""
 
+    _pool: list                # the standard Pool's own attributes, which typeshed leaves out
+    _change_notifier: Any
+
     def _get_sentinels(self):
         return [self._change_notifier._reader]
 
