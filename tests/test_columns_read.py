@@ -160,3 +160,20 @@ def test_with_no_column_read_the_first_column_still_carries_the_rows(tmp_path, r
     res = run_subprocess("run", str(_job(tmp_path, [str(tmp_path / "in.csv")], stages)), "--no-progress")
     assert res.returncode == 0, res.stderr
     assert read_output(tmp_path / "out").column("one").to_pylist() == [1, 1]
+
+
+@pytest.mark.parametrize("keep", [["id", "region"], ["id"]])
+def test_a_hive_partition_column_is_filled_when_a_stage_reads_it_and_left_out_when_none_does(tmp_path, keep):
+    want = []
+    for region in ("eu", "us"):
+        folder = tmp_path / "in" / f"region={region}"
+        folder.mkdir(parents=True)
+        rows = _sales(folder / "part.csv")
+        want += [{"id": int(r[0]), "region": region} for r in rows[1:] if int(r[1]) > 2]
+    stages = f"  - filter: \"qty > 2\"\n  - select: {keep}\n"
+    res = run_subprocess("run", str(_job(tmp_path, [str(tmp_path / "in" / "*" / "*.csv")], stages)), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    got = read_output(tmp_path / "out")
+    assert got.column_names == keep
+    assert sorted(got.to_pylist(), key=lambda r: (r["id"], r.get("region"))) == \
+        sorted(({k: r[k] for k in keep} for r in want), key=lambda r: (r["id"], r.get("region")))
