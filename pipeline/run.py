@@ -533,6 +533,11 @@ def _run(job: Job, target: OutputTarget, report: Report, started: float, store: 
                        else plural(len(todo), "chunk"))
                 listed = plural(len(plan.files), "file") if plan.listed else f"{len(plan.files):,} files so far"
                 log.info("run %s: %s, %s, %s", run_id, listed, cut, plural(executor.workers, "worker"))
+                read = task.worker.read
+                if read.columns is not None:
+                    left = [n for n in read.schema.names if n not in read.columns]
+                    log.info("the stages read %d of the %d input columns; not converted: %s", len(read.columns),
+                             len(read.schema), ", ".join(left))
                 counted = count_results(job, report, bar)
 
                 def on_result(result: ChunkResult) -> None:

@@ -113,6 +113,7 @@ def test_a_bad_value_in_a_column_no_stage_reads_rejects_no_row(tmp_path):
     want = [{"id": int(r[0]), "total": float(r[2]) * int(r[1])} for r in rows[1:] if int(r[1]) > 0]
     assert _output(tmp_path).to_pylist() == want
     assert not (tmp_path / "out" / "_rejects").exists()
+    assert "the stages read 3 of the 5 input columns; not converted: note, code" in res.stderr
 
     # the stages read the column: the row is rejected, named by file and line
     stages = "  - filter: \"qty > 0 and note > 0\"\n  - select: [id]\n"
