@@ -95,3 +95,28 @@ def test_a_run_that_wrote_nothing(job_and_plan):
     assert m["schema"] == [] and m["files"] == [] and m["rejects"] == {"files": [], "rows": 0}
     assert m["counts"] == {"rows_read": 0, "rows_written": 0, "rows_filtered": 0, "rows_rejected": 0,
                            "rows_added": 0, "lines_skipped": 0}
+
+
+def test_a_run_parses_the_output_manifest_once_while_its_file_is_unchanged(tmp_path, monkeypatch):
+    """A large output's manifest (tens of MB for 100,000 inputs) is read before the run plans and again
+    after dead runs are undone: parsed once while the file stays the same, again when it changed."""
+    from pipeline.output import publish as publish_mod
+    from pipeline.output import target as target_mod
+    from pipeline.output.target import DirectoryTarget
+    from tests.helpers import run_cli
+
+    (tmp_path / "a.csv").write_text("id,total\n1,2.5\n")
+    job = write_job(tmp_path, basic_job("a.csv"))
+    assert run_cli("run", job, "--no-progress")[0] == 0
+    reads = []
+    real = publish_mod.read_manifest
+    for module in (publish_mod, target_mod):
+        monkeypatch.setattr(module, "read_manifest", lambda path: reads.append(path) or real(path))
+    out = DirectoryTarget(str(tmp_path / "out"))
+    first = out.manifest()
+    staging = out.prepare("r9", "overwrite", parts_on_url=False, resume=None)
+    assert staging.previous == first and len(reads) == 1
+    # a whole run parses it once; then its new manifest is parsed again
+    assert run_cli("run", job, "--no-progress")[0] == 0
+    assert len(reads) == 2
+    assert out.manifest()["run_id"] != first["run_id"] and len(reads) == 3

@@ -76,6 +76,25 @@ def test_builtin_stages_never_import_pandas(tmp_path, workers):
     assert sorted((r["id"], r["total"]) for r in got) == ref
 
 
+def test_hive_partitioned_input_never_imports_pandas(tmp_path):
+    """The partition columns' types come from the folder names, and every chunk fills them in: no step
+    hands pyarrow Python values."""
+    for day in ("2026-11-01", "2026-11-02"):
+        for region in ("eu", "us"):
+            folder = tmp_path / "in" / f"day={day}" / f"region={region}"
+            folder.mkdir(parents=True)
+            (folder / "part.csv").write_text(CSV)
+    job = basic_job("in/*/*/*.csv", run={"workers": 2, "on_bad_rows": "quarantine"},
+                    stages=[{"filter": "qty > 0"}, {"select": ["id", "day", "region", "qty"]}])
+    done, modules = _run(tmp_path, job)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pandas" not in modules
+    got = sorted((r["id"], str(r["day"]), r["region"], r["qty"]) for r in read_output(tmp_path / "out").to_pylist())
+    ref = duckdb.sql(f"""select id, cast(day as varchar), region, qty from read_csv('{tmp_path}/in/*/*/*.csv',
+                         hive_partitioning = true) where qty > 0 order by all""").fetchall()
+    assert got == ref
+
+
 def test_a_pandas_stage_still_works_after_the_change(tmp_path):
     (tmp_path / "stage_mod.py").write_text(
         "def double(df):\n    df['qty2'] = df['qty'] * 2\n    return df\n")

@@ -183,20 +183,29 @@ def list_inputs(patterns: tuple[str, ...], configured_format: str, *, follow_sym
             continue
         base = os.path.abspath(literal_root(pattern, os.sep) or ".")
         before = len(items)
+        # what a match's folder gives (its absolute path, whether it is hidden below the glob's root,
+        # its partitions), worked out once per folder: thousands of files share a few folders
+        folders: dict[str, tuple[str, bool, tuple]] = {}
         for match in matches:
-            real = os.path.abspath(match)
-            below = _below_local(base, real)
-            if hidden(below) or real in seen:
+            folder, name = os.path.split(match)
+            known = folders.get(folder)
+            if known is None:
+                real_folder = os.path.abspath(folder or os.curdir)
+                below = _below_local(base, real_folder + os.sep + "x")[:-1]
+                known = folders[folder] = (real_folder, hidden(below),
+                                           hive_partitions(below + ["x"]) if hive else ())
+            real_folder, folder_hidden, partitions = known
+            real = real_folder + os.sep + name if name not in ("", ".", "..") else os.path.abspath(match)
+            if folder_hidden or name.startswith(("_", ".")) or real in seen:
                 continue
             try:
-                fmt, compression = detect_name(below[-1] if below else os.path.basename(real), real,
-                                               configured_format)
+                fmt, compression = detect_name(name or os.path.basename(real), real, configured_format)
             except ConfigError:
                 if os.path.isdir(real):   # a folder the glob matched: only a name without a data file's
                     continue              # extension is looked up here; the others when they are taken
                 raise
             seen.add(real)
-            items.append(Name(real, fmt, compression, hive_partitions(below) if hive else (), i))
+            items.append(Name(real, fmt, compression, partitions, i))
         if len(items) == before and all(os.path.isdir(m) for m in matches) and not allow_empty:
             raise ConfigError(f"no file matches {pattern!r}", key=key, line=line)
     return Listing(items, follow_symlinks=follow_symlinks, patterns=tuple(patterns), line_of=line_of,

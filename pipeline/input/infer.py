@@ -64,7 +64,8 @@ def infer_column(values: pa.ChunkedArray | pa.Array, counts: pa.Array | None = N
             fits = pc.and_(fits, _fits_int64(values))
         elif dtype == pa.float64():   # an integer past 38 digits is text: a float would round it
             fits = pc.and_(fits, pc.invert(pc.match_substring_regex(values, _LONGER_INT)))
-        matched = (pc.sum(fits) if counts is None else pc.sum(pc.if_else(fits, counts, 0))).as_py() or 0
+        matched = (pc.sum(fits) if counts is None
+                   else pc.sum(pc.if_else(fits, counts, arrays.scalar(0, counts.type)))).as_py() or 0
         if n - matched <= allowed_misses:
             return dtype
     return pa.string()

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from pipeline import arrays
 from pipeline.errors import ConfigError, InputError
 from pipeline.input import infer, json_array
 from pipeline.input.chunks import Chunk, ReadSpec, chunk_id
@@ -227,7 +228,7 @@ def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start
 
     def parse(data: bytes) -> pa.Table:
         if not data.strip(b"\r\n"):
-            return pa.table({n: pa.array([], pa.binary()) for n in names})
+            return pa.table({n: arrays.array([], pa.binary()) for n in names})
         return pacsv.read_csv(pa.py_buffer(data), read_options=read_options, parse_options=parse_options,
                               convert_options=convert)
 
@@ -243,8 +244,8 @@ def _valid_utf8(col: pa.ChunkedArray) -> pa.ChunkedArray:
     try:
         return col.cast(pa.string())
     except pa.ArrowInvalid:
-        return pa.chunked_array([pa.array([v for v in c.to_pylist() if v is None or _is_utf8(v)],
-                                          pa.binary()).cast(pa.string()) for c in col.chunks], pa.string())
+        return pa.chunked_array([arrays.array([v for v in c.to_pylist() if v is None or _is_utf8(v)],
+                                              pa.binary()).cast(pa.string()) for c in col.chunks], pa.string())
 
 
 def _is_utf8(v: bytes) -> bool:
@@ -586,8 +587,8 @@ def _partition_types(partitions) -> dict[str, pa.DataType]:
     types = {}
     for k, counted in values.items():
         distinct = [v for v in counted if v is not None]
-        types[k] = infer.infer_column(pa.array(distinct, pa.string()),
-                                      counts=pa.array([counted[v] for v in distinct], pa.int64()))
+        types[k] = infer.infer_column(arrays.array(distinct, pa.string()),
+                                      counts=arrays.array([counted[v] for v in distinct], pa.int64()))
     return types
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from pipeline import arrays
 from pipeline.errors import InputError
 from pipeline.input import boundaries, json_array
 from pipeline.input.boundaries import dialect_of
@@ -311,7 +312,7 @@ def with_partitions(f, schema: pa.Schema, to_schema: Callable[[pa.Table], pa.Tab
             continue
         fld = schema.field(key)
         try:
-            values.append((schema.get_field_index(key), fld, pa.array([value], pa.string()).cast(fld.type)[0]))
+            values.append((schema.get_field_index(key), fld, arrays.array([value], pa.string()).cast(fld.type)[0]))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise InputError(f"{f.path}: partition folder {key}={value} does not fit the column type {fld.type}: "
                              f"{exc}", file=f.path) from exc

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.errors import OutputError
@@ -64,14 +65,15 @@ def read_manifest(path: str) -> dict | None:
         raise OutputError(f"{os.path.join(path, MANIFEST)}: unreadable manifest: {exc}") from exc
 
 
-def check_target(paths: OutputPaths, mode: str) -> dict | None:
-    """Refuse outputs we must not touch; return the existing manifest, if any."""
+def check_target(paths: OutputPaths, mode: str,
+                 read: Callable[[str], dict | None] = read_manifest) -> dict | None:
+    """Refuse outputs we must not touch; return the existing manifest (by ``read``), if any."""
     path = paths.path
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputError(f"output.path {path} exists and is not a directory")
     if not holds_data(path):
         return None
-    return refuse_existing(path, read_manifest(path), mode)
+    return refuse_existing(path, read(path), mode)
 
 
 def refuse_existing(path: str, manifest: dict | None, mode: str) -> dict | None:

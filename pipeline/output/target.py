@@ -32,7 +32,15 @@ from pipeline.output.objectstore import (
     read_remote_manifest,
     remove_unlisted,
 )
-from pipeline.output.publish import OutputPaths, check_target, link_previous, publish, read_manifest, recover
+from pipeline.output.publish import (
+    MANIFEST,
+    OutputPaths,
+    check_target,
+    link_previous,
+    publish,
+    read_manifest,
+    recover,
+)
 from pipeline.output.resume import JOURNAL, PlanKey, Resumed, find_resumable, start_journal
 
 log = logging.getLogger("pipeline")
@@ -78,20 +86,33 @@ class DirectoryTarget:
     def __init__(self, path: str):
         self.path = path
         self.paths = OutputPaths(path)
+        self._read: tuple[tuple[int, int, int], dict | None] | None = None
 
     def lock(self, job_name: str, run_id: str) -> JobLock:
         return JobLock(self.paths.lock, job_name, run_id)
 
     def manifest(self) -> dict | None:
         try:
-            return read_manifest(self.path) if os.path.isdir(self.path) else None
+            return self._manifest(self.path) if os.path.isdir(self.path) else None
         except PipelineError:
             return None
+
+    def _manifest(self, path: str) -> dict | None:
+        """The output's manifest, parsed once while its file stays the same (read before the run
+        plans and again once dead runs are undone; a large output's is tens of MB)."""
+        try:
+            st = os.stat(os.path.join(path, MANIFEST))
+        except OSError:
+            return read_manifest(path)   # None when missing, else the error naming it
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._read is None or self._read[0] != key:
+            self._read = (key, read_manifest(path))
+        return self._read[1]
 
     def prepare(self, run_id: str, mode: str, *, parts_on_url: bool,
                 resume: tuple[str, PlanKey] | None) -> Staging:
         resumed = _recover(self.paths, resume)
-        previous = check_target(self.paths, mode)
+        previous = check_target(self.paths, mode, self._manifest)
         directory, journal = _open_staging(self.paths, run_id, resume, resumed)
         return Staging(run_id, directory, directory, journal, previous, resumed)
 
