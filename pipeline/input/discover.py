@@ -190,12 +190,14 @@ def list_inputs(patterns: tuple[str, ...], configured_format: str, *, follow_sym
             folder, name = os.path.split(match)
             known = folders.get(folder)
             if known is None:
-                real_folder = os.path.abspath(folder or os.curdir)
-                below = _below_local(base, real_folder + os.sep + "x")[:-1]
-                known = folders[folder] = (real_folder, hidden(below),
-                                           hive_partitions(below + ["x"]) if hive else ())
+                # the folder's path with a separator at its end ("/" for the root, not "//")
+                real_folder = os.path.abspath(folder or os.curdir).rstrip(os.sep) + os.sep
+                # the folders below the glob's root, then a file name (whichever file: only folders count)
+                below = _below_local(base, real_folder + "f")
+                known = folders[folder] = (real_folder, hidden(below[:-1]),
+                                           hive_partitions(below) if hive else ())
             real_folder, folder_hidden, partitions = known
-            real = real_folder + os.sep + name if name not in ("", ".", "..") else os.path.abspath(match)
+            real = real_folder + name if name not in ("", ".", "..") else os.path.abspath(match)
             if folder_hidden or name.startswith(("_", ".")) or real in seen:
                 continue
             try:
