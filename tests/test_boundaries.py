@@ -142,6 +142,32 @@ def test_quote_runs_split_by_a_cut(tmp_path):
             assert [r for p in pieces for r in _records(p.data)] == expected
 
 
+def test_the_read_buffer_is_reused_and_never_overwritten_under_a_view(tmp_path):
+    """A range is read into one buffer kept from chunk to chunk (no new memory to fault in each
+    time); each chunk's records are copied out of it, and a buffer someone still views is replaced,
+    never overwritten."""
+    import numpy as np
+
+    data = b"".join(b'%d,"x,\ny",z\n' % i for i in range(20000))   # ranges of one length: longer than a range and its window
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    chunks = _cut(path, data, 0, 4096)
+    table = boundaries.StateTable()
+    pieces = [boundaries.locate(c, CSV, table) for c in chunks[:2]]
+    buffer = boundaries._READ_BUFFER[0]
+    held = np.frombuffer(buffer, dtype=np.uint8)     # a view of the second range's bytes
+    snapshot = held.tobytes()
+    pieces.append(boundaries.locate(chunks[2], CSV, table))   # a range of the same length
+    assert held.tobytes() == snapshot                 # the viewed buffer kept its bytes
+    assert boundaries._READ_BUFFER[0] is not buffer   # ... the next range went to a new one
+    del held
+    reused = boundaries._READ_BUFFER[0]
+    pieces += [boundaries.locate(c, CSV, table) for c in chunks[3:]]
+    assert boundaries._READ_BUFFER[0] is reused       # nothing views it: the same buffer again
+    assert all(isinstance(p.data, bytes) for p in pieces)
+    assert [r for p in pieces for r in _records(p.data)] == _records(data)
+
+
 def test_a_record_longer_than_the_range_leaves_empty_chunks(tmp_path):
     data = b'1,"' + b"long\n" * 500 + b'",x\n2,y\n'
     pieces = _check(tmp_path, data, 64)

@@ -27,11 +27,12 @@ stream).
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from pipeline.input.split import CR, JSON_LINES, LF, Dialect, Scanner, _quote_ru
 from pipeline.input.storage import is_url, open_input
 
 OUT, IN, UNKNOWN = 0, 1, -1
+Data = bytes | bytearray   # a range's bytes: this process's read buffer, or bytes read on after it
 WINDOW = 64 << 10      # bytes read past a range's end to find its last record's end
 # How long a worker waits for the state at its cut from the worker on the range before it (which puts
 # it in the shared table as soon as it has read that range) before reading that range itself: ranges
@@ -163,7 +165,7 @@ def _transfer(fh: IO[bytes], chunk, i: int, starts: tuple[int, ...], d: Dialect)
     lo = max(a - 1, 0)
     fh.seek(lo)
     if d.comment:
-        buf = fh.read(b - lo + 4096)
+        buf: Data = fh.read(b - lo + 4096)
         buf, pa_ = _line_start_in(fh, buf, lo, a, chunk.file, d, first=i == 0)
         buf, pb_ = _line_start_in(fh, buf, lo, b, chunk.file, d)
         return [lines_state(buf, pa_, pb_, s, d) for s in starts]
@@ -233,8 +235,8 @@ def line_start(arr: np.ndarray, x: int, prev: int, d: Dialect, eof: bool) -> int
     return len(arr) if eof else None
 
 
-def _line_start_in(fh: IO[bytes], buf: bytes, lo: int, x: int, f, d: Dialect, first: bool = False
-                   ) -> tuple[bytes, int]:
+def _line_start_in(fh: IO[bytes], buf: Data, lo: int, x: int, f, d: Dialect, first: bool = False
+                   ) -> tuple[Data, int]:
     """(``buf``, read on as needed, and the first line start at or after file offset ``x`` in it);
     ``buf`` holds the file from ``lo``. The end of the file is a line start; so is a file's data
     start (``first``)."""
@@ -249,19 +251,54 @@ def _line_start_in(fh: IO[bytes], buf: bytes, lo: int, x: int, f, d: Dialect, fi
         buf = _read_on(fh, buf, lo, f)
 
 
-def _read_range(fh: IO[bytes], a: int, b: int, f) -> tuple[int, bytes]:
+# The bytes of the range a worker reads, kept from one chunk to the next: a chunk's own bytes (``Located.data``)
+# are copied out of it. Reading each range into a new object costs the kernel's page faults and zeroing of
+# its memory every time, several times the copy itself; this buffer's pages stay mapped.
+_READ_BUFFER = [bytearray()]
+
+
+def _read_buffer(n: int) -> bytearray:
+    """This process's read buffer, ``n`` bytes long (a new one while a view of the last one is kept)."""
+    buf = _READ_BUFFER[0]
+    try:
+        buf.append(0)   # a resize, refused while anything views the buffer (reading into it is not)
+        if len(buf) > n:
+            del buf[n:]
+        elif len(buf) < n:
+            buf.extend(bytes(n - len(buf)))
+    except BufferError:   # something still holds a view of the last range's bytes: leave them to it
+        buf = _READ_BUFFER[0] = bytearray(n)
+    return buf
+
+
+def _read_range(fh: IO[bytes], a: int, b: int, f) -> tuple[int, Data]:
     """(offset, bytes) of a range ``a``-``b`` of file ``f``, from the byte before it to WINDOW past it
-    (never past the size the plan saw)."""
+    (never past the size the plan saw), in this process's read buffer: valid until the next call."""
     lo = max(a - 1, 0)
     fh.seek(lo)
-    buf = fh.read(min(b - lo + WINDOW, f.size - lo))
+    buf = _read_buffer(min(b - lo + WINDOW, f.size - lo))
+    got = 0
+    with memoryview(buf) as view:
+        while got < len(buf):
+            k = cast(io.BufferedIOBase, fh).readinto(view[got:])
+            if not k:
+                break
+            got += k
+    if got < len(buf):
+        del buf[got:]
     if lo + len(buf) < b:
         raise InputError(f"{f.path}: file changed while reading (expected {b - lo} bytes at offset {lo}, "
                          f"got {len(buf)})", file=f.path)
     return lo, buf
 
 
-def _read_on(fh: IO[bytes], buf: bytes, lo: int, f) -> bytes:
+def _copy(buf: Data, start: int, end: int) -> bytes:
+    """``buf[start:end]`` as bytes of its own (one copy, also from a bytearray)."""
+    with memoryview(buf) as view:
+        return bytes(view[start:end])
+
+
+def _read_on(fh: IO[bytes], buf: Data, lo: int, f) -> Data:
     """``buf`` (the file from offset ``lo``) with the bytes after it read on; InputError if the file
     ended before the size the plan saw."""
     fh.seek(lo + len(buf))
@@ -271,8 +308,8 @@ def _read_on(fh: IO[bytes], buf: bytes, lo: int, f) -> bytes:
     return buf + more
 
 
-def _end_boundary(fh: IO[bytes], buf: bytes, lo: int, x: int, state: int, prev: int, f, d: Dialect
-                  ) -> tuple[bytes, int]:
+def _end_boundary(fh: IO[bytes], buf: Data, lo: int, x: int, state: int, prev: int, f, d: Dialect
+                  ) -> tuple[Data, int]:
     """(``buf`` read on as needed, the first record boundary at or after ``x`` in it)."""
     while True:
         e = first_boundary(buf, x, state, prev, d, lo + len(buf) >= f.size)
@@ -281,7 +318,7 @@ def _end_boundary(fh: IO[bytes], buf: bytes, lo: int, x: int, state: int, prev: 
         buf = _read_on(fh, buf, lo, f)
 
 
-def lines_state(buf: bytes, p: int, q: int, state: int, d: Dialect) -> int:
+def lines_state(buf: Data, p: int, q: int, state: int, d: Dialect) -> int:
     """The state at line start ``q`` from ``state`` at line start ``p`` (offsets in ``buf``)."""
     if q <= p:
         return state
@@ -315,7 +352,7 @@ def _locate_lines(chunk, d: Dialect, states: StateTable) -> Located:
         raise InputError(f"{f.path}: cannot read: {exc.strerror or exc}", file=f.path) from exc
     first = p if s == OUT else first_boundary(buf, p, s, LF, d, True, limit=e)
     start = e if first is None else min(first, e)
-    return Located(buf[start:e], lo + start, lo + e, lo + e >= f.size)
+    return Located(_copy(buf, start, e), lo + start, lo + e, lo + e >= f.size)
 
 
 # --------------------------------------------------------------------------- boundaries
@@ -328,7 +365,7 @@ def _is_eol_before(arr: np.ndarray, x: int, prev: int, d: Dialect) -> bool:
     return d.cr and prev == CR and (x >= len(arr) or arr[x] != LF)
 
 
-def first_boundary(buf: bytes, x: int, state: int, prev: int, d: Dialect, eof: bool,
+def first_boundary(buf: Data, x: int, state: int, prev: int, d: Dialect, eof: bool,
                    limit: int | None = None) -> int | None:
     """The first record boundary at or after ``x`` in ``buf[:limit]``, given the quote state at ``x``
     (after the runs that start before it) and the byte before it; None if the bytes end first.
@@ -399,7 +436,7 @@ def locate(chunk, d: Dialect, states: StateTable | None = None) -> Located:
     else:
         first = first_boundary(buf, x, s, prev, d, True, limit=e)
         start = e if first is None else min(first, e)
-    return Located(buf[start:e], lo + start, lo + e, lo + e >= f.size)
+    return Located(_copy(buf, start, e), lo + start, lo + e, lo + e >= f.size)
 
 
 def dialect_of(chunk, spec) -> Dialect:

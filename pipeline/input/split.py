@@ -129,7 +129,7 @@ class Scanner:
     in_comment: bool = False  # inside a comment line
     comments: int = 0         # comment lines met
 
-    def feed(self, buf: bytes, final: bool = False) -> Scan:
+    def feed(self, buf: bytes | bytearray, final: bool = False) -> Scan:
         d = self.dialect
         cut = len(buf)
         if not final and cut:
@@ -180,7 +180,7 @@ class Scanner:
         return Scan(np.concatenate(breaks) + base if breaks else _EMPTY,
                     np.concatenate(flags) if flags else np.zeros(0, dtype=bool), cut)
 
-    def _next_comment(self, buf: bytes, pos: int, cut: int) -> int:
+    def _next_comment(self, buf: bytes | bytearray, pos: int, cut: int) -> int:
         """The first offset >= pos in ``buf[:cut]`` where a line starts with the comment prefix."""
         prefix = self.dialect.comment
         assert prefix is not None
