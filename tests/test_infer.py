@@ -23,6 +23,14 @@ from pipeline.input.infer import infer_column, unify
     (["9" * 38, "-" + "9" * 38], pa.decimal128(38, 0)),
     (["1" * 39], pa.string()),
     (["1" * 39, "1.5"], pa.string()),     # a float would round the integer
+    # a number with a leading zero is a code: as a number it would lose its zeros
+    (["007", "8"], pa.string()),
+    (["00501", "12345"], pa.string()),
+    (["-01", "2"], pa.string()),
+    ([" 01", "2"], pa.string()),
+    (["00.5", "1.5"], pa.string()),
+    (["0", "10", "-0"], pa.int64()),
+    (["0.5", "0e5", "10.25"], pa.float64()),
 ])
 def test_infer_column(values, expected):
     assert infer_column(pa.array(values, pa.string())) == expected
@@ -32,6 +40,12 @@ def test_one_stray_value_in_a_hundred_does_not_make_text():
     assert infer_column(pa.array(["1"] * 99 + ["abc"])) == pa.int64()
     assert infer_column(pa.array(["1"] * 98 + ["abc", "def"])) == pa.string()
     assert infer_column(pa.array(["1"] * 20 + ["abc"])) == pa.string()
+
+
+def test_one_leading_zero_makes_text_whatever_the_sample_size():
+    # unlike a stray value, it would not be a bad row later: it would read as another number
+    assert infer_column(pa.array(["1"] * 5000 + ["007"])) == pa.string()
+    assert infer_column(pa.array(["1.5"] * 5000 + ["01.5"])) == pa.string()
 
 
 def test_unify():

@@ -7,6 +7,9 @@ A column gets the narrowest type that at least 99.9 % of its sampled non-null va
 least all but one when there are 100 or more (one stray value must not turn a numeric column into
 text); the values that do not fit become bad rows when the chunk is read. ``input.schema`` pins any column's type.
 
+A number written with a leading zero (``007``, ``00501``, ``-01``, ``00.5``) makes its column text, with no
+tolerance: as a number it would lose its zeros without a bad row to tell.
+
 Integers are never read as floats, which would round them past 2**53: a column of integers that fit
 int64 (up to 19 digits) is int64; one with larger integers, up to 38 digits, is ``decimal128(38, 0)``,
 exact (as Spark infers them); beyond that, text.
@@ -29,6 +32,7 @@ _LONGER_INT = r"^\s*[+-]?\d{39,}\s*$"
 INT64_MAX = "9223372036854775807"
 BIG_INT = pa.decimal128(38, 0)
 _FLOAT = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$|^\s*[+-]?inf\s*$"
+_LEADING_ZERO = r"^\s*[+-]?0\d"      # 007, 00501, -01, 00.5: a code, whose zeros a number would drop
 _BOOL = r"^(?i:true|false)$"
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
 _TS = r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?$"
@@ -46,6 +50,8 @@ CANDIDATES: list[tuple[pa.DataType, str]] = [
     (pa.timestamp("us", tz="UTC"), _TS_ZONE),
 ]
 
+NUMBERS = (pa.int64(), BIG_INT, pa.float64())
+
 
 def infer_column(values: pa.ChunkedArray | pa.Array, counts: pa.Array | None = None) -> pa.DataType:
     """The narrowest candidate type for a column of sampled strings (string if none fits).
@@ -58,7 +64,12 @@ def infer_column(values: pa.ChunkedArray | pa.Array, counts: pa.Array | None = N
         return pa.string()
     # one stray value in a hundred or more is a bad row, not a reason to make the column text
     allowed_misses = max(int(n * TOLERANCE), 1 if n >= 100 else 0)
+    # a number written with a leading zero would read as a number without it, and no bad row would
+    # tell: one such value makes the column text (as DuckDB infers it)
+    coded = pc.any(pc.match_substring_regex(values, _LEADING_ZERO)).as_py()
     for dtype, pattern in CANDIDATES:
+        if coded and dtype in NUMBERS:
+            continue
         fits = pc.match_substring_regex(values, pattern)
         if dtype == pa.int64():
             fits = pc.and_(fits, _fits_int64(values))
