@@ -252,8 +252,8 @@ def _line_start_in(fh: IO[bytes], buf: Data, lo: int, x: int, f, d: Dialect, fir
 
 
 # The bytes of the range a worker reads, kept from one chunk to the next: a chunk's own bytes (``Located.data``)
-# are copied out of it. Reading each range into a new object costs the kernel's page faults and zeroing of
-# its memory every time, several times the copy itself; this buffer's pages stay mapped.
+# are copied out of it. Reading each range into new memory, then slicing it into more, took about three times
+# the CPU of reading into this buffer (W1: 0.28 against 0.09 s for its 102 ranges of 4 MB).
 _READ_BUFFER = [bytearray()]
 
 
