@@ -95,6 +95,23 @@ def test_hive_partitioned_input_never_imports_pandas(tmp_path):
     assert got == ref
 
 
+def test_a_chunk_of_blank_lines_never_imports_pandas(tmp_path):
+    """A file that ends in blank lines, cut so that its last chunks hold nothing else: those chunks
+    are empty tables of the schema's types, built without handing pyarrow Python values."""
+    (tmp_path / "in.csv").write_text(CSV + "\n" * 20_000)
+    job = basic_job("in.csv", run={"workers": 2, "on_bad_rows": "quarantine"},
+                    input={"schema": {"ts": "timestamp[s]"}, "chunk_bytes": "4KiB"},
+                    stages=[{"select": ["id", "ts", "qty"]}])
+    done = run_subprocess("run", write_job(tmp_path, job), "--no-progress", env={"PYTHONPROFILEIMPORTTIME": "1"},
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pandas" not in _imported(done.stderr)
+    got = sorted((r["id"], r["ts"], r["qty"]) for r in read_output(tmp_path / "out").to_pylist())
+    ref = duckdb.sql(f"select id, ts, qty from read_csv('{tmp_path}/in.csv', types={{'ts': 'TIMESTAMP'}}) "
+                     f"order by id").fetchall()
+    assert got == ref
+
+
 def test_a_pandas_stage_still_works_after_the_change(tmp_path):
     (tmp_path / "stage_mod.py").write_text(
         "def double(df):\n    df['qty2'] = df['qty'] * 2\n    return df\n")

@@ -74,7 +74,7 @@ def _csv_parser(chunk: Chunk, spec: ReadSpec) -> Callable[[bytes], pa.Table]:
 
     def parse(data: bytes) -> pa.Table:
         if not data.strip(b"\r\n"):
-            return pa.table({n: pa.array([], types[n]) for n in included})
+            return pa.table({n: pa.nulls(0, types[n]) for n in included})   # no Python values: no pandas
         # Without quote characters no value can hold a newline: the faster parser is exact.
         opts = multiline if quote and quote.encode() in data else simple
         return pacsv.read_csv(pa.py_buffer(data), read_options=read_options, parse_options=opts,
