@@ -214,7 +214,7 @@ def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, e
     result = {
         "rep": rep + 1, "memory": memory, "wall": m.wall, "cpu": m.cpu, "peak_rss": m.peak_rss, "peak_pss": m.peak_pss,
         "pss_at_peak": {k: {"mib": round(v[0] / 2**20, 1), "processes": v[1]} for k, v in m.pss_at_peak.items()},
-        "procs": m.max_procs,
+        "procs": m.max_procs, "processes": m.processes,
         "returncode": m.returncode, "ok": problem is None, "problem": problem, "log": _rel(log, ROOT),
         "load1": _load()[0],
     }

@@ -40,6 +40,7 @@ class Measurement:
     max_procs: int             # most processes seen at once
     peak_pss: int = 0          # bytes, summed over the tree
     pss_at_peak: dict = field(default_factory=dict)    # process title -> [PSS bytes, processes] at the PSS peak
+    processes: list = field(default_factory=list)      # the title of every process sampled
     timed_out: bool = False
     samples: int = 0
     extra: dict = field(default_factory=dict)
@@ -69,7 +70,8 @@ class _Sampler(threading.Thread):
         self.stop = threading.Event()
         self.peak = 0
         self.peak_pss = 0
-        self.pss_at_peak: dict[str, list[int]] = {}
+        self._at_peak: dict[tuple[int, float], tuple[str, int]] = {}   # process -> (title then, PSS)
+        self._seen: dict[tuple[int, float], str] = {}                     # every process sampled -> its title
         self.max_procs = 0
         self.samples = 0
         self.cpu_seen: dict[tuple[int, float], float] = {}
@@ -97,7 +99,7 @@ class _Sampler(threading.Thread):
     def sample(self) -> None:
         total = total_pss = 0
         count = 0
-        by_title: dict[str, list[int]] = {}
+        seen: dict[tuple[int, float], tuple[str, int]] = {}
         for p, own in self._tree():
             try:
                 with p.oneshot():
@@ -105,18 +107,17 @@ class _Sampler(threading.Thread):
                     mem = p.memory_full_info()
                     times = p.cpu_times()
                 title = self._titles.get(key)
-                if title is None:  # a worker sets its title just after it starts: look again later
+                if title is None:  # a worker sets its title just after it starts: look again next time
                     title = _title(p)
-                    if title.startswith(("pipeline: ", "dask ")) or time.time() - key[1] > 2.0:
+                    if title.startswith(("pipeline: ", "dask ")):
                         self._titles[key] = title
             except psutil.Error:
                 continue
             total += mem.rss
             pss = getattr(mem, "pss", mem.rss)
             total_pss += pss
-            entry = by_title.setdefault(title, [0, 0])
-            entry[0] += pss
-            entry[1] += 1
+            seen[key] = (title, pss)
+            self._seen[key] = title
             count += 1
             if own:
                 self.cpu_seen[key] = times.user + times.system
@@ -124,8 +125,24 @@ class _Sampler(threading.Thread):
         self.peak = max(self.peak, total)
         if total_pss > self.peak_pss:
             self.peak_pss = total_pss
-            self.pss_at_peak = by_title
+            self._at_peak = seen
         self.max_procs = max(self.max_procs, count)
+
+    @property
+    def processes(self) -> list[str]:
+        """The title of every process sampled during the run (each under the title it had last)."""
+        return sorted(self._titles.get(key, title) for key, title in self._seen.items())
+
+    @property
+    def pss_at_peak(self) -> dict[str, list[int]]:
+        """Title -> [PSS bytes, processes] at the PSS peak, each process under the title it had last: a
+        process sampled in the moment between its fork and setting its title is named by its role."""
+        by_title: dict[str, list[int]] = {}
+        for key, (title, pss) in self._at_peak.items():
+            entry = by_title.setdefault(self._titles.get(key, title), [0, 0])
+            entry[0] += pss
+            entry[1] += 1
+        return by_title
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -234,5 +251,5 @@ def run(cmd: list[str], *, cwd: str | None = None, env: dict | None = None, log_
     return Measurement(cmd=cmd, returncode=proc.returncode, wall=wall,
                        cpu=max(cpu, sum(sampler.cpu_seen.values())) + extra_cpu, peak_rss=sampler.peak,
                        max_procs=sampler.max_procs, timed_out=timed_out, samples=sampler.samples,
-                       peak_pss=sampler.peak_pss, pss_at_peak=sampler.pss_at_peak,
+                       peak_pss=sampler.peak_pss, pss_at_peak=sampler.pss_at_peak, processes=sampler.processes,
                        extra={"left_behind": left_behind} if left_behind else {})
