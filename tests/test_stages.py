@@ -578,3 +578,25 @@ def test_python_module_is_loaded_once_per_file(job, people):
     from pipeline.stages import load_function
     first = load_function("transforms:enrich", job.base_dir)
     assert load_function("transforms:enrich", job.base_dir) is first
+
+
+def test_the_pandas_round_trip_starts_no_threads_of_its_own(job, monkeypatch):
+    """Each worker process already has a core: pyarrow's threads for converting a large frame to and
+    from pandas would only compete with the other workers (about twice the conversion's CPU)."""
+    import concurrent.futures
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a thread pool was started")
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", refuse)
+    n = 50_000    # pyarrow uses threads from 100 rows per column up
+    big = pa.table({"name": pa.array([f"n{i}" for i in range(n)]), "qty": pa.array(range(n), pa.int64())})
+    before = _thread_count()
+    result = apply_stages(big, [("python", {"function": "transforms:enrich", "params": {"salt": "!"}})], job)
+    assert result.table.num_rows == n
+    assert _thread_count() == before
+
+
+def _thread_count() -> int:
+    import os
+    return len(os.listdir("/proc/self/task"))
