@@ -178,3 +178,33 @@ def test_a_hive_partition_column_is_filled_when_a_stage_reads_it_and_left_out_wh
     assert got.column_names == keep
     assert sorted(got.to_pylist(), key=lambda r: (r["id"], r.get("region"))) == \
         sorted(({k: r[k] for k in keep} for r in want), key=lambda r: (r["id"], r.get("region")))
+
+
+def test_json_lines_keys_no_stage_reads_are_skipped_and_reject_no_row(tmp_path):
+    import json
+
+    records = [{"id": i, "qty": i % 5, "price": i * 1.5, "note": i * 7, "code": f"c{i % 3}"} for i in range(1, 41)]
+    records[6]["note"] = {"not": "a number"}      # another kind of value, in a key no stage reads
+    records[29]["late"] = "a key the type sample never met"
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    sample = "  sample_bytes: 1500\n"           # the first 20 or so lines
+    stages = "  - filter: \"qty > 0\"\n  - derive: {total: \"price * qty\"}\n  - select: [id, total]\n"
+    res = run_subprocess("run", str(_job(tmp_path, [str(tmp_path / "in.jsonl")], stages, sample, fmt="jsonl")),
+                         "--no-progress")
+    assert res.returncode == 0, res.stderr
+    # the reference: Python's json module and the same arithmetic
+    lines = (tmp_path / "in.jsonl").read_text().splitlines()
+    want = [{"id": r["id"], "total": r["price"] * r["qty"]} for r in map(json.loads, lines) if r["qty"] > 0]
+    assert _output(tmp_path).to_pylist() == want
+    assert not (tmp_path / "out" / "_rejects").exists()
+
+    # every key read (no select): both records are bad rows, named by line and key
+    res = run_subprocess("run", str(_job(tmp_path, [str(tmp_path / "in.jsonl")], "  - filter: \"qty > 0\"\n",
+                                         sample, fmt="jsonl")), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    rejects = sorted(pq.read_table(tmp_path / "out" / "_rejects").to_pylist(), key=lambda r: r["line"])
+    assert [(r["line"], r["raw"]) for r in rejects] == [(7, lines[6]), (30, lines[29])]
+    assert rejects[0]["reason"] == "key 'note' holds an object, not a number as its column's type"
+    assert rejects[1]["reason"].startswith("key 'late' is not in the input schema")
+    kept = [r["id"] for i, r in enumerate(records) if r["qty"] > 0 and i not in (6, 29)]
+    assert _output(tmp_path).column("id").to_pylist() == kept

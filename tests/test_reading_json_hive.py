@@ -74,6 +74,42 @@ def test_a_json_lines_key_first_seen_after_the_sample_names_the_key_and_the_fix(
     assert read_output(tmp_path / "out").column("late").to_pylist()[-1] == "x"
 
 
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}[type(value)]
+
+
+@pytest.mark.parametrize("odd", [
+    [(0, {"note": {"not": "text"}})],                       # the first line is the odd one: most lines win
+    [(3, {"note": 7}), (11, {"note": [1]})],                 # a number and an array among text
+    [(5, {"tags": ["x"]})],                                  # deeper: text in a list of numbers
+    [(2, {"ok": 1}), (9, {"ok": "yes"})],                    # a number and text among booleans
+])
+def test_a_json_lines_value_of_another_kind_than_most_is_a_bad_row_not_a_failure(tmp_path, capsys, odd):
+    rows = [{"id": i, "note": f"n{i}", "tags": [i, i + 1], "ok": i % 2 == 0} for i in range(20)]
+    for line, change in odd:
+        rows[line].update(change)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "in.jsonl").write_text(text)
+    code, _out, err = _run(tmp_path, basic_job("in.jsonl", run={"on_bad_rows": "quarantine"}), capsys)
+    assert code == 0, err
+    # the reference: Python's json module; a line is good when each key holds what most lines hold
+    parsed = [json.loads(ln) for ln in text.splitlines()]
+    most = {k: max(("boolean", "number", "string", "array", "object"),
+                   key=lambda kind: sum(_kind(r[k]) == kind for r in parsed)) for k in parsed[0]}
+    odd_lines = {line for line, _ in odd}
+    assert {i for i, r in enumerate(parsed) if any(_kind(v) != most[k] for k, v in r.items())} <= odd_lines
+    good = [r for i, r in enumerate(parsed) if i not in odd_lines]
+    assert read_output(tmp_path / "out").to_pylist() == good
+    rejects = ds.dataset(tmp_path / "out" / "_rejects").to_table().to_pylist()
+    assert sorted(r["line"] for r in rejects) == sorted(line + 1 for line in odd_lines)
+    assert all(" holds a" in r["reason"] and "as its column's type" in r["reason"] for r in rejects)
+
+
+
 def test_the_tool_reads_its_own_partitioned_output(tmp_path, capsys, workers):
     data = "".join(f"{i},{['north', 'south', 'east'][i % 3]},{2020 + i % 2},{i * 1.5}\n" for i in range(300))
     (tmp_path / "in.csv").write_text("id,region,year,amount\n" + data + "bad,row\n")

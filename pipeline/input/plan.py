@@ -10,6 +10,7 @@ import collections
 import functools
 import hashlib
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -263,22 +264,18 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
     lines = [ln for ln in sample.split(b"\n") if ln.strip()]
     if not lines:
         return {}
+
+    def read(some: list[bytes]) -> pa.Table:
+        return pajson.read_json(pa.py_buffer(b"\n".join(some) + b"\n"),
+                                read_options=pajson.ReadOptions(use_threads=False, block_size=len(sample) + 1))
+
     try:
-        table = pajson.read_json(pa.py_buffer(b"\n".join(lines) + b"\n"),
-                                 read_options=pajson.ReadOptions(use_threads=False, block_size=len(sample) + 1))
+        table = read(lines)
     except pa.ArrowInvalid:
-        import json
-        good = []
-        for ln in lines:
-            try:
-                if isinstance(json.loads(ln), dict):
-                    good.append(ln)
-            except ValueError:
-                continue
-        if not good:
+        found = _agreeing_sample(f, lines, read)
+        if found is None:
             return {}
-        table = pajson.read_json(pa.py_buffer(b"\n".join(good) + b"\n"),
-                                 read_options=pajson.ReadOptions(use_threads=False, block_size=len(sample) + 1))
+        table = found
     rows = pa.py_buffer(b"\n".join(lines) + b"\n")
 
     def read_as(name: str, dtype: pa.DataType) -> pa.ChunkedArray | None:
@@ -292,6 +289,63 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
 
     return {name: infer.exact_integers(table.schema.field(name).type, functools.partial(read_as, name))
             for name in table.column_names}
+
+
+_JSON_CONFLICT = re.compile(r"changed from \w+ to \w+ in row (\d+)")
+MAX_SAMPLE_CONFLICTS = 100
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _agreeing_sample(f: InputFile, lines: list[bytes], read) -> pa.Table | None:
+    """The type sample's table from its JSON objects whose keys hold what most of them hold.
+
+    A key that is text in most records and an object in one (or a number here and text there) has
+    no type pyarrow can give both: the type is that of the most records, and a record holding
+    another kind is a bad row when it is read, not the whole run's failure. Lines that are not JSON
+    objects are left out of the sample alike. None when no line is a JSON object.
+    """
+    import json
+
+    objects = []
+    for ln in lines:
+        try:
+            value = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            objects.append((ln, value))
+    kinds: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for _, value in objects:
+        for key, v in value.items():
+            if v is not None:
+                kinds[key][_json_kind(v)] += 1
+    most = {key: counts.most_common(1)[0][0] for key, counts in kinds.items()}   # ties: the first seen
+    kept = [ln for ln, value in objects
+            if all(v is None or _json_kind(v) == most[key] for key, v in value.items())]
+    # what differs deeper (a list of numbers here, of text there): the record pyarrow names goes
+    for _ in range(MAX_SAMPLE_CONFLICTS):
+        if not kept:
+            return None
+        try:
+            return read(kept)
+        except pa.ArrowInvalid as exc:
+            m = _JSON_CONFLICT.search(str(exc))
+            if m is None or int(m.group(1)) >= len(kept):
+                raise InputError(f"{f.path}: no type fits the JSON type sample: {exc}; declare the types "
+                                 f"under input.schema", file=f.path) from exc
+            del kept[int(m.group(1))]
+    raise InputError(f"{f.path}: more than {MAX_SAMPLE_CONFLICTS} records of the JSON type sample hold values "
+                     f"of different kinds under the same key; declare the types under input.schema",
+                     file=f.path)
 
 
 def _sample_json_array_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str, pa.DataType]:

