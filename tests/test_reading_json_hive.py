@@ -110,6 +110,21 @@ def test_a_json_lines_value_of_another_kind_than_most_is_a_bad_row_not_a_failure
 
 
 
+def test_json_lines_that_are_not_one_object_each_are_bad_rows_saying_why(tmp_path, capsys):
+    lines = ['{"a": 1, "b": "x"}', '[1, 2]', '{"a": 2, "a": 3}', '7', '{"a": 4, "b": "y"', '{"a": 5, "b": "z"}']
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    code, _out, err = _run(tmp_path, basic_job("in.jsonl", run={"on_bad_rows": "quarantine"}), capsys)
+    assert code == 0, err
+    assert read_output(tmp_path / "out").to_pylist() == [json.loads(lines[0]), json.loads(lines[5])]
+    rejects = sorted(ds.dataset(tmp_path / "out" / "_rejects").to_table().to_pylist(), key=lambda r: r["line"])
+    assert [(r["line"], r["raw"]) for r in rejects] == [(i + 1, lines[i]) for i in (1, 2, 3, 4)]
+    reasons = [r["reason"] for r in rejects]
+    assert reasons[:3] == ["not a JSON object: an array", "key 'a' appears twice in one object",
+                           "not a JSON object: a number"]
+    assert reasons[3].startswith("invalid JSON: ")
+
+
+
 def test_the_tool_reads_its_own_partitioned_output(tmp_path, capsys, workers):
     data = "".join(f"{i},{['north', 'south', 'east'][i % 3]},{2020 + i % 2},{i * 1.5}\n" for i in range(300))
     (tmp_path / "in.csv").write_text("id,region,year,amount\n" + data + "bad,row\n")

@@ -291,7 +291,7 @@ def _sample_json_types(f: InputFile, head: bytes, whole: bool, job) -> dict[str,
             for name in table.column_names}
 
 
-_JSON_CONFLICT = re.compile(r"changed from \w+ to \w+ in row (\d+)")
+_JSON_ROW = re.compile(r" in row (\d+)$")   # pyarrow names the record an error is in
 MAX_SAMPLE_CONFLICTS = 100
 
 
@@ -331,14 +331,15 @@ def _agreeing_sample(f: InputFile, lines: list[bytes], read) -> pa.Table | None:
     most = {key: counts.most_common(1)[0][0] for key, counts in kinds.items()}   # ties: the first seen
     kept = [ln for ln, value in objects
             if all(v is None or _json_kind(v) == most[key] for key, v in value.items())]
-    # what differs deeper (a list of numbers here, of text there): the record pyarrow names goes
+    # what differs deeper (a list of numbers here, of text there), a key twice in one object: the
+    # record pyarrow names goes
     for _ in range(MAX_SAMPLE_CONFLICTS):
         if not kept:
             return None
         try:
             return read(kept)
         except pa.ArrowInvalid as exc:
-            m = _JSON_CONFLICT.search(str(exc))
+            m = _JSON_ROW.search(str(exc).strip())
             if m is None or int(m.group(1)) >= len(kept):
                 raise InputError(f"{f.path}: no type fits the JSON type sample: {exc}; declare the types "
                                  f"under input.schema", file=f.path) from exc

@@ -103,7 +103,14 @@ _CSV_COLUMN = re.compile(r"^In CSV column #(\d+): (?:Row #\d+: )?CSV conversion 
 _CSV_PARSE = re.compile(r"^CSV parse error: (?:Row #\d+: )?(Expected \d+ columns, got \d+)", re.S)
 
 
-_JSON_KIND = re.compile(r"^Column\((/[^)]*)\) changed from (\w+) to (\w+)")
+_JSON_KIND = re.compile(r"^Column\((/[^)]*|)\) changed from (\w+) to (\w+)")
+_JSON_TWICE = re.compile(r"^Column\((/[^)]*)\) was specified twice")
+
+
+def _json_key(path: str) -> str:
+    """pyarrow's path of a JSON value (``/a/[]/b``) as a key (``a[].b``)."""
+    parts = path.strip("/").split("/")
+    return parts[0] + "".join(p if p == "[]" else "." + p for p in parts[1:])
 
 
 def _a(kind: str) -> str:
@@ -129,10 +136,13 @@ def _reason(exc: Exception, names: list[str], record: bytes = b"") -> str:
     if msg.startswith("JSON parse error: "):
         text = msg[len("JSON parse error: "):].split("\n")[0]
         m = _JSON_KIND.match(text)
+        if m and not m.group(1):
+            return f"not a JSON object: {_a(m.group(3))}"
         if m:   # valid JSON, with a value of another kind than the column's type
-            parts = m.group(1).strip("/").split("/")
-            key = parts[0] + "".join(p if p == "[]" else "." + p for p in parts[1:])
-            return f"key {key!r} holds {_a(m.group(3))}, not {_a(m.group(2))} as its column's type"
+            return f"key {_json_key(m.group(1))!r} holds {_a(m.group(3))}, not {_a(m.group(2))} as its column's type"
+        m = _JSON_TWICE.match(text)
+        if m:
+            return f"key {_json_key(m.group(1))!r} appears twice in one object"
         return "invalid JSON: " + re.sub(r"\.? in row \d+$", "", text)
     return msg.split("\n")[0]
 
