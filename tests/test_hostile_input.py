@@ -49,6 +49,34 @@ def test_invalid_utf8_is_a_bad_row_and_the_column_stays_text(tmp_path, capsys, w
     assert "UTF8" in rejects[0]["reason"] or "UTF-8" in rejects[0]["reason"]
 
 
+@pytest.mark.parametrize("name, text", [
+    ("in.csv", "id,name\n1,café\n2,ok\n"), ("in.tsv", "id\tname\n1\tcafé\n"), ("in.jsonl", '{"id": 1}\n{"id": 2}\n'),
+    ("in.json", '[{"id": 1}]'), ("in.csv.gz", "id\n1\n"),
+])
+@pytest.mark.parametrize("encoding, label", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32")])
+def test_utf16_and_utf32_text_is_refused_with_the_conversion_to_make(tmp_path, capsys, name, text, encoding, label):
+    data = ("\ufeff" + text if encoding == "utf-16-be" else text).encode(encoding)   # Python's codec writes the mark
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    code, _out, err = _run(tmp_path, basic_job(name), capsys)
+    assert code == 65, err
+    assert f"{tmp_path / name}: the file is {label} text" in err
+    assert f"iconv -f {label} -t UTF-8" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_header_that_is_not_text_names_the_line_and_the_encoding_key(tmp_path, capsys):
+    (tmp_path / "in.csv").write_bytes(b"\xce\x01\x9a,\xff\n1,2\n")
+    code, _out, err = _run(tmp_path, basic_job("in.csv"), capsys)
+    assert code == 65, err
+    assert f"{tmp_path / 'in.csv'} line 1: cannot read the header: it is not utf-8 text" in err
+    assert "input.csv.encoding" in err
+    # the same bytes are text in latin-1: the key named is the fix
+    code, _out, err = _run(tmp_path, basic_job("in.csv", input={"csv": {"encoding": "latin-1"}}), capsys)
+    assert code == 0, err
+    assert read_output(tmp_path / "out").column_names == [b"\xce\x01\x9a".decode("latin-1"), "ÿ"]
+
+
+
 @pytest.mark.parametrize("suffix,compress", [
     (".gz", lambda b: gzip.compress(b, mtime=0)),
     (".zst", lambda b: zstandard.ZstdCompressor().compress(b)),

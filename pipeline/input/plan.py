@@ -10,6 +10,7 @@ import collections
 import functools
 import hashlib
 import itertools
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -133,6 +134,26 @@ def _header(f: InputFile, head: bytes, whole: bool, job, delimiter: str) -> tupl
     return names, start + data_start, 1 + count_line_ends(body, 0, data_start), comments
 
 
+_WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+              (b"\xfe\xff", "UTF-16"))
+
+
+def _refuse_wide_text(f: InputFile, head: bytes) -> None:
+    """A text file in UTF-16 or UTF-32 (told by its byte order mark) cannot be split into records
+    byte by byte: every line end is two or four bytes. Refused with the fix, not read as garbage."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            raise InputError(f"{f.path}: the file is {name} text (it starts with a {name} byte order mark), which "
+                             f"cannot be split into records; convert it to UTF-8 first "
+                             f"(iconv -f {name} -t UTF-8 {os.path.basename(f.path)} > converted{_suffix(f.path)})",
+                             file=f.path)
+
+
+def _suffix(path: str) -> str:
+    name = os.path.basename(path)
+    return name[name.index("."):] if "." in name else ""
+
+
 HEADER_PROBES = (4 << 10, 64 << 10)
 
 
@@ -165,10 +186,14 @@ def _header_names(f: InputFile, raw: bytes, job, delimiter: str, at: int, body: 
     try:
         table = pacsv.read_csv(pa.py_buffer(raw), read_options=pacsv.ReadOptions(
             use_threads=False, encoding=job.input.csv.encoding), parse_options=_parse_options(job, delimiter))
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        names = tuple(table.column_names)     # decoded here: a header that is not text fails here
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{f.path} line {line}: cannot read the header: it is not {job.input.csv.encoding} text "
+                         f"({exc.reason} at byte {exc.start}); set input.csv.encoding (latin-1, cp1252, ...) "
+                         f"if the file is text in another encoding", file=f.path, line=line) from exc
+    except pa.ArrowInvalid as exc:
         raise InputError(f"{f.path} line {line}: cannot read the header: {str(exc).splitlines()[0]}",
                          file=f.path, line=line) from exc
-    names = tuple(table.column_names)
     if len(_HEADERS) < 1000:
         _HEADERS[key] = names
     return names
@@ -441,10 +466,12 @@ class _Planner:
                          if sample or f.format in ("jsonl", "json") else HEAD_LIMIT)
                 if f.format == "json":
                     head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
+                    _refuse_wide_text(f, head)
                     self.per_file[f.path] = _sample_json_array_types(f, head, whole, job) if sample else {}
                     fchunks = [Chunk(chunk_id(f, 0, -1), f, 0, 0, -1)]
                 elif f.format == "jsonl":
                     head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
+                    _refuse_wide_text(f, head)
                     start = len(BOM) if head.startswith(BOM) else 0
                     self.per_file[f.path] = _sample_json_types(f, head[start:], whole, job) if sample else {}
                     fchunks = _text_chunks(f, job, "\n", (), start, 1, chunk_bytes)
@@ -453,6 +480,7 @@ class _Planner:
                     header = None if sample else self._known_header(f)
                     if header is None:
                         head, whole = _read_head(f, limit, job.input.max_decompressed_bytes)
+                        _refuse_wide_text(f, head)
                         header = _header(f, head, whole, job, delimiter)
                         self._remember_header(head, header)
                     names, start, first_line, comments = header
