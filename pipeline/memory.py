@@ -65,7 +65,7 @@ def memory_plan(limit: int | None, workers: int) -> MemoryPlan:
     if limit is None:
         limit = default_limit(workers)
     if limit < minimum(workers):
-        raise ValueError(f"{limit / MIB:.0f} MiB is too little for {workers} worker(s): a run needs at least "
+        raise ValueError(f"too little for {workers} worker(s): a run needs at least "
                          f"{minimum(workers) / MIB:.0f} MiB (about {PROCESS_BYTES // MIB} MiB for each process "
                          f"and {CHUNK_FACTOR}x the chunk size for each worker); raise it or lower run.workers")
     available = limit - PROCESS_BYTES * (workers + 2)

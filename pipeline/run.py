@@ -42,7 +42,6 @@ from pipeline.input.plan import Plan, build_plan
 from pipeline.input.read import BadRow
 from pipeline.input.storage import is_url
 from pipeline.log import set_context
-from pipeline.memory import memory_plan
 from pipeline.output.carry import carry_previous
 from pipeline.output.finalize import finalize_schema, finalize_staged
 from pipeline.output.lock import JobLock
@@ -312,12 +311,12 @@ def make_executor(job: Job, plan: Plan) -> Executor:
                             connect_timeout=job.run.dask.connect_timeout)
     return LocalExecutor(plan.workers, job.run.start_method, retries=job.run.retries,
                          chunk_timeout=job.run.chunk_timeout,
-                         in_flight=memory_plan(job.run.memory_budget, plan.workers).in_flight)
+                         in_flight=job.memory(plan.workers).in_flight)
 
 
 def writer_buffer(job: Job, plan: Plan) -> int:
     """The writer's row-group buffer within ``run.memory_limit``."""
-    return memory_plan(job.run.memory_budget, plan.workers).writer_buffer
+    return job.memory(plan.workers).writer_buffer
 
 
 def verify_counts(counts: Counts, files: list[dict], quarantine: bool) -> None:

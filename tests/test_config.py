@@ -427,6 +427,15 @@ def test_yaml_syntax_error_has_its_line(tmp_path):
     assert err.context["line"] in (4, 5)
 
 
+def test_an_unquoted_substitution_in_a_flow_list_says_to_quote_it(tmp_path):
+    err = error(tmp_path, "name: job\ninput:\n  paths: [${DATA}/a.csv]\noutput:\n  path: out\n", env={"DATA": "in"})
+    assert "invalid YAML" in str(err) and 'must be quoted, as in paths: ["${DATA}/in.csv"]' in str(err)
+    assert err.context["line"] == 3
+    # quoted, it is the value the variable gives
+    job = load(tmp_path, 'name: job\ninput:\n  paths: ["${DATA}/a.csv"]\noutput:\n  path: out\n', env={"DATA": "in"})
+    assert job.input.paths[0].endswith("in/a.csv")
+
+
 def test_yaml_syntax_error_bad_indent(tmp_path):
     err = error(tmp_path, "name: job\ninput:\n  paths: a\n bad: 1\noutput: {path: out}\n")
     assert "invalid YAML" in str(err)

@@ -77,7 +77,25 @@ def test_too_small_a_memory_limit_is_a_config_error(tmp_path, capsys):
     path = write_job(tmp_path, job)
     code, _, err = run_cli("run", path, "--no-progress", capsys=capsys)
     assert code == 78
-    assert "run.memory_limit" in err and "at least 256 MiB" in err
+    assert "run.memory_limit: 100.0 MiB is too little for 2 worker(s)" in err and "at least 256 MiB" in err
+    # a limit that rounds to no MiB at all is named in its own unit
+    for written, shown in (("1KiB", "1.0 KiB"), ("500", "500 B"), ("0.1GiB", "102.4 MiB")):
+        job["run"]["memory_limit"] = written
+        code, _, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+        assert code == 78 and f"run.memory_limit: {shown} is too little" in err, err
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, "64KiB"])
+def test_a_memory_limit_too_small_for_the_workers_of_the_command_line_is_a_config_error(tmp_path, capsys,
+                                                                                          chunk_bytes):
+    _csv(tmp_path / "in.csv", 100 if chunk_bytes is None else 60_000)
+    job = basic_job("in.csv", run={"workers": 2, "memory_limit": "300MiB"},
+                    input={} if chunk_bytes is None else {"chunk_bytes": chunk_bytes})
+    path = write_job(tmp_path, job)
+    code, _, err = run_cli("run", path, "--no-progress", "--workers", "16", capsys=capsys)
+    assert code == 78, err
+    assert "run.memory_limit: 300.0 MiB is too little for 16 worker(s)" in err and "--workers" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -228,7 +228,11 @@ def load_config(
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         detail = "; ".join(p for p in (e.context, e.problem) if p)
-        raise ConfigError(f"invalid YAML: {detail}", file=file, line=mark_line(mark)) from None
+        at = mark_line(mark)
+        if at and "${" in "".join(text.splitlines()[max(0, at - 2):at]):
+            # [${DATA}/x.csv] reads as a list holding a mapping: the substitution must be quoted
+            detail += '; a ${VAR} inside [ ] or { } must be quoted, as in paths: ["${DATA}/in.csv"]'
+        raise ConfigError(f"invalid YAML: {detail}", file=file, line=at) from None
     except yaml.reader.ReaderError as e:
         line = text[: e.position].count("\n") + 1
         raise ConfigError(f"invalid YAML: character {e.character!r} is not allowed", file=file, line=line) from None

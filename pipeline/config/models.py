@@ -38,12 +38,14 @@ from pipeline.config.values import (
     StrTuple,
     TypeName,
     auto_workers,
+    format_bytes,
     params_as_text,
     parse_workers,
     resolve_path,
 )
 from pipeline.dtypes import parse_type
-from pipeline.memory import memory_plan
+from pipeline.errors import ConfigError
+from pipeline.memory import MemoryPlan, memory_plan
 
 
 class _Model(BaseModel):
@@ -458,7 +460,10 @@ class RunConfig(_Model):
     @field_validator("memory_limit")
     @classmethod
     def _memory_limit(cls, value: int, info: ValidationInfo) -> int:
-        memory_plan(value, info.data.get("workers") or 1)   # ValueError: too little for the workers
+        try:
+            memory_plan(value, info.data.get("workers") or 1)
+        except ValueError as exc:   # too little for the workers
+            raise ValueError(f"{format_bytes(value)} is {exc}") from None
         return value
 
     @property
@@ -541,6 +546,15 @@ class Job(_Model):
     def line_of(self, key: str) -> int | None:
         """The YAML line of a dotted key path (``"stages[2]"``, ``"output.path"``), or None."""
         return self.lines.get(key)
+
+    def memory(self, workers: int) -> MemoryPlan:
+        """The sizes for ``workers`` local workers within ``run.memory_limit``. A ConfigError naming the
+        key when it is too little for them: ``--workers`` can ask for more than the job was checked with."""
+        try:
+            return memory_plan(self.run.memory_budget, workers)
+        except ValueError as exc:
+            raise ConfigError(f"{format_bytes(self.run.memory_budget or 0)} is {exc} (or --workers)",
+                              key="run.memory_limit", line=self.line_of("run.memory_limit")) from None
 
 
 MODEL_AT: dict[str, type[BaseModel]] = {

@@ -29,7 +29,6 @@ from pipeline.input.read import parse_block
 from pipeline.input.split import Dialect, count_line_ends, line_numbers, record_spans
 from pipeline.input.storage import parquet_file
 from pipeline.input.streams import open_decompressed
-from pipeline.memory import memory_plan
 
 BOM = b"\xef\xbb\xbf"
 HEAD_LIMIT = 1 << 20
@@ -396,7 +395,7 @@ def chunk_size(job, total: int, workers: int) -> int:
     if job.input.chunk_bytes:
         return job.input.chunk_bytes
     if job.run.executor == "local":
-        largest = memory_plan(job.run.memory_budget, workers).chunk_bytes
+        largest = job.memory(workers).chunk_bytes
     else:
         largest = MAX_AUTO_CHUNK
     return int(min(largest, max(MIN_AUTO_CHUNK, total / (4 * max(workers, 1)))))
