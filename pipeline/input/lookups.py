@@ -21,6 +21,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.input.plan import build_plan
 from pipeline.input.read import read_chunk
 from pipeline.input.storage import is_url, open_input
+from pipeline.memory import memory_plan
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def read_lookup(lookup: Lookup) -> pa.Table:
     if size > cfg.max_bytes:
         raise _too_big(lookup, f"the file is {_format_bytes(size)}")
     job = SimpleNamespace(input=cfg.as_input(), run=SimpleNamespace(workers=1, executor="local", memory_budget=None),
-                          line_of=lambda key: lookup.line)
+                          line_of=lambda key: lookup.line, memory=lambda workers: memory_plan(None, workers))
     try:
         plan = build_plan(job, workers=1)
     except ConfigError as exc:
