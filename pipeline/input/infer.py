@@ -116,10 +116,19 @@ def unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
         return a
     if pa.types.is_null(a):
         return b
+    if pa.types.is_integer(a) and pa.types.is_integer(b):
+        return _common_integer(a, b)
     numeric = (pa.types.is_integer, pa.types.is_decimal, pa.types.is_floating)
     if any(t(a) for t in numeric) and any(t(b) for t in numeric):
-        # integers and exact big integers stay exact; with floats in either file, the column is float64
-        return pa.float64() if pa.types.is_floating(a) or pa.types.is_floating(b) else BIG_INT
+        # integers and decimals stay exact (a decimal's digits after the point kept); with floats in
+        # either file, the column is float64
+        if pa.types.is_floating(a) or pa.types.is_floating(b):
+            return pa.float64()
+        decimals = [t for t in (a, b) if pa.types.is_decimal(t)]
+        scale = max(t.scale for t in decimals)
+        if any(t.precision > 38 for t in decimals):
+            return pa.decimal256(76, scale)
+        return pa.decimal128(38, scale)
     temporal = (pa.types.is_timestamp, pa.types.is_date)
     if any(t(a) for t in temporal) and any(t(b) for t in temporal):
         tz = getattr(a, "tz", None) or getattr(b, "tz", None)
@@ -127,9 +136,39 @@ def unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
         if tz_differs and not (pa.types.is_date(a) or pa.types.is_date(b)):
             return pa.string()
         units = [t.unit for t in (a, b) if pa.types.is_timestamp(t)]
-        unit = "us" if "us" in units or "ns" in units or "ms" in units else "s"
+        unit = max(units, key=_UNITS.index)     # the finer unit holds the coarser one's values exactly
         return pa.timestamp(unit, tz=tz)
     return pa.string()
+
+
+_UNITS = ["s", "ms", "us", "ns"]
+
+
+def _common_integer(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """The narrowest integer type that holds every value of both (int32 and int64: int64; uint32 and
+    int32: int64), or ``BIG_INT`` where no integer type does (uint64 and any signed type)."""
+    signed = [t.bit_width for t in (a, b) if pa.types.is_signed_integer(t)]
+    unsigned = [t.bit_width for t in (a, b) if pa.types.is_unsigned_integer(t)]
+    if not signed:
+        return pa.from_numpy_dtype(f"uint{max(unsigned)}")
+    need = max(signed + [2 * u for u in unsigned])   # an unsigned value needs a signed type twice as wide
+    return pa.from_numpy_dtype(f"int{need}") if need <= 64 else BIG_INT
+
+
+def decoded(dtype: pa.DataType) -> pa.DataType:
+    """A dictionary-encoded column's value type (a pandas categorical written to Parquet reads back
+    as one): each row group has its own dictionary, which one Arrow column cannot hold, and the
+    values are what the rows hold."""
+    return dtype.value_type if pa.types.is_dictionary(dtype) else dtype
+
+
+def has_text_form(dtype: pa.DataType) -> bool:
+    """Whether values of ``dtype`` can be cast to text: nested ones (struct, list, map) cannot."""
+    try:
+        pa.array([], dtype).cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return False
+    return True
 
 
 def nullable_to_string(dtype: pa.DataType) -> pa.DataType:

@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from pipeline import arrays
+from pipeline.dtypes import type_name
 from pipeline.errors import ConfigError, InputError
 from pipeline.input import infer, json_array
 from pipeline.input.chunks import Chunk, ReadSpec, chunk_id
@@ -456,7 +457,7 @@ class _Planner:
         try:
             if f.format == "parquet":
                 fchunks, schema = _parquet_chunks(f, job, chunk_bytes)
-                self.per_file[f.path] = {fld.name: fld.type for fld in schema}
+                self.per_file[f.path] = {fld.name: infer.decoded(fld.type) for fld in schema}
             else:
                 # Types come from the first SAMPLE_FILES files of a format (and from any file that
                 # brings new columns): with thousands of small files, sampling each would dominate.
@@ -677,13 +678,21 @@ def _partition_types(partitions) -> dict[str, pa.DataType]:
 def _unify(files, per_file, file_order, job, pinned, partitions=None) -> tuple[pa.Schema, dict[str, str]]:
     order: list[str] = []
     types: dict[str, pa.DataType] = {}
+    seen_in: dict[str, str] = {}    # the file a column's type was first seen in
     for f in files:
         for name in file_order[f.path]:
             if name not in types:
                 order.append(name)
                 types[name] = per_file[f.path][name]
-            else:
-                types[name] = infer.unify(types[name], per_file[f.path][name])
+                seen_in[name] = f.path
+                continue
+            here = per_file[f.path][name]
+            merged = infer.unify(types[name], here)
+            if pa.types.is_string(merged) and not (infer.has_text_form(types[name]) and infer.has_text_form(here)):
+                raise InputError(f"{f.path}: column {name!r} is {type_name(here)} here but {type_name(types[name])} in "
+                                 f"{seen_in[name]}: no type holds both (a nested value has no text form); convert one "
+                                 f"of the files, or read them in separate jobs", file=f.path)
+            types[name] = merged
     for name, dtype in (partitions or {}).items():   # after the files' columns, as pyarrow and DuckDB put them
         order.append(name)
         types[name] = dtype
