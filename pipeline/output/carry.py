@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import arrays
-from pipeline.errors import InputError
+from pipeline.errors import InputError, OutputError
 from pipeline.input.read import conform
 from pipeline.output.publish import link_previous
 
@@ -43,6 +43,7 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
         entry = dict(entry)
         rel = entry["path"]
         src = os.path.join(previous_dir, rel)
+        _check_part(previous_dir, rel, src, entry)
         drop = _rows_of(entry, replaced, src) if replaced else None
         needs_columns = file_schema is not None and not _has_columns(src, file_schema)
         if drop is not None and drop.all():
@@ -88,6 +89,22 @@ def carry_previous(previous_dir: str, staging: str, manifest: dict, schema: pa.S
     manifest["rejects"] = rejects
     link_previous(previous_dir, staging, skip=done)
     return manifest
+
+
+def _check_part(previous_dir: str, rel: str, src: str, entry: dict) -> None:
+    """The part file the manifest lists is there, at the size it recorded: else the output was
+    changed outside this program, and an append would publish a manifest that does not hold."""
+    try:
+        size = os.path.getsize(src)
+    except OSError as exc:
+        problem = f"is missing ({exc.strerror})"
+    else:
+        if "bytes" not in entry or size == entry["bytes"]:
+            return
+        problem = f"is {size:,} bytes, the manifest says {entry['bytes']:,}"
+    raise OutputError(f"{previous_dir}: the part file {rel} that its manifest lists {problem}: the output was "
+                      f"changed outside this program, so an append cannot keep its rows; restore it, or "
+                      f"run with --full-refresh to write the output anew")
 
 
 def _rows_of(entry: dict, replaced: set[str], path: str) -> np.ndarray | None:

@@ -14,7 +14,7 @@ import re
 
 from pipeline.errors import OutputError
 from pipeline.input.storage import filesystem
-from pipeline.output.publish import MANIFEST, SUCCESS, refuse_existing
+from pipeline.output.publish import MANIFEST, SUCCESS, checked_manifest, refuse_existing
 
 log = logging.getLogger("pipeline")
 
@@ -25,7 +25,7 @@ def read_remote_manifest(url: str) -> dict | None:
     _fresh(fs, root)
     try:
         with fs.open(path, "rb") as fh:
-            return json.loads(fh.read())
+            return checked_manifest(f"{url}/{MANIFEST}", json.loads(fh.read()))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:

@@ -56,13 +56,29 @@ def holds_data(path: str) -> bool:
 
 
 def read_manifest(path: str) -> dict | None:
+    where = os.path.join(path, MANIFEST)
     try:
-        with open(os.path.join(path, MANIFEST), encoding="utf-8") as fh:
-            return json.load(fh)
+        with open(where, encoding="utf-8") as fh:
+            return checked_manifest(where, json.load(fh))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise OutputError(f"{os.path.join(path, MANIFEST)}: unreadable manifest: {exc}") from exc
+        raise OutputError(f"{where}: unreadable manifest: {exc}") from exc
+
+
+def checked_manifest(where: str, value) -> dict:
+    """``value`` when it has the shape of this program's manifest; else an OutputError naming the file
+    (a manifest edited by hand or written by something else must not be taken for one)."""
+    shape = (isinstance(value, dict) and str(value.get("format", "")).startswith("pipeline-manifest/")
+             and isinstance(value.get("files"), list) and isinstance(value.get("counts"), dict)
+             and isinstance(value.get("schema"), list)
+             and all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("rows"), int)
+                     for f in value["files"]))
+    if not shape:
+        raise OutputError(f"{where}: not a manifest of this program (expected a JSON object with format "
+                          f"pipeline-manifest/1, files, counts and schema); it was changed by hand or written by "
+                          f"another tool: move the output aside, or restore the manifest")
+    return value
 
 
 def check_target(paths: OutputPaths, mode: str,

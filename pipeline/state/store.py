@@ -131,8 +131,12 @@ class Seen:
 class StateStore:
     def __init__(self, directory: str):
         self.directory = directory
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)
+        except OSError as exc:   # a file in its place, a folder we may not write
+            raise OutputError(f"cannot create the state store folder {directory}: {exc.strerror or exc} "
+                              f"(run.state_dir sets where it goes)") from exc
         self.path = os.path.join(directory, "state.db")
         old = os.umask(0o077)
         try:
