@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.dtypes import parse_type, type_name, widens
-from pipeline.errors import InputError, OutputError, PipelineError
+from pipeline.errors import ExprError, InputError, OutputError, PipelineError
 
 log = logging.getLogger("pipeline")
 
@@ -86,6 +86,21 @@ def sample_table(plan, limit: int = SAMPLE_ROWS, sample_bytes: int = 1 << 20) ->
     return pa.concat_tables(tables)
 
 
+def _check_writable(schema: pa.Schema, source: pa.Schema, stages, context, keys) -> None:
+    """A column Parquet cannot hold (a SQL interval) is the config error of the stage that makes it."""
+    from pipeline.output.write import unwritable_columns, unwritable_message
+    from pipeline.stages import output_schema
+
+    bad = unwritable_columns(schema) if schema is not None else []
+    if not bad:
+        return
+    for i in range(len(stages)):
+        made = output_schema(source, stages[:i + 1], context, keys[:i + 1])
+        if made is not None and bad[0].name in made.names and made.field(bad[0].name).type == bad[0].type:
+            raise ExprError(unwritable_message(bad[0]), key=keys[i])
+    raise ExprError(unwritable_message(bad[0]), key=keys[-1])
+
+
 def stage_schema(job, plan, context, sample: bool = True) -> StageSchema:
     """The output schema: the stages run on an empty table (to check them), then on sampled rows.
 
@@ -100,6 +115,7 @@ def stage_schema(job, plan, context, sample: bool = True) -> StageSchema:
     empty = output_schema(plan.read.schema, stages, context, keys)
     if not stages:
         return StageSchema(plan.read.schema)
+    _check_writable(empty, plan.read.schema, stages, context, keys)
     has_python = any(name == "python" for name, _ in stages)
     rows = None
     if sample:

@@ -334,3 +334,47 @@ def test_one_connection_per_process_and_lookups_read_once(tmp_path, monkeypatch)
         assert out.table.column("region").to_pylist() == ["EU", "Americas"]
     assert reads == ["countries"]
     assert len(sql_mod._CONNECTIONS) == 1
+
+
+@pytest.mark.parametrize("select, column, kind", [
+    ("SELECT id, INTERVAL 1 DAY AS iv FROM chunk", "iv", "month_day_nano_interval"),
+    ("SELECT id, union_value(k := 1) AS u FROM chunk", "u", "sparse_union"),
+])
+def test_a_column_parquet_cannot_hold_is_the_config_error_of_its_stage(tmp_path, capsys, select, column, kind):
+    (tmp_path / "in.csv").write_text("id\n1\n2\n")
+    job = basic_job("in.csv", stages=[{"filter": "id > 0"}, {"sql": select}])
+    code, _out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    assert code == 78, err
+    assert f"stages[1].sql: column {column!r} is {kind}" in err and "which Parquet cannot hold" in err
+    assert not (tmp_path / "out").exists()
+    # cast to text, it is written
+    job["stages"][1]["sql"] = select.replace(f" AS {column}", f"::VARCHAR AS {column}")
+    code, _out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    assert code == 0, err
+    assert read_output(tmp_path / "out").schema.field(column).type == pa.string()
+
+
+def test_a_python_stage_column_parquet_cannot_hold_fails_the_run_naming_it(tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("id\n1\n2\n")
+    (tmp_path / "t.py").write_text("import pyarrow as pa\n"
+                                   "def iv(table):\n"
+                                   "    return table.append_column('iv', pa.array([pa.MonthDayNano([1, 0, 0])] * "
+                                   "table.num_rows))\n")
+    job = basic_job("in.csv", stages=[{"python": {"function": "t:iv", "api": "arrow"}}])
+    code, _out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    assert code == 1, err
+    assert "column 'iv' is month_day_nano_interval, which Parquet cannot hold" in err
+    assert "unexpected failure" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_rows_a_join_adds_are_counted_and_named_as_added_by_a_stage(tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("id\n1\n2\n")
+    (tmp_path / "l.csv").write_text("id,v\n1,x\n1,y\n")
+    job = basic_job("in.csv", lookups={"l": {"path": "l.csv"}},
+                    stages=[{"sql": "SELECT chunk.id, l.v FROM chunk LEFT JOIN l USING (id)"}])
+    code, out, err = run_cli("run", write_job(tmp_path, job), "--no-progress", capsys=capsys)
+    assert code == 0, err
+    counts = manifest_of(tmp_path / "out")["counts"]
+    assert (counts["rows_read"], counts["rows_added"], counts["rows_written"]) == (2, 1, 3)
+    assert "2 read, 3 written, 0 filtered, 0 rejected, 1 added by stages (a python stage, a sql join)" in out + err

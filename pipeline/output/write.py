@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from pipeline import arrays
 from pipeline.dtypes import type_name, widens
-from pipeline.errors import InputError, OutputError, PipelineError
+from pipeline.errors import InputError, OutputError, PipelineError, StageError
 from pipeline.input.discover import NULL_PARTITION
 from pipeline.log import set_title
 from pipeline.output.publish import fsync_path
@@ -351,6 +351,9 @@ class DatasetWriter(RowGroupWriter):
             raise OutputError(f"refusing to write outside the output directory: {path}")
         if part is not self.rejects:
             self._opened = True
+        bad = unwritable_columns(schema)
+        if bad:   # a python stage's column: its type is known only from its rows
+            raise StageError(unwritable_message(bad[0]))
         sink = pa.OSFile(path, "wb")
         compression = None if self.spec.compression == "none" else self.spec.compression
         writer = pq.ParquetWriter(sink, schema, compression=compression,
@@ -449,6 +452,22 @@ def add_null_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
 
 def empty_like(schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches([], schema=schema)
+
+
+def unwritable_columns(schema: pa.Schema) -> list[pa.Field]:
+    """The fields of ``schema`` whose type Parquet cannot hold (an interval, a union)."""
+    bad = []
+    for fld in schema:
+        try:
+            pq.ParquetWriter(pa.BufferOutputStream(), pa.schema([fld])).close()
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            bad.append(fld)
+    return bad
+
+
+def unwritable_message(fld: pa.Field) -> str:
+    return (f"column {fld.name!r} is {type_name(fld.type)}, which Parquet cannot hold; cast it in the stage "
+            f"that makes it (for example CAST({fld.name} AS VARCHAR) in SQL, or to text in a python stage)")
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str] | bool:
