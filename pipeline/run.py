@@ -138,7 +138,7 @@ class Report:
             f"  input     {plural(self.input_files, 'file')}, {format_bytes(self.input_bytes)}, "
             f"{plural(self.chunks, 'chunk')}{workers}",
             f"  rows      {c.rows_read:,} read, {c.rows_written:,} written, {c.rows_filtered:,} filtered, "
-            f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by stages (a python stage, a sql join)" if c.rows_added else "")
+            f"{c.rows_rejected:,} rejected" + (f", {c.rows_added:,} added by stages" if c.rows_added else "")
             + (f"; {c.lines_skipped:,} comment lines skipped" if c.lines_skipped else ""),
         ]
         if self.finalize:

@@ -377,4 +377,4 @@ def test_rows_a_join_adds_are_counted_and_named_as_added_by_a_stage(tmp_path, ca
     assert code == 0, err
     counts = manifest_of(tmp_path / "out")["counts"]
     assert (counts["rows_read"], counts["rows_added"], counts["rows_written"]) == (2, 1, 3)
-    assert "2 read, 3 written, 0 filtered, 0 rejected, 1 added by stages (a python stage, a sql join)" in out + err
+    assert "2 read, 3 written, 0 filtered, 0 rejected, 1 added by stages" in out + err

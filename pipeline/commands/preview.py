@@ -46,7 +46,7 @@ def preview(job: Job, rows: int | None = None) -> int:
     print(f"  read      {where}")
     print(f"  rows      {result.rows_read:,} read, {result.rows_written:,} after the stages, "
           f"{result.rows_filtered:,} filtered, {result.rows_rejected:,} rejected"
-          + (f", {result.rows_added:,} added by stages (a python stage, a sql join)" if result.rows_added else ""))
+          + (f", {result.rows_added:,} added by stages" if result.rows_added else ""))
     print()
     _schema("input schema", plan.read.schema, plan.inferred)
     _schema("output schema", out.schema if schema is None else schema, {})
