@@ -165,7 +165,7 @@ def decoded(dtype: pa.DataType) -> pa.DataType:
 def has_text_form(dtype: pa.DataType) -> bool:
     """Whether values of ``dtype`` can be cast to text: nested ones (struct, list, map) cannot."""
     try:
-        pa.array([], dtype).cast(pa.string())
+        pa.nulls(0, dtype).cast(pa.string())     # no Python values: pyarrow would import pandas for them
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
         return False
     return True

@@ -687,6 +687,8 @@ def _unify(files, per_file, file_order, job, pinned, partitions=None) -> tuple[p
                 seen_in[name] = f.path
                 continue
             here = per_file[f.path][name]
+            if here == types[name]:
+                continue
             merged = infer.unify(types[name], here)
             if pa.types.is_string(merged) and not (infer.has_text_form(types[name]) and infer.has_text_form(here)):
                 raise InputError(f"{f.path}: column {name!r} is {type_name(here)} here but {type_name(types[name])} in "
