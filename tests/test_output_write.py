@@ -128,3 +128,31 @@ def test_once_every_chunk_is_handed_out_rows_are_written_in_smaller_row_groups(t
     assert sizes[:2] == [8000, 3000] and all(n <= 8000 // TAIL_FRACTION for n in sizes[2:])
     assert sum(sizes) == 20_000
     assert pq.read_table(tmp_path / "parts" / files[0].path).equals(table)
+
+
+def test_each_row_group_is_flushed_to_disk_as_it_is_written_not_all_at_the_close(tmp_path, monkeypatch):
+    """The part file's data reaches the disk row group by row group on the encoding thread, so the
+    fsync at the close (on the run's critical path) has only the last one left."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from pipeline.output import write as write_mod
+    from pipeline.output.write import DatasetWriter, WriterSettings
+
+    flushed: list[int] = []        # the file's size at each fdatasync
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(write_mod.os, "fdatasync", fdatasync)
+    table = pa.table({"id": pa.array(range(10_000), pa.int64())})
+    out = DatasetWriter(WriterSettings("job", "run1", str(tmp_path / "parts"), table.schema, row_group_rows=2000))
+    for start in range(0, 10_000, 1000):
+        out.write(table.slice(start, 1000), "test")
+    files = out.close()
+    assert pq.ParquetFile(tmp_path / "parts" / files[0].path).metadata.num_row_groups == 5
+    assert len(flushed) == 5 and flushed == sorted(flushed) and flushed[0] > 0
+    assert pq.read_table(tmp_path / "parts" / files[0].path).equals(table)
