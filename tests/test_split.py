@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.input.split import JSON_LINES, Dialect, line_numbers, record_spans, split_ranges
+from pipeline.input.split import JSON_LINES, Dialect, end_state, line_numbers, record_spans, split_ranges
 
 CSV = Dialect.csv()
 NO_QUOTES = Dialect.csv(quote=None)
@@ -153,3 +153,36 @@ def test_json_lines_end_at_lf_only():
     data = b'{"a": "x\ry"}\n{"a": 1}\n'
     r = record_spans(data, JSON_LINES)
     assert len(r.starts) == 2
+
+
+def _inside_after(data: bytes, a: int, e: int, inside: bool, prev: int, delimiter: int | None) -> bool:
+    """The textbook field automaton, one byte at a time: inside a quoted value after ``data[a:e]``."""
+    ends = {0x0A, 0x0D} | ({delimiter} if delimiter is not None else set())
+    state = "in" if inside else ("start" if prev in ends else "unquoted")
+    for b in data[a:e]:
+        if state == "in":
+            state = "quote?" if b == 0x22 else "in"
+        elif state in ("start", "quote?"):   # after a quote inside a value, "" is a quote, else it closed it
+            state = "in" if b == 0x22 else ("start" if b in ends else "unquoted")
+        else:
+            state = "start" if b in ends else "unquoted"
+    return state == "in"
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=80).map(lambda b: bytes(b'""",a\n\r'[x % 7] for x in b)),
+       cut=st.tuples(st.integers(0, 80), st.integers(0, 80)), inside=st.booleans(),
+       delimiter=st.sampled_from([0x2C, None]), budget=st.sampled_from([0, 1, 2, 5, 64]))
+def test_the_state_at_a_range_end_found_backwards_is_the_automatons(data, cut, inside, delimiter, budget):
+    """``end_state`` looks at the quotes near the range's end only (and forwards past its budget); it
+    must agree with the byte-by-byte automaton whatever the bytes, the cut and the start state."""
+    a, e = sorted(min(c, len(data)) for c in cut)
+    prev = data[a - 1] if a else 0x0A
+    while 0 < a < len(data) and prev == 0x22 and data[a] == 0x22:   # a range starts between quote runs
+        a += 1
+    e = max(a, e)
+    while a < e < len(data) and data[e - 1] == 0x22 and data[e] == 0x22:   # ... and ends after one
+        e += 1
+    want = _inside_after(data, a, e, inside, prev, delimiter)
+    assert end_state(data, a, e, 0x22, delimiter, inside, prev, budget=budget) == want
+    assert end_state(bytearray(data), a, e, 0x22, delimiter, inside, prev, budget=budget) == want

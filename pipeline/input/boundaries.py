@@ -37,7 +37,7 @@ from typing import IO, Any, cast
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.input.split import CR, JSON_LINES, LF, Dialect, Scanner, _quote_runs, _terminators
+from pipeline.input.split import CR, JSON_LINES, LF, Dialect, Scanner, _terminators, end_state
 from pipeline.input.storage import is_url, open_input
 
 OUT, IN, UNKNOWN = 0, 1, -1
@@ -131,32 +131,31 @@ def table() -> StateTable:
 # --------------------------------------------------------------------------- the chain
 
 
-def _skip_run(arr: np.ndarray, x: int, prev: int, quote: int | None) -> tuple[int, int]:
+def _skip_run(buf: Data | np.ndarray, x: int, prev: int, quote: int | None) -> tuple[int, int]:
     """Past the rest of a quote run that started before ``x``: (new x, the byte before it)."""
     if quote is None or prev != quote:
         return x, prev
-    while x < len(arr) and arr[x] == quote:
+    while x < len(buf) and buf[x] == quote:
         x += 1
     return x, quote
 
 
-def state_after(arr: np.ndarray, lo: int, hi: int, state: int, prev: int, d: Dialect) -> int:
-    """The quote state after every quote run that starts in ``arr[lo:hi]``, from ``state`` at ``lo``.
+def state_after(buf: Data, lo: int, hi: int, state: int, prev: int, d: Dialect) -> int:
+    """The quote state after every quote run that starts in ``buf[lo:hi]``, from ``state`` at ``lo``.
 
     ``prev`` is the byte before ``lo`` (LF at the start of a file). A run that starts before ``hi``
-    and goes on past it counts whole: ``arr`` must hold it (the caller reads past ``hi``).
+    and goes on past it counts whole: ``buf`` must hold it (the caller reads past ``hi``).
     """
     q = d.quote
     if q is None:
         return OUT
-    lo, prev = _skip_run(arr, lo, prev, q)
+    lo, prev = _skip_run(buf, lo, prev, q)
     if lo >= hi:
         return state
     e = hi
-    while e < len(arr) and arr[e - 1] == q and arr[e] == q:
+    while e < len(buf) and buf[e - 1] == q and buf[e] == q:
         e += 1
-    runs, after = _quote_runs(arr, lo, e, q, d.delimiter, bool(state), prev)
-    return int(after[-1]) if len(runs) else state
+    return IN if end_state(buf, lo, e, q, d.delimiter, bool(state), prev) else OUT
 
 
 def _transfer(fh: IO[bytes], chunk, i: int, starts: tuple[int, ...], d: Dialect) -> list[int]:
@@ -170,9 +169,8 @@ def _transfer(fh: IO[bytes], chunk, i: int, starts: tuple[int, ...], d: Dialect)
         buf, pb_ = _line_start_in(fh, buf, lo, b, chunk.file, d)
         return [lines_state(buf, pa_, pb_, s, d) for s in starts]
     buf = fh.read(b - lo + 4096)
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    prev = int(arr[a - lo - 1]) if a > 0 else LF
-    return [state_after(arr, a - lo, b - lo, s, prev, d) for s in starts]
+    prev = buf[a - lo - 1] if a > 0 else LF
+    return [state_after(buf, a - lo, b - lo, s, prev, d) for s in starts]
 
 
 def range_bounds(chunk, i: int) -> tuple[int, int]:
@@ -415,13 +413,12 @@ def locate(chunk, d: Dialect, states: StateTable | None = None) -> Located:
             # usually put it in the table (else it is worked out from that range, read again)
             s = start_state(chunk, fh, d, states)
             fh.seek(lo + len(buf))
-            arr = np.frombuffer(buf, dtype=np.uint8)
             x = a - lo
-            prev = int(arr[x - 1]) if a > 0 else LF
+            prev = buf[x - 1] if a > 0 else LF
             if chunk.states[1] != UNKNOWN:
                 s_end = chunk.states[1]
             else:
-                s_end = state_after(arr, x, b - lo, s, prev, d)
+                s_end = state_after(buf, x, b - lo, s, prev, d)
                 if b < f.size:
                     states.put(f.path, chunk.index + 1, s_end)
             # the end: the first boundary at or after b (reading on until one is found)

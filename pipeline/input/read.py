@@ -54,6 +54,9 @@ class Block:
 
 # --------------------------------------------------------------------------- parsing a block
 
+_TEXT = re.compile(rb"[^\r\n]")
+_NOT_SPACE = re.compile(rb"\S")
+
 
 def _csv_parser(chunk: Chunk, spec: ReadSpec) -> Callable[[bytes], pa.Table]:
     names = list(chunk.columns)
@@ -73,7 +76,7 @@ def _csv_parser(chunk: Chunk, spec: ReadSpec) -> Callable[[bytes], pa.Table]:
                                 newlines_in_values=False, ignore_empty_lines=True)
 
     def parse(data: bytes) -> pa.Table:
-        if not data.strip(b"\r\n"):
+        if not _TEXT.search(data):     # line ends only (found at the first byte that is not, no copy)
             return pa.table({n: pa.nulls(0, types[n]) for n in included})   # no Python values: no pandas
         # Without quote characters no value can hold a newline: the faster parser is exact.
         opts = multiline if quote and quote.encode() in data else simple
@@ -91,7 +94,7 @@ def _json_parser(spec: ReadSpec) -> Callable[[bytes], pa.Table]:
                                         unexpected_field_behavior="ignore" if projected else "error")
 
     def parse(data: bytes) -> pa.Table:
-        if not data.strip():
+        if not _NOT_SPACE.search(data):
             return pa.Table.from_batches([], schema=spec.schema)
         opts = pajson.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16))
         return pajson.read_json(pa.py_buffer(data), read_options=opts, parse_options=parse_options)

@@ -94,6 +94,43 @@ def _quote_runs(arr: np.ndarray, a: int, e: int, quote: int, delimiter: int | No
     return run_start, (since & 1).astype(bool)
 
 
+def end_state(buf: bytes | bytearray, a: int, e: int, quote: int, delimiter: int | None, inside: bool,
+              prev: int, budget: int = 64) -> bool:
+    """The inside-quotes bit after every quote run in ``buf[a:e]`` from state ``inside`` (the last value
+    of :func:`_quote_runs`), found from the end backwards.
+
+    Only the runs after the last reset (an odd run that does not start a field: the quote that closes
+    a quoted value) matter: the bit is the parity of the flips after it. In most text that reset is
+    a few bytes before ``e``, so this looks at the quotes near the end only, instead of every quote
+    in the range. After ``budget`` runs without one, the rest is evaluated forwards by
+    :func:`_quote_runs`. ``buf[a:e]`` must start and end between quote runs, as there."""
+    q = bytes([quote])
+    flips = 0
+    pos = e
+    while True:
+        j = buf.rfind(q, a, pos)
+        if j < 0:
+            return inside ^ bool(flips & 1)
+        k = j
+        while k > a and buf[k - 1] == quote and budget > 0:
+            k -= 1
+            budget -= 1
+        if budget <= 0:
+            # the prefix up to the end of this run, forwards, then the flips after it
+            runs, after = _quote_runs(np.frombuffer(buf, dtype=np.uint8, count=j + 1), a, j + 1, quote,
+                                      delimiter, inside, prev)
+            head = bool(after[-1]) if len(runs) else inside
+            return head ^ bool(flips & 1)
+        if (j - k + 1) & 1:
+            before = buf[k - 1] if k > a else prev
+            if before in (LF, CR) or (delimiter is not None and before == delimiter):
+                flips += 1
+            else:
+                return bool(flips & 1)
+        pos = k
+        budget -= 1
+
+
 def _segment(arr: np.ndarray, a: int, e: int, d: Dialect, inside: bool, prev: int) -> tuple[np.ndarray, bool]:
     """Record ends (offsets after a line end outside quotes) in ``arr[a:e]``, and the state at ``e``."""
     if a >= e:

@@ -109,13 +109,12 @@ def spool(table: pa.Table, path: str) -> str:
     The queue carries only this path and a row count (a few hundred bytes). A worker killed while
     writing leaves at most an unreferenced file, never a half-written message in the shared pipe.
     """
-    tmp = path + ".tmp"
     sink = pa.BufferOutputStream()   # one write to the file, not one per piece of the IPC format
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    with open(tmp, "wb") as f:
+    # written in place: the queue names the file only once it is whole
+    with open(path, "wb") as f:
         f.write(sink.getvalue())
-    os.rename(tmp, path)
     return path
 
 
