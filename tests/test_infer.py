@@ -1,6 +1,12 @@
+import random
+import re
+
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipeline.input import infer
 from pipeline.input.infer import infer_column, unify
 
 
@@ -46,6 +52,56 @@ def test_one_leading_zero_makes_text_whatever_the_sample_size():
     # unlike a stray value, it would not be a bad row later: it would read as another number
     assert infer_column(pa.array(["1"] * 5000 + ["007"])) == pa.string()
     assert infer_column(pa.array(["1.5"] * 5000 + ["01.5"])) == pa.string()
+
+
+def _fits(value: str, dtype: pa.DataType, pattern: str) -> bool:
+    """One value against one candidate, with Python's ``re`` and ``int``."""
+    if not re.search(pattern, value):
+        return False
+    if dtype == pa.int64():
+        return -2**63 <= int(value) < 2**63
+    if dtype == pa.float64():
+        return not re.search(infer._LONGER_INT, value)
+    return True
+
+
+def _reference(values: list[str | None]) -> pa.DataType:
+    """The inference rule value by value: the first candidate that all but the allowed misses fit."""
+    present = [v for v in values if v is not None]
+    n = len(present)
+    if not n:
+        return pa.string()
+    allowed = max(int(n * infer.TOLERANCE), 1 if n >= 100 else 0)
+    coded = any(re.search(infer._LEADING_ZERO, v) for v in present)
+    for dtype, pattern in infer.CANDIDATES:
+        if coded and dtype in infer.NUMBERS:
+            continue
+        if sum(not _fits(v, dtype, pattern) for v in present) <= allowed:
+            return dtype
+    return pa.string()
+
+
+VALUE = st.sampled_from(["1", "-7", "12", "2.5", "1e3", "true", "False", "2026-11-01", "2026-11-01 10:00:00",
+                         "2026-11-01T10:00:00.5", "2026-11-01T10:00:00Z", "x", "", " 3 ", "007", None,
+                         "9223372036854775808", "1" * 40])
+
+
+@settings(max_examples=300, deadline=None)
+@given(common=VALUE, stray=st.lists(VALUE, max_size=4), n=st.integers(1, 400), seed=st.integers(0, 2**16))
+def test_inference_follows_its_rule_wherever_the_stray_values_are(common, stray, n, seed):
+    """Counted (each distinct value once) and cut short (a candidate that misses too many among the
+    first values is not tried on the rest), the result is the rule's, value by value."""
+    values = [common] * n + stray
+    random.Random(seed).shuffle(values)
+    assert infer_column(pa.array(values, pa.string())) == _reference(values)
+
+
+def test_stray_values_past_the_first_ones_are_counted():
+    ints = ["1"] * 1000
+    assert infer_column(pa.array(ints[:500] + ["x", "y"] + ints[500:])) == pa.string()
+    assert infer_column(pa.array(["x"] + ints)) == pa.int64()
+    assert infer_column(pa.array([str(i) for i in range(2000)] + ["x"] * 2 + ["1"] * 8000)) == pa.int64()
+    assert infer_column(pa.array([str(i) for i in range(200)] + ["x"] * 2)) == pa.string()
 
 
 def test_unify():

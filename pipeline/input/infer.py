@@ -56,10 +56,16 @@ NUMBERS = (pa.int64(), BIG_INT, pa.float64())
 def infer_column(values: pa.ChunkedArray | pa.Array, counts: pa.Array | None = None) -> pa.DataType:
     """The narrowest candidate type for a column of sampled strings (string if none fits).
 
-    ``counts``: how many times each of ``values`` (then distinct, without nulls) occurs."""
+    ``counts``: how many times each of ``values`` (then distinct, without nulls) occurs. Without
+    them, the values are counted here: a sample's columns mostly repeat a few values (a country, a
+    status), and each candidate's pattern then runs over those few."""
     if counts is None:
         values = values.drop_null() if hasattr(values, "drop_null") else values
-    n = len(values) if counts is None else (pc.sum(counts).as_py() or 0)
+        if not len(values):
+            return pa.string()
+        tally = pc.value_counts(values)
+        values, counts = tally.field(0), tally.field(1)
+    n = pc.sum(counts).as_py() or 0
     if n == 0:
         return pa.string()
     # one stray value in a hundred or more is a bad row, not a reason to make the column text
@@ -67,19 +73,28 @@ def infer_column(values: pa.ChunkedArray | pa.Array, counts: pa.Array | None = N
     # a number written with a leading zero would read as a number without it, and no bad row would
     # tell: one such value makes the column text (as DuckDB infers it)
     coded = pc.any(pc.match_substring_regex(values, _LEADING_ZERO)).as_py()
+    # a candidate that misses more than allowed among the first values misses more than allowed in all
+    head, head_counts = values.slice(0, _HEAD), counts.slice(0, _HEAD)
     for dtype, pattern in CANDIDATES:
         if coded and dtype in NUMBERS:
             continue
-        fits = pc.match_substring_regex(values, pattern)
-        if dtype == pa.int64():
-            fits = pc.and_(fits, _fits_int64(values))
-        elif dtype == pa.float64():   # an integer past 38 digits is text: a float would round it
-            fits = pc.and_(fits, pc.invert(pc.match_substring_regex(values, _LONGER_INT)))
-        matched = (pc.sum(fits) if counts is None
-                   else pc.sum(pc.if_else(fits, counts, arrays.scalar(0, counts.type)))).as_py() or 0
-        if n - matched <= allowed_misses:
+        if _misses(head, head_counts, dtype, pattern) <= allowed_misses and \
+                _misses(values, counts, dtype, pattern) <= allowed_misses:
             return dtype
     return pa.string()
+
+
+_HEAD = 64
+
+
+def _misses(values: pa.Array, counts: pa.Array, dtype: pa.DataType, pattern: str) -> int:
+    """How many of the sampled values (each ``values[i]`` occurring ``counts[i]`` times) do not fit."""
+    fits = pc.match_substring_regex(values, pattern)
+    if dtype == pa.int64():
+        fits = pc.and_(fits, _fits_int64(values))
+    elif dtype == pa.float64():   # an integer past 38 digits is text: a float would round it
+        fits = pc.and_(fits, pc.invert(pc.match_substring_regex(values, _LONGER_INT)))
+    return pc.sum(pc.if_else(fits, arrays.scalar(0, counts.type), counts)).as_py() or 0
 
 
 def _fits_int64(values) -> pa.Array:

@@ -262,7 +262,8 @@ def _sample_text_types(f: InputFile, head: bytes, whole: bool, names, data_start
     table = parse_block(sample, parse, file=f.path, base_offset=0, first_line=1, dialect=dialect,
                         max_record=job.input.max_record_bytes, names=list(names), check_lengths=False,
                         to_schema=lambda t: t).table
-    return {n: infer.infer_column(_valid_utf8(table.column(n))) for n in names}
+    user = job.input.types   # a column typed under input.schema is read as that: nothing to infer
+    return {n: user[n] if n in user else infer.infer_column(_valid_utf8(table.column(n))) for n in names}
 
 
 def _valid_utf8(col: pa.ChunkedArray) -> pa.ChunkedArray:
