@@ -61,6 +61,12 @@ def _title(p: psutil.Process) -> str:
     return " ".join(args)
 
 
+def _complete(title: str) -> bool:
+    """A title the process keeps: a Dask process's, or ``pipeline: JOB worker|writer``. A title read while
+    the process writes it can be cut short (``pipeline: bench``): it is read again at the next sample."""
+    return title.startswith("dask ") or (title.startswith("pipeline: ") and title.endswith((" worker", " writer")))
+
+
 class _Sampler(threading.Thread):
     def __init__(self, pid: int, interval: float, extra_pids: tuple[int, ...] = ()):
         super().__init__(daemon=True, name="bench-sampler")
@@ -109,7 +115,7 @@ class _Sampler(threading.Thread):
                 title = self._titles.get(key)
                 if title is None:  # a worker sets its title just after it starts: look again next time
                     title = _title(p)
-                    if title.startswith(("pipeline: ", "dask ")):
+                    if _complete(title):
                         self._titles[key] = title
             except psutil.Error:
                 continue

@@ -48,3 +48,13 @@ def test_bench_smoke(tmp_path):
     left = [p for p in psutil.process_iter(["cmdline"])
             if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert not left
+
+
+def test_a_title_read_while_the_process_writes_it_is_read_again():
+    """A process title caught half written (``pipeline: bench``) is not kept as the process's name."""
+    from bench.measure import _complete
+
+    assert _complete("pipeline: bench-w1 worker") and _complete("pipeline: bench-w1 writer")
+    assert _complete("dask worker")
+    assert not _complete("pipeline: bench")
+    assert not _complete("python -m pipeline run")
