@@ -236,10 +236,32 @@ def _dispatch(args) -> int:
 
         return write_report(args.target, args.out_file, overrides=args.overrides, params=dict(args.params))
     with _loading():
+        from pipeline.config.document import read_document
+
+        document = read_document(args.config, args.overrides, params=dict(args.params))
+    # a run's lock first: a second run of the job is refused before pydantic and pyarrow load
+    held = _lock_first(document) if args.command == "run" and not args.dry_run else None
+    try:
+        return _with_job(args, document, held)
+    finally:
+        if held is not None:
+            held.release()   # the run released it already, unless the job failed validation
+
+
+def _lock_first(document):
+    from pipeline.output.lock import lock_named_output
+    from pipeline.output.publish import new_run_id
+
+    return lock_named_output(document, new_run_id())
+
+
+def _with_job(args, document, held) -> int:
+    with _loading():
         from pipeline.config import load_config
         from pipeline.stages import STAGES
 
-        job = load_config(args.config, args.overrides, params=dict(args.params), stages=STAGES)
+        job = load_config(args.config, args.overrides, params=dict(args.params), stages=STAGES,
+                          document=document)
         if args.command == "run":
             from pipeline.run import run_job
     if args.command == "run" and args.dry_run:
@@ -258,7 +280,7 @@ def _dispatch(args) -> int:
         return preview(job, rows=args.rows)
     if args.command == "run":
         report = run_job(job, workers=args.workers, dry_run=args.dry_run, progress=args.progress,
-                         full_refresh=args.full_refresh)
+                         full_refresh=args.full_refresh, lock=held)
         print(report.summary(), flush=True)
         return 0
     if args.command == "history":

@@ -357,25 +357,31 @@ def state_dir(job: Job) -> str:
 
 
 def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,
-            progress: bool | None = None, full_refresh: bool = False) -> Report:
+            progress: bool | None = None, full_refresh: bool = False, lock: JobLock | None = None) -> Report:
     """Run a job; on failure the raised exception carries the partial Report as ``.report``.
 
     The job's lock is the first thing taken, before any input is listed or read: a second run of
-    the job is refused at once (exit 75). Every run that holds the lock is recorded in the state
-    store, and ``run.metrics_file`` is rewritten after it, success or failure.
+    the job is refused at once (exit 75). ``lock``, when given, was taken before the job was
+    validated (``output.lock.lock_named_output``, by the CLI); the run goes on under it, and with
+    its run id, when it is the lock of this job's output, and releases it in any case. Every run
+    that holds the lock is recorded in the state store, and ``run.metrics_file`` is rewritten
+    after it, success or failure.
     """
     started = time.monotonic()
-    run_id = new_run_id()
+    run_id = lock.run_id if lock is not None and not dry_run else new_run_id()
     set_context(job=job.name, run_id=run_id)
     report = Report(job.name, run_id, "failed", job.output.path)
     target = output_target(job.output.path, state_dir(job), job.name)
-    lock: JobLock | None = None
     store: StateStore | None = None
     try:
         if not dry_run:
             if not is_url(target.path):
                 check_output_path(target.path)   # a path under a file is exit 74, before the lock beside it
-            lock = target.lock(job.name, run_id).acquire()
+            own = target.lock(job.name, run_id)
+            if lock is None or os.path.abspath(lock.path) != os.path.abspath(own.path):
+                if lock is not None:
+                    lock.release()
+                lock = own.acquire()
             store = StateStore(state_dir(job))
             store.run_started(run_id, job.name, job.config_hash, transform_hash(job), dict(job.params),
                               job.output.path)

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.output.lock import JobLock
+from pipeline.output.publish import OutputPaths
 from tests.helpers import basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
 
 distributed = pytest.importorskip("distributed")
@@ -270,6 +272,68 @@ def test_the_lock_is_taken_before_any_input_is_read(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+REFUSED_IMPORTS = """
+import sys
+from pipeline.cli import main
+code = main(sys.argv[1:])
+print(" ".join(sorted(m for m in ("pydantic", "pyarrow", "numpy", "pandas") if m in sys.modules)))
+sys.exit(code)
+"""
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _lock_message_shape(line: str) -> str:
+    return re.sub(r"'[^']*'|pid \d+|started \S+,|run \S+;", "_", line)
+
+
+def test_the_lock_is_taken_before_the_job_is_validated(tmp_path):
+    """A refused run reads the job file and takes the lock before pydantic or pyarrow load; the lock
+    is the output's, wherever the job file, --set or ${VAR} put it."""
+    _csv(tmp_path / "in.csv", 0, 50)
+    config = write_job(tmp_path, basic_job("in.csv", out="${OUT_DIR:-out}"))
+    holder = JobLock(OutputPaths(str(tmp_path / "elsewhere")).lock, "other-job", "20261201T000000Z-holder").acquire()
+    try:
+        for args, env in ((["--set", "output.path=elsewhere"], {}), ([], {"OUT_DIR": str(tmp_path / "elsewhere")})):
+            refused = subprocess.run([sys.executable, "-c", REFUSED_IMPORTS, "run", str(config), "--no-progress", *args],
+                                     capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+                                     cwd=tmp_path)
+            assert refused.returncode == 75, refused.stderr
+            assert refused.stdout.strip() == "", refused.stdout      # none of the heavy modules was loaded
+            assert "job 'other-job' holds the lock" in refused.stderr and "run 20261201T000000Z-holder" in refused.stderr
+        # the message the docs show is this one, with another job, pid, time and run
+        shape = _lock_message_shape(refused.stderr.strip())
+        for doc in ("guarantees.md", "cron.md"):
+            shown = [line for line in (DOCS / doc).read_text().splitlines() if "holds the lock on this output" in line]
+            assert shown and all(_lock_message_shape(line) == shape for line in shown), (doc, shown, shape)
+        # another output of the same job file is not held: that run goes on, under its own lock
+        done = run_subprocess("run", config, "--no-progress", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert read_output(tmp_path / "out").num_rows == 50
+    finally:
+        holder.release()
+    # the run's lock file names the run that held it: the id in its summary and history
+    held = json.loads((tmp_path / ".out.lock").read_text())
+    assert held["job"] == "test-job" and held["run_id"] in done.stdout
+
+
+def test_a_job_that_fails_validation_leaves_its_lock_free(tmp_path, capsys):
+    _csv(tmp_path / "in.csv", 0, 10)
+    config = write_job(tmp_path, basic_job("in.csv", output={"compresion": "zstd"}))
+    lock = OutputPaths(str(tmp_path / "out")).lock
+    holder = JobLock(lock, "other-job", "20261201T000000Z-holder").acquire()
+    try:
+        code, _out, err = run_cli("run", config, "--no-progress", capsys=capsys)
+        assert code == 75, err           # the lock comes first, even before the job's own problems
+    finally:
+        holder.release()
+    code, _out, err = run_cli("run", config, "--no-progress", capsys=capsys)
+    assert code == 78 and "output.compresion: unknown key" in err, err
+    # in this same process: the failed run released the lock it took before validating
+    JobLock(lock, "test-job", "20261201T000001Z-after").acquire().release()
 
 
 def _use_store(env: dict) -> None:

@@ -40,6 +40,28 @@ def show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def type_word(value: Any) -> str:
+    """What kind of YAML value this is: ``a string``, ``a list``, ``null``."""
+    if isinstance(value, str):
+        return "a string"
+    if value is True or value is False:
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+def under(key: str, prefix: str) -> bool:
+    """Whether the dotted key path ``key`` is ``prefix`` or inside it."""
+    return key == prefix or key.startswith((prefix + ".", prefix + "["))
+
+
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` for a close choice, else an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

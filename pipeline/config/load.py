@@ -13,16 +13,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from pydantic import ValidationError
 
-from pipeline.config.issues import Issue, join_key, show, suggest
+from pipeline.config.document import Document, read_document
+from pipeline.config.issues import Issue, join_key, show, suggest, type_word, under
 from pipeline.config.models import INTERNAL_KEYS, MODEL_AT, Job, StageSpec, keys_of
-from pipeline.config.substitute import apply_override, apply_params, interpolate, parse_override
-from pipeline.config.yaml_lines import mark_line, parse_yaml
 from pipeline.errors import ConfigError
 
 
@@ -76,27 +73,11 @@ def _build_stages(
     return specs, issues
 
 
-def _type_word(value: Any) -> str:
-    if isinstance(value, str):
-        return "a string"
-    if value is True or value is False:
-        return "a boolean"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return type(value).__name__
-
-
 def _got(value: Any) -> str:
     """``a string "x"``, ``a list``: what was found instead."""
     if value is None or isinstance(value, (Mapping, list, tuple)):
-        return _type_word(value)
-    return f"{_type_word(value)} {show(value)}"
+        return type_word(value)
+    return f"{type_word(value)} {show(value)}"
 
 
 def _plain_message(err: Mapping[str, Any], key: str) -> str:
@@ -151,21 +132,6 @@ def _translate(exc: ValidationError, prefix: str, lines: Mapping[str, int]) -> l
 # --------------------------------------------------------------------------------------------
 
 
-def _nearest_line(key: str, lines: Mapping[str, int]) -> int | None:
-    while key:
-        if key in lines:
-            return lines[key]
-        if key.endswith("]"):
-            key = key[: key.rindex("[")]
-        else:
-            key = key.rpartition(".")[0]
-    return lines.get("")
-
-
-def _under(key: str, prefix: str) -> bool:
-    return key == prefix or key.startswith((prefix + ".", prefix + "["))
-
-
 def load_config(
     path: str | os.PathLike[str],
     overrides: Sequence[str] = (),
@@ -173,6 +139,7 @@ def load_config(
     params: Mapping[str, str] | None = None,
     *,
     stages: Mapping[str, StageType],
+    document: Document | None = None,
 ) -> Job:
     """Load, override, interpolate and validate a YAML job file.
 
@@ -180,94 +147,13 @@ def load_config(
     ``params`` (from ``--param name=value``) replace the defaults the job declares under
     ``params:``; ``${params.name}`` and ``${params.name:%Y/%m/%d}`` are then substituted.
 
+    ``document``, when given, is the job file already read (``read_document``) with these
+    overrides, environment and params.
+
     Raises ConfigError (exit code 78) naming the file, line and key path of the first problem.
     """
-    file = str(path)
-    env = os.environ if env is None else env
-    config_path = Path(os.path.abspath(os.fspath(path)))
-    base_dir = config_path.parent
-
-    def error(issues: list[Issue], set_keys: Mapping[str, str] = {}) -> ConfigError:
-        rendered = []
-        for issue in issues:
-            line = issue.line
-            message = issue.message
-            for set_key, text in set_keys.items():
-                if issue.key != "--set" and _under(issue.key, set_key):
-                    message += f" (from --set {text})"
-                    break
-            else:
-                if line is None and issue.key != "--set":
-                    line = _nearest_line(issue.key, lines)
-            rendered.append((line, issue.key, message))
-        order = sorted(range(len(rendered)), key=lambda i: (rendered[i][0] is None, rendered[i][0] or 0, i))
-        first = rendered[order[0]]
-        message = first[2]
-        more = [rendered[i] for i in order[1:4]]
-        for line, key, msg in more:
-            message += f"\n  also {'line ' + str(line) + ': ' if line else ''}{key}: {msg}"
-        if len(order) > 4:
-            message += f"\n  and {len(order) - 4} more"
-        return ConfigError(message, file=file, line=first[0], key=first[1])
-
-    lines: dict[str, int] = {}
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read the config file: {e.strerror or e}", file=file) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError("the config file is not valid UTF-8 text", file=file, line=line) from None
-
-    try:
-        doc, lines = parse_yaml(text)
-    except Issue as e:
-        raise error([e]) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        detail = "; ".join(p for p in (e.context, e.problem) if p)
-        at = mark_line(mark)
-        if at and "${" in "".join(text.splitlines()[max(0, at - 2):at]):
-            # [${DATA}/x.csv] reads as a list holding a mapping: the substitution must be quoted
-            detail += '; a ${VAR} inside [ ] or { } must be quoted, as in paths: ["${DATA}/in.csv"]'
-        raise ConfigError(f"invalid YAML: {detail}", file=file, line=at) from None
-    except yaml.reader.ReaderError as e:
-        line = text[: e.position].count("\n") + 1
-        raise ConfigError(f"invalid YAML: character {e.character!r} is not allowed", file=file, line=line) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML: {e}", file=file) from None
-
-    if doc is None:
-        raise ConfigError("the config file is empty; expected a mapping with name, input and output", file=file, line=1)
-    if not isinstance(doc, dict):
-        raise ConfigError(
-            f"expected a mapping (name:, input:, output:, ...) at the top level, got {_type_word(doc)}",
-            file=file, line=1,
-        )
-    if doc:
-        lines[""] = min(lines[k] for k in doc if k in lines)
-
-    # --set overrides, on the parsed document
-    set_keys: dict[str, str] = {}
-    for text_ in overrides:
-        try:
-            canonical, parts, value = parse_override(text_)
-            apply_override(doc, parts, value, text_)
-        except Issue as e:
-            raise error([e]) from None
-        set_keys[canonical] = text_
-        for k in [k for k in lines if _under(k, canonical)]:
-            del lines[k]
-
-    # ${VAR} interpolation, on the parsed values; then ${params.x}
-    try:
-        doc = interpolate(doc, env)
-        doc = apply_params(doc, params or {})
-    except Issue as e:
-        raise error([e], set_keys) from None
-
+    document = read_document(path, overrides, env, params) if document is None else document
+    doc, lines = document.values, document.lines
     issues: list[Issue] = []
     for key in INTERNAL_KEYS:
         if key in doc:
@@ -277,11 +163,12 @@ def load_config(
     issues.extend(stage_issues)
     doc["stages"] = tuple(stage_specs)
     try:
-        job = Job.model_validate(doc, context={"base_dir": base_dir})
+        job = Job.model_validate(doc, context={"base_dir": document.base_dir})
     except ValidationError as e:
-        issues.extend(i for i in _translate(e, "", lines) if not _under(i.key, "stages"))
+        issues.extend(i for i in _translate(e, "", lines) if not under(i.key, "stages"))
         job = None
     if issues:
-        raise error(issues, set_keys)
+        raise document.error(issues)
     assert job is not None
-    return job.model_copy(update={"config_path": config_path, "base_dir": base_dir, "lines": dict(lines)})
+    return job.model_copy(update={"config_path": document.config_path, "base_dir": document.base_dir,
+                                  "lines": dict(lines)})

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import to_jsonable_python
 
 from pipeline.config.issues import show
+from pipeline.config.substitute import params_as_text
 from pipeline.config.values import (
     PARAMS_SCHEMA,
     WORKERS_SCHEMA,
@@ -39,7 +40,6 @@ from pipeline.config.values import (
     TypeName,
     auto_workers,
     format_bytes,
-    params_as_text,
     parse_workers,
     resolve_path,
 )

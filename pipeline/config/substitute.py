@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 
 from pipeline.config.issues import Issue, did_you_mean, join_key, show
-from pipeline.config.values import params_as_text
 from pipeline.config.yaml_lines import parse_yaml
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +182,20 @@ def _substitute_params(data: Any, values: Mapping[str, str], path: str = "") -> 
     if isinstance(data, list):
         return [_substitute_params(v, values, join_key(path, i)) for i, v in enumerate(data)]
     return data
+
+
+def params_as_text(value: Any) -> Any:
+    """params are strings; scalars written without quotes are turned into their text."""
+    if not isinstance(value, Mapping):
+        return value
+    out = {}
+    for k, v in value.items():
+        if v is True or v is False:
+            v = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            v = str(v)
+        out[k] = v
+    return out
 
 
 def apply_params(doc: dict, given: Mapping[str, str]) -> dict:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from fractions import Fraction
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, ValidationInfo, WithJsonSchema
 
+from pipeline.config.document import resolve
 from pipeline.config.issues import show
 from pipeline.dtypes import parse_type
 
@@ -130,35 +130,9 @@ def _check_type_name(value: str) -> str:
     return value
 
 
-def params_as_text(value: Any) -> Any:
-    """params are strings; scalars written without quotes are turned into their text."""
-    if not isinstance(value, Mapping):
-        return value
-    out = {}
-    for k, v in value.items():
-        if v is True or v is False:
-            v = "true" if v else "false"
-        elif isinstance(v, (int, float)):
-            v = str(v)
-        out[k] = v
-    return out
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def resolve_path(path: str, info: ValidationInfo) -> str:
     """Relative paths are relative to the config file's folder; URLs are kept as they are."""
-    if path.startswith("file://"):
-        path = path[len("file://"):]  # a local path
-    elif _is_url(path):
-        return path
-    base = (info.context or {}).get("base_dir")
-    path = os.path.expanduser(path)
-    if base is not None and not os.path.isabs(path):
-        path = os.path.join(str(base), path)
-    return os.path.normpath(path) if os.path.isabs(path) else path
+    return resolve(path, (info.context or {}).get("base_dir"))
 
 
 # JSON schemas of the value types, as `pipeline schema` shows them (the validators accept these)

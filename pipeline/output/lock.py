@@ -11,8 +11,12 @@ import fcntl
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 from pipeline.errors import LockedError, OutputError
+
+if TYPE_CHECKING:
+    from pipeline.config.document import Document
 
 
 class JobLock:
@@ -63,6 +67,31 @@ class JobLock:
 
 
 _HELD: set[int] = set()
+
+
+def lock_path(output_path: str) -> str:
+    """The lock file of a local output: ``.<name>.lock`` in the folder the output is in."""
+    path = os.path.abspath(output_path)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+
+
+def lock_named_output(document: Document, run_id: str) -> JobLock | None:
+    """The lock of the local output a job file names, taken before the job is validated.
+
+    A second run of the job is then refused (LockedError, exit 75) before pydantic, pyarrow or
+    any input is loaded. The run checks, once validated, that this is its output's lock. None, and
+    the run takes its lock once validated, when the output is a URL (its lock is in the state
+    directory), when the folder the output goes in does not exist yet, or when the job file does
+    not give ``output.path`` as a string.
+    """
+    path = document.output_path()
+    if path is None or "://" in path:
+        return None
+    file = lock_path(path)
+    if not os.path.isdir(os.path.dirname(file)):
+        return None
+    name = document.values.get("name")
+    return JobLock(file, name if isinstance(name, str) else "", run_id).acquire()
 
 
 def holder_message(info: dict, job_name: str) -> str:

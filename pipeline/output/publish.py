@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.errors import OutputError
+from pipeline.output.lock import lock_path
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -48,7 +49,7 @@ class OutputPaths:
 
     @property
     def lock(self) -> str:
-        return os.path.join(self.parent, f".{self.name}.lock")
+        return lock_path(self.path)
 
 
 def holds_data(path: str) -> bool:
