@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.dtypes import type_name
 from pipeline.input.infer import unify
 from tests.helpers import basic_job, read_output, run_cli, write_job
 
@@ -78,3 +79,33 @@ def test_one_file_of_a_dictionary_column_with_a_dictionary_per_row_group(tmp_pat
     assert code == 0, err
     got = read_output(tmp_path / "out").sort_by("i")
     assert got.schema.field("x").type == pa.string() and got.column("x").to_pylist() == rows
+
+
+@pytest.mark.parametrize("a, b", [
+    # seconds and nanoseconds widen to nanoseconds, which end in 2262
+    (pa.array([dt.datetime(3000, 1, 1), dt.datetime(2020, 1, 1)], pa.timestamp("s")), pa.array([1], pa.timestamp("ns"))),
+    # a date before 1677 does not fit nanoseconds either
+    (pa.array([dt.date(1500, 1, 2), dt.date(2026, 1, 2)]), pa.array([1], pa.timestamp("ns"))),
+])
+def test_a_value_the_widened_type_cannot_hold_is_a_bad_row_naming_its_column(tmp_path, capsys, a, b):
+    read = _files(tmp_path, a, b)
+    code, _out, err = _run(tmp_path, capsys)
+    assert code == 0, err
+    got = read_output(tmp_path / "out").sort_by("i")
+    want = pa.timestamp("ns")
+    # the reference: pyarrow's safe cast of each value alone; those it refuses are the rejected rows
+    fits = []
+    for column in read:
+        for v in column.to_pylist():
+            try:
+                fits.append(pa.array([v], column.type).cast(want).to_pylist()[0])
+            except pa.ArrowInvalid:
+                pass
+    assert got.column("x").to_pylist() == fits and len(fits) == 2
+    rejects = pq.read_table(tmp_path / "out" / "_rejects")
+    assert rejects.column("file").to_pylist() == [str(tmp_path / "0.parquet")]
+    assert rejects.column("line").to_pylist() == [1]
+    reason = rejects.column("reason")[0].as_py()
+    assert reason.startswith(f"column 'x': cannot convert {type_name(read[0].type)} to timestamp[ns], "
+                             "the column's type in this run"), reason
+    assert "out of bounds" in reason, reason

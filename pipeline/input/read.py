@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from pipeline import arrays
+from pipeline.dtypes import type_name
 from pipeline.errors import InputError
 from pipeline.input import boundaries, json_array
 from pipeline.input.boundaries import dialect_of
@@ -546,9 +547,9 @@ def _read_parquet(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
     bad = []
     if good is not None:
         for r in np.flatnonzero(~good):
-            row = table.slice(int(r), 1).to_pylist()[0]
-            bad.append(BadRow(f.path, first_row + int(r) + 1, None, "read",
-                              "a value does not fit the column type in input.schema", str(row)))
+            row = table.slice(int(r), 1)
+            bad.append(BadRow(f.path, first_row + int(r) + 1, None, "read", _misfit(row, spec.read_schema),
+                              str(row.to_pylist()[0])))
     kept = np.flatnonzero(good) if good is not None else None
 
     def locate(rows: np.ndarray):
@@ -556,6 +557,21 @@ def _read_parquet(chunk: Chunk, spec: ReadSpec) -> Iterator[Block]:
         return [(first_row + int(r) + 1, None, str(table.slice(int(r), 1).to_pylist()[0])) for r in rs]
 
     yield Block(out, bad, table.num_rows, locate)
+
+
+def _misfit(row: pa.Table, schema: pa.Schema) -> str:
+    """Why a Parquet row does not take the run's types: the first of its columns that does not cast."""
+    for fld in schema:
+        if fld.name not in row.column_names or row.column(fld.name).type == fld.type:
+            continue
+        column = row.column(fld.name)
+        try:
+            column.cast(fld.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            return (f"column {fld.name!r}: cannot convert {type_name(column.type)} to {type_name(fld.type)}, "
+                    f"the column's type in this run (input.schema, or the type the input files' "
+                    f"columns widen to): {exc}")
+    return "a value does not fit its column's type in this run"
 
 
 def _cast_rows(table: pa.Table, to_schema) -> tuple[pa.Table, np.ndarray]:
