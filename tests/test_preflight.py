@@ -103,6 +103,45 @@ def test_an_open_column_widens_to_a_later_chunks_type(tmp_path, capsys, workers)
     assert all(v in (ref[i], ref[i] / 2) for i, v in got.items()) and len(got) == 3000
 
 
+CATEGORIES = textwrap.dedent("""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def categorize(df):
+        # the first chunk has 3 categories (int8 codes), later ones hundreds (int16 codes)
+        first = int(df["id"].iloc[0]) == 0
+        df["kind"] = (df["species"] if first else df["species"] + "-" + df["id"].astype(str)).astype("category")
+        return df
+
+    def encode(table):
+        return table.set_column(table.schema.get_field_index("island"), "island",
+                                pc.dictionary_encode(table.column("island")))
+""")
+
+
+def test_categorical_and_dictionary_columns_of_python_stages_are_written_as_their_values(tmp_path, capsys, workers):
+    """pandas Categoricals (and Arrow dictionary arrays) differ from chunk to chunk in their
+    categories and code types; the output column has one type, the values'."""
+    (tmp_path / "cats.py").write_text(CATEGORIES)
+    data = penguins(tmp_path / "penguins.csv", rows=3000)
+    job = basic_job(str(data), out=str(tmp_path / "out"), run={"workers": workers},
+                    stages=[{"python": {"function": "cats:categorize"}},
+                            {"python": {"function": "cats:encode", "api": "arrow"}}])
+    job["input"]["chunk_bytes"] = "16KiB"
+    code, _, err = run_cli("run", write_job(tmp_path, job), capsys=capsys)
+    assert code == 0, err
+    assert manifest_of(tmp_path / "out")["chunks"] > 2
+    table = read_output(tmp_path / "out").sort_by("id")
+    assert table.schema.field("kind").type == pa.string() and table.schema.field("island").type == pa.string()
+    # the reference: pandas on the whole file; the rows of the run's first chunk keep the bare species
+    ref = pacsv.read_csv(data).to_pandas()
+    first_rows = {i for i, k in zip(table.column("id").to_pylist(), table.column("kind").to_pylist()) if "-" not in k}
+    assert 0 in first_rows and len(first_rows) < 3000
+    want = [s if i in first_rows else f"{s}-{i}" for i, s in zip(ref["id"], ref["species"])]
+    assert table.column("kind").to_pylist() == want
+    assert table.column("island").to_pylist() == list(ref["island"])
+
+
 def test_a_later_chunk_with_another_type_is_exit_65_naming_file_column_types(tmp_path, capsys):
     cfg, data = _typed_by_chunk(tmp_path, 'df["body_mass_g"]', 'df["species"]')
     code, _, err = run_cli("run", cfg, capsys=capsys)

@@ -175,12 +175,24 @@ def _to_pandas(table: pa.Table):
     return table.to_pandas(types_mapper=_nullable().get, use_threads=False)
 
 
+def _decode_dictionaries(table: pa.Table) -> pa.Table:
+    """Dictionary columns (a pandas Categorical, an Arrow dictionary array) as their values, as
+    Parquet inputs are read: each chunk's dictionary and index type differ, and the output's
+    columns have one type."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
+    return table
+
+
 def _restore_types(result: pa.Table, source: pa.Schema) -> pa.Table:
     """Undo representation changes of the pandas round trip.
 
     pandas text comes back as large_string and an empty object column as null: such columns get
-    the input column's type again, and new text columns become plain string.
+    the input column's type again, and new text columns become plain string. A Categorical is its
+    values.
     """
+    result = _decode_dictionaries(result)
     for i, field in enumerate(result.schema):
         j = source.get_field_index(field.name)
         want = source.field(j).type if j >= 0 else None
@@ -240,4 +252,4 @@ def python(table: pa.Table, spec: PythonSpec, ctx: StageContext) -> pa.Table:
     if not isinstance(result, pa.Table):
         raise StageError(f"{where}: {spec.function} returned {type(result).__name__}, "
                          f"expected a pyarrow Table (api: arrow){on}", **context)
-    return result
+    return _decode_dictionaries(result)
