@@ -142,6 +142,24 @@ def test_categorical_and_dictionary_columns_of_python_stages_are_written_as_thei
     assert table.column("island").to_pylist() == list(ref["island"])
 
 
+@pytest.mark.parametrize("first, later, cast", [
+    ('df["body_mass_g"]', 'df["species"]', "- cast: {v: int64}"),
+    # a list column: no `cast` stage names its type, so none is suggested
+    ('[[1]] * len(df)', '[["a"]] * len(df)', None),
+])
+def test_a_later_chunk_with_another_type_names_the_fix_a_stage_can_make(tmp_path, capsys, first, later, cast):
+    cfg, data = _typed_by_chunk(tmp_path, first, later)
+    code, _, err = run_cli("run", cfg, capsys=capsys)
+    assert code == 65, err
+    assert str(data) in err and "column 'v' is" in err
+    if cast:
+        assert cast in err
+    else:
+        assert "- cast:" not in err and "make the stage that makes it give one type (list<item: int64> is not a " \
+            "type a `cast` stage takes)" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_later_chunk_with_another_type_is_exit_65_naming_file_column_types(tmp_path, capsys):
     cfg, data = _typed_by_chunk(tmp_path, 'df["body_mass_g"]', 'df["species"]')
     code, _, err = run_cli("run", cfg, capsys=capsys)

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import arrays
-from pipeline.dtypes import type_name, widens
+from pipeline.dtypes import parse_type, type_name, widens
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
 from pipeline.input.discover import NULL_PARTITION
 from pipeline.log import set_title
@@ -442,9 +442,15 @@ def conform_table(table: pa.Table, schema: pa.Schema, where: str, against: str =
 
 
 def _type_change(where: str, column: str, found: pa.DataType, expected: pa.DataType, against: str) -> str:
-    return (f"{where}: column {column!r} is {type_name(found)} here but {type_name(expected)} in {against}; "
-            f"add a `cast` stage after the stage that makes it (- cast: {{{column}: {type_name(expected)}}}), "
-            f"so that every chunk gives it one type")
+    name = type_name(expected)
+    try:
+        castable = parse_type(name) == expected
+    except ValueError:   # a nested type (list, struct, map), a dictionary, a duration: no `cast` names it
+        castable = False
+    fix = (f"add a `cast` stage after the stage that makes it (- cast: {{{column}: {name}}})" if castable
+           else f"make the stage that makes it give one type ({name} is not a type a `cast` stage takes)")
+    return f"{where}: column {column!r} is {type_name(found)} here but {name} in {against}; {fix}, " \
+           f"so that every chunk gives it one type"
 
 
 def add_null_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
