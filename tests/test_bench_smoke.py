@@ -27,13 +27,14 @@ def test_bench_smoke(tmp_path):
     rows = {(r["workload"], r["engine"]): r for r in results["table"]}
     for key in [("W1", "pipeline"), ("W1", "pipeline-dask"), ("W1", "duckdb")]:
         assert rows[key]["ok"] and 0 < rows[key]["peak_pss_mib"] <= rows[key]["peak_mib"]
-    # the pipeline's processes are all sampled: the parent, the writer and a worker at once (at this size a
-    # worker's whole life can fall between two samples of its title, so it may carry the parent's), and
-    # the peak counts more than the parent (a worker may have come and gone before the writer's peak); the
-    # Dask run counts the cluster's processes too
+    # the pipeline's child processes are sampled with the parent: the writer, alive from the first chunk
+    # to the publish, is seen beside the parent, and the peak counts more than the parent. A worker is not
+    # required: at this size its whole life (one chunk) can fall between two samples on a busy machine,
+    # where a sample saw only the parent and the writer at once. The Dask run counts the cluster's
+    # processes too
     memory_run = results["runs"]["W1"]["pipeline"][-1]
     sampled = memory_run["processes"]
-    assert any(name.endswith(" writer") for name in sampled) and memory_run["procs"] >= 3, memory_run
+    assert any(name.endswith(" writer") for name in sampled) and memory_run["procs"] >= 2, memory_run
     local = rows[("W1", "pipeline")]["pss_at_peak"]
     assert sum(v["processes"] for v in local.values()) >= 2, local
     assert any(name.endswith((" worker", " writer")) for name in local), local
