@@ -3,7 +3,8 @@
 Environment variables:
 
     BENCH_SCALE    sizes relative to the defaults (1.0: W1 5,000,000 rows; W3 2,000 files) [1.0]
-    BENCH_REPEAT   timed runs of each engine on each workload (medians), +1 sampled for memory [3]
+    BENCH_REPEAT   timed runs of each engine on each workload (medians)                   [3]
+    BENCH_MEMORY   more runs of each engine, sampled for memory (median peak)  [3, at most BENCH_REPEAT]
     BENCH_ONLY     workloads to run, e.g. "W1,W5"                                         [all]
     BENCH_ENGINES  engines to run, e.g. "pipeline,duckdb"                                 [all]
     BENCH_TIMEOUT  seconds one run may take before it is killed and marked FAIL           [1800]
@@ -195,7 +196,7 @@ def run_one(w: Workload, engine: Engine, rep: int, out_root: Path, logs: Path, e
         out.mkdir(parents=True)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{w.wid}-{engine.name}-{'memory' if memory else rep + 1}.log"
+    log = logs / f"{w.wid}-{engine.name}-{rep + 1}{'-memory' if memory else ''}.log"
     m = measure.run(engine.command(out), cwd=str(ROOT), env=env, log_path=str(log), timeout=timeout,
                     extra_pids=cluster_pids if engine.cluster else (), memory=memory)
     problem = None
@@ -301,6 +302,8 @@ CLUSTER: dict = {"address": None}    # the running cluster's address, while ther
 def main() -> int:
     scale = _env_float("BENCH_SCALE", 1.0)
     repeat = max(1, int(_env_float("BENCH_REPEAT", 3)))
+    # a run's peak depends on which processes' highs coincide at one sample: one run is not enough
+    sampled = max(1, int(_env_float("BENCH_MEMORY", min(3, repeat))))
     timeout = _env_float("BENCH_TIMEOUT", 1800.0)
     only, engines_only = _env_list("BENCH_ONLY"), _env_list("BENCH_ENGINES")
     work = Path(os.environ.get("BENCH_WORKDIR") or BENCH_DIR / "work").resolve()
@@ -313,11 +316,11 @@ def main() -> int:
 
     started = time.time()
     info = {
-        "scale": scale, "repeat": repeat, "cores": os.cpu_count(), "commit": _commit(),
+        "scale": scale, "repeat": repeat, "memory_runs": sampled, "cores": os.cpu_count(), "commit": _commit(),
         "platform": platform.platform(), "versions": versions(), "load_start": _load(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
     }
-    print(f"bench: scale {scale:g}, {repeat} run(s) per engine, {info['cores']} cores, "
+    print(f"bench: scale {scale:g}, {repeat} timed and {sampled} sampled run(s) per engine, {info['cores']} cores, "
           f"load {' '.join(map(str, info['load_start']))}", flush=True)
 
     workloads = build(scale, work, only)
@@ -345,13 +348,13 @@ def main() -> int:
                       flush=True)
                 stack.callback(CLUSTER.update, address=None)
             runs = max(repeat, W5_MIN_REPEAT) if w.wid == "W5" and repeat > 1 else repeat
-            for rep in range(runs + 1):
+            for rep in range(runs + sampled):
                 # every engine once per repetition, the order rotated from one repetition to the next;
-                # the last repetition samples memory, the others are timed
+                # the last repetitions sample memory, the others are timed
                 k = rep % len(w.engines)
                 for engine in w.engines[k:] + w.engines[:k]:
                     w.runs.setdefault(engine.name, []).append(
-                        run_one(w, engine, rep, work / "out", logs, env, timeout, pids, memory=rep == runs))
+                        run_one(w, engine, rep, work / "out", logs, env, timeout, pids, memory=rep >= runs))
 
     if not any(w.runs for w in workloads):
         print("bench: nothing to run (see BENCH_ONLY and BENCH_ENGINES)", file=sys.stderr)

@@ -79,10 +79,11 @@ def _notes() -> list[str]:
     return [
         "wall: median over the timed runs, from the start of the command to its exit (all of `pipeline run`,",
         "  start-up included); nothing samples a timed run while it goes on. CPU: user + system seconds of",
-        "  the whole process tree in the timed runs. PSS MiB: from one more run of each engine, sampled every",
-        "  20 ms: the largest sum over all processes of the run of their proportional set size (a page shared",
-        "  by n processes counts 1/n in each: what the run costs the machine); RSS MiB: the same with",
-        "  resident set sizes (a shared page counts once per process). pipeline-dask: the same job with",
+        "  the whole process tree in the timed runs. PSS MiB: median over more runs of each engine after the",
+        "  timed ones (BENCH_MEMORY, 3 by default), each sampled every 20 ms, of the largest sum over all",
+        "  processes of the run of their proportional set size (a page shared by n processes counts 1/n in",
+        "  each: what the run costs the machine); RSS MiB: the same with resident set sizes (a shared page",
+        "  counts once per process). pipeline-dask: the same job with",
         "  run.executor=dask on a Dask cluster (a scheduler and 2 single-threaded worker processes) started",
         "  before the run; the cluster's processes' CPU and memory during the run are included. rows/s and",
         "  MB/s: input rows and bytes over wall. wall ratio and PSS ratio: over the reference engine's, measured",
@@ -120,7 +121,8 @@ def markdown(rows: list[dict], info: dict, inputs: dict) -> str:
     out = [
         "# Benchmark results",
         "",
-        f"`make bench` (BENCH_SCALE={info['scale']:g}, BENCH_REPEAT={info['repeat']}) on {info['started']}, "
+        f"`make bench` (BENCH_SCALE={info['scale']:g}, BENCH_REPEAT={info['repeat']}, "
+        f"BENCH_MEMORY={info.get('memory_runs', 1)}) on {info['started']}, "
         f"{info['cores']} cores, load average {' '.join(map(str, info['load_start']))} at the start and "
         f"{' '.join(map(str, info['load_end']))} at the end.",
         "",
