@@ -239,6 +239,7 @@ class LocalExecutor:
             if pool is not None:
                 if broken:
                     _kill_pool(pool)  # every chunk is committed: nothing is in flight
+                    _unstick(data_q)  # but a killed worker may still hold the queue's lock
                 else:
                     pool.close()
                     pool.join()
