@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
+import io
 import json
 import os
 
@@ -47,6 +49,37 @@ def test_invalid_utf8_is_a_bad_row_and_the_column_stays_text(tmp_path, capsys, w
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
     assert [(r["line"], r["offset"]) for r in rejects] == [(3, data.index(b"2,caf"))]
     assert "UTF8" in rejects[0]["reason"] or "UTF-8" in rejects[0]["reason"]
+
+
+@pytest.mark.parametrize("chunk_bytes", [40, 97, 1 << 20])
+def test_non_ascii_text_is_kept_and_invalid_utf8_rejected_at_every_chunk_size(tmp_path, capsys, chunk_bytes):
+    names = ["café", "Zürich, Altstadt", "東京", "🎉", "plain", "naïve \"quoted\"", "x\ny"]
+    out = io.StringIO()   # every 17th row has a byte 0xff (not UTF-8) in a string column: a bad row
+    csv.writer(out, lineterminator="\n").writerows(
+        [["id", "name", "note"]] + [[str(i), names[i % len(names)], "n\udcff" if i % 17 == 0 else f"n{i}"]
+                                    for i in range(1, 121)])
+    data = out.getvalue().encode("utf-8", "surrogateescape")
+    (tmp_path / "in.csv").write_bytes(data)
+    # the reference: Python's csv module over the text, and its UTF-8 codec for what is valid
+    reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
+    next(reader)
+    expected, bad_lines, line = [], [], reader.line_num
+    for record in reader:
+        if any("\udc80" <= c <= "\udcff" for v in record for c in v):
+            bad_lines.append(line + 1)
+        else:
+            expected.append({"id": int(record[0]), "name": record[1], "note": record[2]})
+        line = reader.line_num
+    assert len(bad_lines) == 7 and len(expected) == 113
+    job = basic_job("in.csv", input={"chunk_bytes": chunk_bytes, "csv": {"null_values": []},
+                                     "schema": {"id": "int64", "name": "string", "note": "string"}},
+                    run={"on_bad_rows": "quarantine", "max_bad_rows": 100})
+    code, _out, err = _run(tmp_path, job, capsys)
+    assert code == 0, err
+    assert sorted(read_output(tmp_path / "out").to_pylist(), key=lambda r: r["id"]) == expected
+    rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
+    assert sorted(r["line"] for r in rejects) == bad_lines
+    assert all("UTF8" in r["reason"] or "UTF-8" in r["reason"] for r in rejects)
 
 
 @pytest.mark.parametrize("name, text", [
