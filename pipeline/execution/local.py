@@ -6,8 +6,9 @@ What the stdlib does not give, this module adds:
   worker pids, and when one vanishes, re-runs its chunk on a fresh worker (``run.retries``). The
   writer keeps the first complete copy of a chunk, so a retry never doubles rows.
 - ``run.chunk_timeout``: a chunk running longer is killed and retried the same way.
-- the run is complete when the writer has acknowledged every chunk, not when workers returned:
-  a worker's ``Queue.put`` returns before its feeder thread has sent the message.
+- the run is complete when the writer has acknowledged every chunk, not when workers returned.
+- workers send to the writer over a ``channel.Channel``, which shares no lock between processes:
+  a worker killed while sending cannot leave the others (or the parent) waiting on one.
 - clean finish: all chunks acknowledged -> pool closed and joined (or terminated, if a task was
   lost, which is safe because nothing is in flight) -> ``("done", n)`` to the writer.
 - on any failure or signal: the pool is terminated, the writer killed; the caller discards staging.
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import InputError, OutputError, PipelineError
+from pipeline.execution.channel import Channel, Sender
 from pipeline.execution.executor import Committed, OnResult, TaskSettings, group_small
 from pipeline.execution.worker import WorkerSettings, init, process_chunks
 from pipeline.input import boundaries
@@ -125,10 +127,10 @@ class LocalExecutor:
     def _execute(self, chunks: Sequence[Chunk], worker_spec: WorkerSettings,
                  writer_spec: WriterSettings) -> Execution:
         ctx: Any = mp.get_context(self.start_method)  # a fork, spawn or forkserver context
-        # Unbounded: a worker killed inside Queue.put would keep a slot of a bounded queue for ever, and
-        # enough such kills would leave every worker waiting on a queue the writer finds empty. The
-        # chunks handed out but not yet committed are bounded by the parent instead (see new_pool).
-        data_q = ctx.Queue()
+        # No slots and no lock (see channel): the chunks handed out but not yet committed are bounded
+        # by the parent instead (see new_pool); the parent's own messages go through a sender thread.
+        data_q = Channel(ctx, worker_spec.spool)
+        to_writer = Sender(data_q)
         events = ctx.Queue()
         # workers' "start" messages: synchronous (see worker.process_chunk); one queue per pool, as a
         # worker killed while writing one keeps the queue's lock for ever
@@ -190,7 +192,7 @@ class LocalExecutor:
                                 state.outstanding_bytes += chunk.nbytes
                     yield tuple((chunk, state.tries[chunk.id]) for chunk in group)
                 # every chunk is handed out: the writer keeps little to encode after the last one
-                data_q.put(("last",))
+                to_writer.put(("last",))
 
             return pool, pool.imap_unordered(process_chunks, tasks(), chunksize=1)
 
@@ -217,6 +219,7 @@ class LocalExecutor:
                 self._drain_events(events, state, ex)
                 while not starts.empty():
                     self._event(starts.get(), state, ex)
+                to_writer.check()
                 if not writer.is_alive():
                     self._drain_events(events, state, ex)
                     if not state.finished():
@@ -228,9 +231,8 @@ class LocalExecutor:
                 if deaths and not state.finished():
                     # A dead worker may have held the pool's task-queue lock, which would wedge the
                     # pool for good (and Pool.terminate with it): start a fresh pool for the rest.
-                    self._blame(deaths, state, ex, data_q)
+                    self._blame(deaths, state, ex, to_writer)
                     _kill_pool(pool)
-                    _unstick(data_q)
                     broken = True
                     state.running.clear()
                     state.result_pid.clear()
@@ -239,13 +241,12 @@ class LocalExecutor:
             if pool is not None:
                 if broken:
                     _kill_pool(pool)  # every chunk is committed: nothing is in flight
-                    _unstick(data_q)  # but a killed worker may still hold the queue's lock
                 else:
                     pool.close()
                     pool.join()
             pool = None
-            self._put(data_q, ("done", len(feed)), state, ex)
-            ex.writer = self._wait_writer(writer, events, state, ex)
+            to_writer.put(("done", len(feed)))
+            ex.writer = self._wait_writer(writer, events, state, ex, to_writer)
             writer.join(WRITER_EXIT_SECONDS)
             return ex
         except BaseException:
@@ -254,13 +255,13 @@ class LocalExecutor:
             if writer.is_alive():
                 writer.kill()
                 writer.join(WRITER_EXIT_SECONDS)
-            data_q.cancel_join_thread()
             events.cancel_join_thread()
             raise
         finally:
             with state.cond:   # a pool's task thread still waiting to hand out work stops
                 state.generation += 1
                 state.cond.notify_all()
+            to_writer.close()
             data_q.close()
             events.close()
             starts.close()
@@ -341,7 +342,7 @@ class LocalExecutor:
                     deaths.append((pid, f"timed out after {self.chunk_timeout:g} s (run.chunk_timeout)"))
         return deaths
 
-    def _blame(self, deaths, state: _State, ex: Execution, data_q) -> None:
+    def _blame(self, deaths, state: _State, ex: Execution, to_writer: Sender) -> None:
         """Count a failure against each chunk a dead worker was running; poison the hopeless ones."""
         blamed = False
         for pid, why in deaths:
@@ -361,7 +362,7 @@ class LocalExecutor:
                 state.failures[chunk_id] += 1
                 tries = state.failures[chunk_id]
                 if tries > self.retries:
-                    self._poison(chunk, why, tries, state, ex, data_q)
+                    self._poison(chunk, why, tries, state, ex, to_writer)
                 else:
                     log.warning("%s: the worker %s; retrying (attempt %d of %d)", chunk.describe(), why,
                                 tries + 1, self.retries + 1)
@@ -372,7 +373,7 @@ class LocalExecutor:
             if state.unattributed > self.retries + 2:
                 raise RuntimeError(f"worker processes keep dying ({deaths[0][1]}); giving up")
 
-    def _poison(self, chunk: Chunk, why: str, tries: int, state: _State, ex: Execution, data_q) -> None:
+    def _poison(self, chunk: Chunk, why: str, tries: int, state: _State, ex: Execution, to_writer: Sender) -> None:
         log.error("%s: the worker %s, on every one of %d attempts", chunk.describe(), why, tries)
         # an attempt number of its own, so these messages never mix with a worker's attempt
         state.tries[chunk.id] += 1
@@ -384,27 +385,14 @@ class LocalExecutor:
         ex.poisoned.append((chunk, why))
         state.poisoned.add(chunk.id)
         for msg in poisoned:
-            self._put(data_q, msg, state, ex)  # its whole-chunk rejects and its end: acked like any chunk
+            to_writer.put(msg)  # its whole-chunk rejects and its end: acked like any chunk
 
-    def _put(self, data_q, msg, state: _State, ex: Execution) -> None:
-        """Put on the bounded queue without waiting for ever: the writer may have died meanwhile."""
-        writer, events = self._writer
-        while True:
-            try:
-                data_q.put(msg, timeout=POLL_SECONDS)
-                return
-            except queue_mod.Full:
-                self._drain_events(events, state, ex)
-                if not writer.is_alive():
-                    self._drain_events(events, state, ex)
-                    raise OutputError(f"the writer process died (exit code {writer.exitcode}); "
-                                      f"nothing was published") from None
-
-    def _wait_writer(self, writer, events, state: _State, ex: Execution) -> dict:
+    def _wait_writer(self, writer, events, state: _State, ex: Execution, to_writer: Sender) -> dict:
         while True:
             try:
                 msg = events.get(timeout=POLL_SECONDS)
             except queue_mod.Empty:
+                to_writer.check()
                 if writer.is_alive():
                     continue
                 try:
@@ -506,20 +494,6 @@ def _kill_pool(pool) -> None:
             proc.kill()
     for proc in procs:
         proc.join(WRITER_EXIT_SECONDS)
-
-
-def _unstick(q) -> None:
-    """Free the write lock of a queue that a killed worker held (it died writing to the pipe), so
-    that the next pool's workers do not wait on it for ever. A live holder (this process's own
-    feeder thread) lets go within moments; one that holds it a second later is dead."""
-    lock = getattr(q, "_wlock", None)
-    if lock is None:
-        return
-    if lock.acquire(timeout=1.0):
-        lock.release()
-        return
-    log.warning("a killed worker held the writer queue's lock; released it")
-    lock.release()
 
 
 def _death(proc, pid: int) -> str:
