@@ -7,8 +7,8 @@ process waits on it: the run hangs with the writer waiting for a ``done`` that n
 
 Here each message is pickled and written with one ``write(2)`` of at most ``PIPE_BUF`` bytes, which
 POSIX makes atomic on a pipe: all of it reaches the reader or none does, and writes of several
-processes never interleave. A killed writer therefore leaves nothing behind, whole messages or
-none, and holds nothing another process waits on. Queue messages are small (paths and counts; the
+processes never interleave. A sender killed at any moment has sent whole messages or none, and
+holds nothing another process waits on. Queue messages are small (paths and counts; the
 rows travel in spool files, see ``output.records``); one that is larger goes into a file in
 ``spill``, and the pipe carries its path.
 
@@ -43,7 +43,7 @@ class Channel:
     """One pipe, written by any number of processes, read by one (see the module's docstring)."""
 
     def __init__(self, ctx: Any, spill: str):
-        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._receiving, self._sending = ctx.Pipe(duplex=False)
         self.spill = spill or tempfile.gettempdir()
 
     def put(self, message: object) -> None:
@@ -54,13 +54,13 @@ class Channel:
                 f.write(data)
             data = bytes(reduction.ForkingPickler.dumps(_Spilled(path)))
         # one write: Connection.send_bytes joins its length prefix and a payload of this size
-        self._writer.send_bytes(data)
+        self._sending.send_bytes(data)
 
     def get(self, timeout: float | None = None) -> Any:
         """The next message; ``queue.Empty`` if none comes within ``timeout`` seconds."""
-        if timeout is not None and not self._reader.poll(timeout):
+        if timeout is not None and not self._receiving.poll(timeout):
             raise queue_mod.Empty
-        message = pickle.loads(self._reader.recv_bytes())
+        message = pickle.loads(self._receiving.recv_bytes())
         if isinstance(message, _Spilled):
             path = message.path
             with open(path, "rb") as f:
@@ -69,8 +69,8 @@ class Channel:
         return message
 
     def close(self) -> None:
-        self._reader.close()
-        self._writer.close()
+        self._receiving.close()
+        self._sending.close()
 
 
 class Sender:
