@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from pipeline.execution.channel import PIPE_BUF, Channel, Sender
+from pipeline.execution.channel import Channel, Sender
+from pipeline.output.records import MESSAGE_BYTES
 
 CTX = mp.get_context("fork")
 
@@ -57,7 +58,7 @@ def test_messages_arrive_whole_and_in_order_from_many_processes(tmp_path):
     channel = Channel(CTX, str(tmp_path))
     reader = _Reader(channel)
     reader.start()
-    sizes = [10, PIPE_BUF, 3 * PIPE_BUF]          # the last two are spilled to files
+    sizes = [10, MESSAGE_BYTES, 3 * MESSAGE_BYTES]          # the last two are spilled to files
     procs = [CTX.Process(target=_send_forever, args=(channel, n, size), daemon=True) for n, size in enumerate(sizes)]
     for p in procs:
         p.start()
@@ -100,16 +101,16 @@ def test_get_times_out_and_spill_files_are_removed(tmp_path):
     channel = Channel(CTX, str(tmp_path))
     with pytest.raises(queue_mod.Empty):
         channel.get(timeout=0.05)
-    channel.put(("big", "y" * (4 * PIPE_BUF)))
+    channel.put(("big", "y" * (4 * MESSAGE_BYTES)))
     assert len(os.listdir(tmp_path)) == 1
-    assert channel.get(timeout=1) == ("big", "y" * (4 * PIPE_BUF))
+    assert channel.get(timeout=1) == ("big", "y" * (4 * MESSAGE_BYTES))
     assert os.listdir(tmp_path) == []
 
 
 def test_a_send_that_fails_is_reported_by_the_sender(tmp_path):
     channel = Channel(CTX, str(tmp_path / "missing"))   # a large message cannot be spilled there
     sender = Sender(channel)
-    sender.put(("big", "z" * (4 * PIPE_BUF)))
+    sender.put(("big", "z" * (4 * MESSAGE_BYTES)))
     deadline = time.monotonic() + 5
     while sender.error is None and time.monotonic() < deadline:
         time.sleep(0.01)

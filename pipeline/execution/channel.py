@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import pickle
 import queue as queue_mod
-import select
 import tempfile
 import threading
 import uuid
@@ -30,8 +29,7 @@ from dataclasses import dataclass
 from multiprocessing import reduction
 from typing import Any
 
-PIPE_BUF = getattr(select, "PIPE_BUF", 512)   # the atomic write size of a pipe (4096 on Linux; POSIX: >= 512)
-HEADER = 4                                    # multiprocessing's length prefix, sent in the same write
+from pipeline.output.records import MESSAGE_BYTES  # a pipe's atomic write, less the length prefix
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Channel:
 
     def put(self, message: object) -> None:
         data = bytes(reduction.ForkingPickler.dumps(message))
-        if len(data) > PIPE_BUF - HEADER:
+        if len(data) > MESSAGE_BYTES:
             path = os.path.join(self.spill, f"message.{os.getpid()}.{uuid.uuid4().hex}")
             with open(path, "wb") as f:
                 f.write(data)

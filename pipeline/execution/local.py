@@ -143,7 +143,6 @@ class LocalExecutor:
         self._worker_spec = worker_spec
         writer = ctx.Process(target=_writer_entry, args=(data_q, events, writer_spec, me),
                              name=f"pipeline: {writer_spec.job_name} writer", daemon=True)
-        self._writer = (writer, events)
         title = f"pipeline: {worker_spec.job_name} worker"
         # the quote state at each cut of a cut file, shared by the workers (see input.boundaries)
         n_slots, slots = boundaries.shared_slots(feed.planned(), feed.later_cuts)
