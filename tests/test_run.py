@@ -210,6 +210,37 @@ def test_the_row_groups_written_after_the_last_chunk_is_handed_out_are_small(tmp
     assert got.equals(pacsv.read_csv(tmp_path / "in.csv").select(got.column_names))
 
 
+def test_the_writer_hears_the_end_is_near_before_the_last_chunks_are_handed_out(tmp_path):
+    """``NEAR_END``: the writer switches to small row groups while the workers still have about
+    NEAR_END times the input that may wait for it left to read, not only once every chunk is handed
+    out, so what it holds is encoded while the workers read the last chunks. Told only at the last
+    chunk, the small row groups could hold at most the input in flight then (``in_flight + workers``
+    chunks) plus one small buffer; the assertion asks for twice that."""
+    from pipeline.execution.local import NEAR_END
+    from pipeline.memory import memory_plan
+
+    line = "299999,999,text number 299999\n"
+    rows = "".join(f"{i},{i * 7 % 1000},text number {i}\n" for i in range(300_000))
+    (tmp_path / "in.csv").write_text("id,v,s\n" + rows)
+    job = basic_job("in.csv", input={"chunk_bytes": "64KiB"}, output={"row_group_rows": 40_000},
+                    run={"workers": 2})
+    code, _, err = run_cli("run", write_job(tmp_path, job), "--no-progress")
+    assert code == 0, err
+    m = manifest_of(tmp_path / "out")
+    meta = pq.ParquetFile(tmp_path / "out" / m["files"][0]["path"]).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    chunk_rows = 64 * 1024 // len(line) + 1
+    in_flight_rows = (memory_plan(None, 2).in_flight + 2) * chunk_rows
+    small = 0
+    for n in reversed(sizes):   # the trailing row groups written after the writer heard the end was near
+        if n > 40_000 // 8 + chunk_rows:
+            break
+        small += n
+    assert NEAR_END >= 3 and small >= 2 * in_flight_rows, (sizes, in_flight_rows)
+    got = read_output(tmp_path / "out").sort_by("id")
+    assert got.equals(pacsv.read_csv(tmp_path / "in.csv").select(got.column_names))
+
+
 def test_dry_run_writes_nothing(tmp_path):
     (tmp_path / "in.csv").write_bytes(SALES)
     code, _out, _ = run_cli("run", write_job(tmp_path, basic_job("in.csv")), "--dry-run")

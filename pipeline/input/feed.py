@@ -22,6 +22,7 @@ class ChunkFeed(Sequence["Chunk"]):
     def __init__(self, first: Iterable[Chunk], rest: Iterator[list[Chunk]] | None = None,
                  later_cuts: Sequence[tuple[str, int]] = ()):
         self._chunks: list[Chunk] = list(first)
+        self.cut_bytes = sum(c.nbytes for c in self._chunks)   # the input bytes of the chunks cut so far
         self.later_cuts = tuple(later_cuts)   # (path, most ranges) of the files not cut yet: input.boundaries
         self._done = rest is None
         self._error: BaseException | None = None
@@ -44,6 +45,7 @@ class ChunkFeed(Sequence["Chunk"]):
             for chunks in self._rest:
                 with self._cond:
                     self._chunks.extend(chunks)
+                    self.cut_bytes += sum(c.nbytes for c in chunks)
                     self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - raised again to the reader (see the module docstring)
             with self._cond:

@@ -5,7 +5,8 @@ Protocol on the queue (all tuples):
                                                for small chunks sent together, a records.Shared part of one
   ("rejects", chunk_id, attempt, path, rows)   quarantined rows of a chunk
   ("end",     chunk_id, attempt, n_messages, result)   the chunk is complete (result: its counts)
-  ("last",)                                    every chunk is handed out: write smaller row groups from now on
+  ("last",)                                    the end is near (little input is left to hand out, or
+                                               none): write smaller row groups from now on
   ("done",    n_chunks)                        sent by the parent after the pool is joined
   ("abort",)                                   stop now, write nothing more
 
@@ -203,9 +204,10 @@ class RowGroupWriter:
     BUFFER_BYTES over all partitions, the largest buffer is written out). A part file is closed,
     and the next one opened, once it passes ``file_bytes``. Subclasses open and close the files.
 
-    Once the last chunks are in flight (``ending``), rows are written out as soon as an eighth of a
-    row group waits: what is left to encode after the last chunk arrives is then small, so the run
-    does not end with one core encoding a whole row group while the other waits.
+    Once the end is near (``ending``: the parent says so while the workers still have the last few
+    chunks to read), the rows held are written, and from then on rows are written out as soon as an
+    eighth of a row group waits: what is left to encode after the last chunk arrives is then small,
+    so the run does not end with one core encoding a whole row group while the other waits.
     """
 
     def __init__(self, partition_by: tuple[str, ...], row_group_rows: int, file_bytes: int,
@@ -252,7 +254,7 @@ class RowGroupWriter:
             self._flush(part, final=True)
 
     def ending(self) -> None:
-        """Every chunk is handed out: from now on write rows out once an eighth of a row group waits."""
+        """The end is near: from now on write rows out once an eighth of a row group waits."""
         self.ending_rows = max(1, self.row_group_rows // TAIL_FRACTION)
         for part in self.partitions.values():
             if part.rows >= self.ending_rows:
