@@ -107,7 +107,9 @@ def _param(text: str) -> tuple[str, str]:
 def _job_name(text: str) -> str:
     import re
 
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", text):
+    from pipeline.config.document import JOB_NAME_PATTERN
+
+    if not re.match(JOB_NAME_PATTERN, text):
         raise argparse.ArgumentTypeError(f"a job name is letters, digits, '_', '.' and '-', got {text!r}")
     return text
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.config import Job, dump_config, format_bytes, plural
+from pipeline.config.document import DEFAULT_STATE_DIR
 from pipeline.dtypes import parse_type, type_name
 from pipeline.errors import ConfigError, ExprError, InputError, Interrupted, LockedError, OutputError
 from pipeline.execution.executor import Committed, Executor, TaskSettings
@@ -353,7 +354,7 @@ def transform_hash(job: Job) -> str:
 
 
 def state_dir(job: Job) -> str:
-    return job.run.state_dir or os.path.join(str(job.base_dir), ".pipeline-state")
+    return job.run.state_dir or os.path.join(str(job.base_dir), DEFAULT_STATE_DIR)
 
 
 def run_job(job: Job, *, workers: int | None = None, dry_run: bool = False,

@@ -320,6 +320,34 @@ def test_the_lock_is_taken_before_the_job_is_validated(tmp_path):
     assert held["job"] == "test-job" and held["run_id"] in done.stdout
 
 
+@pytest.mark.parametrize("state_dir", [None, "state"])
+def test_an_output_url_is_locked_before_the_job_is_validated(tmp_path, s3, state_dir):
+    """For an output URL the lock is in the state directory (run.state_dir, or .pipeline-state/
+    beside the job file): a second run is refused from the job file as read, before pydantic or
+    pyarrow load, and the run that goes on once it is free holds that same lock."""
+    _csv(tmp_path / "in.csv", 0, 50)
+    extra = {"run": {"state_dir": state_dir}} if state_dir else {}
+    config = write_job(tmp_path, basic_job("in.csv", out="s3://lake/out/t", **extra))
+    state = tmp_path / (state_dir or ".pipeline-state")
+    state.mkdir()
+    lock = state / "test-job.output.lock"
+    holder = JobLock(str(lock), "other-job", "20261201T000000Z-holder").acquire()
+    try:
+        refused = subprocess.run([sys.executable, "-c", REFUSED_IMPORTS, "run", str(config), "--no-progress"],
+                                 capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert refused.returncode == 75, refused.stderr
+        assert refused.stdout.strip() == "", refused.stdout      # none of the heavy modules was loaded
+        assert "job 'other-job' holds the lock" in refused.stderr and "run 20261201T000000Z-holder" in refused.stderr
+    finally:
+        holder.release()
+    done = run_subprocess("run", config, "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    s3.invalidate_cache()
+    assert json.loads(s3.cat("lake/out/t/_manifest.json"))["counts"]["rows_written"] == 50
+    held = json.loads(lock.read_text())
+    assert held["job"] == "test-job" and held["run_id"] in done.stdout
+
+
 def test_a_job_that_fails_validation_leaves_its_lock_free(tmp_path, capsys):
     _csv(tmp_path / "in.csv", 0, 10)
     config = write_job(tmp_path, basic_job("in.csv", output={"compresion": "zstd"}))

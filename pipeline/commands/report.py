@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from pipeline.config import format_bytes
+from pipeline.config.document import DEFAULT_STATE_DIR
 from pipeline.errors import ConfigError, InputError
 from pipeline.output.publish import MANIFEST, REJECTS, read_manifest
 
@@ -62,7 +63,7 @@ def _sources(target: str, overrides: list[str], params: dict) -> Sources:
         config = manifest.get("config") or {}
         state = (config.get("run") or {}).get("state_dir")
         base = os.path.dirname(config.get("config_path") or "") or "."
-        state = os.path.join(base, state) if state else os.path.join(base, ".pipeline-state")
+        state = os.path.join(base, state) if state else os.path.join(base, DEFAULT_STATE_DIR)
         sources = Sources(manifest["job"], target, manifest, state)
     elif os.path.isfile(target):
         from pipeline.config import load_config

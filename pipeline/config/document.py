@@ -20,6 +20,9 @@ from pipeline.config.substitute import apply_override, apply_params, interpolate
 from pipeline.config.yaml_lines import mark_line, parse_yaml
 from pipeline.errors import ConfigError
 
+DEFAULT_STATE_DIR = ".pipeline-state"   # the state store's folder, beside the job file, when run.state_dir is unset
+JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"   # a job's name; it is part of file names (locks, state)
+
 
 @dataclass
 class Document:
@@ -60,6 +63,17 @@ class Document:
         if len(order) > 4:
             message += f"\n  and {len(order) - 4} more"
         return ConfigError(message, file=self.file, line=first[0], key=first[1])
+
+    def state_dir(self) -> str | None:
+        """``run.state_dir`` resolved as the validated job will have it (``.pipeline-state/`` beside
+        the job file when it is not set), or None when it is not a string yet."""
+        run = self.values.get("run", {})
+        state = run.get("state_dir") if isinstance(run, dict) else None
+        if state is None:
+            return os.path.join(str(self.base_dir), DEFAULT_STATE_DIR)
+        if not isinstance(state, str) or not state.strip():
+            return None
+        return resolve(state, self.base_dir)
 
     def output_path(self) -> str | None:
         """``output.path`` resolved as the validated job will have it, or None when it is not a string

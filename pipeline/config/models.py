@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import to_jsonable_python
 
+from pipeline.config.document import JOB_NAME_PATTERN
 from pipeline.config.issues import show
 from pipeline.config.substitute import params_as_text
 from pipeline.config.values import (
@@ -506,7 +507,7 @@ INTERNAL_KEYS = ("config_path", "base_dir", "config_hash", "lines")
 class Job(_Model):
     """A job file."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = Field(description=(
+    name: Annotated[str, Field(pattern=JOB_NAME_PATTERN)] = Field(description=(
         "The job's name: letters, digits, `_`, `.`, `-`, starting with a letter or digit. It names the "
         "job in log lines, the lock message, process titles, the manifest and the state store."))
     input: InputConfig = Field(description="Where the input files are and how they are read.")

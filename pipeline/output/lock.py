@@ -10,9 +10,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
+from pipeline.config.document import JOB_NAME_PATTERN
 from pipeline.errors import LockedError, OutputError
 
 if TYPE_CHECKING:
@@ -69,6 +71,11 @@ class JobLock:
 _HELD: set[int] = set()
 
 
+def state_lock_path(state_dir: str, job_name: str) -> str:
+    """The lock file of an object-store output: ``<job>.output.lock`` in the job's state directory."""
+    return os.path.join(state_dir, f"{job_name}.output.lock")
+
+
 def lock_path(output_path: str) -> str:
     """The lock file of a local output: ``.<name>.lock`` in the folder the output is in."""
     path = os.path.abspath(output_path)
@@ -76,21 +83,28 @@ def lock_path(output_path: str) -> str:
 
 
 def lock_named_output(document: Document, run_id: str) -> JobLock | None:
-    """The lock of the local output a job file names, taken before the job is validated.
+    """The lock of the output a job file names, taken before the job is validated.
 
     A second run of the job is then refused (LockedError, exit 75) before pydantic, pyarrow or
-    any input is loaded. The run checks, once validated, that this is its output's lock. None, and
-    the run takes its lock once validated, when the output is a URL (its lock is in the state
-    directory), when the folder the output goes in does not exist yet, or when the job file does
-    not give ``output.path`` as a string.
+    any input is loaded. The run checks, once validated, that this is its output's lock. A local
+    output's lock is beside it; an object-store output's is in the state directory. None, and the
+    run takes its lock once validated, when the folder the lock goes in does not exist yet, or when
+    the job file does not give ``output.path`` (or ``name`` and ``run.state_dir`` for a URL) as a
+    valid string.
     """
     path = document.output_path()
-    if path is None or "://" in path:
-        return None
-    file = lock_path(path)
-    if not os.path.isdir(os.path.dirname(file)):
+    if path is None:
         return None
     name = document.values.get("name")
+    if "://" in path:
+        state = document.state_dir()
+        if state is None or "://" in state or not isinstance(name, str) or not re.match(JOB_NAME_PATTERN, name):
+            return None
+        file = state_lock_path(state, name)
+    else:
+        file = lock_path(path)
+    if not os.path.isdir(os.path.dirname(file)):
+        return None
     return JobLock(file, name if isinstance(name, str) else "", run_id).acquire()
 
 

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from pipeline.errors import OutputError, PipelineError
 from pipeline.input.storage import filesystem
-from pipeline.output.lock import JobLock
+from pipeline.output.lock import JobLock, state_lock_path
 from pipeline.output.objectstore import (
     check_remote_target,
     list_remote,
@@ -162,7 +162,7 @@ class ObjectStoreTarget:
     def __init__(self, url: str, state_dir: str, job_name: str):
         self.path = url.rstrip("/")
         self.local = OutputPaths(os.path.join(state_dir, f"{job_name}.output"))
-        self.lock_path = os.path.join(state_dir, f"{job_name}.output.lock")
+        self.lock_path = state_lock_path(state_dir, job_name)
 
     def lock(self, job_name: str, run_id: str) -> JobLock:
         return JobLock(self.lock_path, job_name, run_id)
