@@ -191,11 +191,10 @@ def test_file_bytes_and_row_groups(tmp_path):
         assert all(meta.row_group(i).num_rows <= 1000 for i in range(meta.num_row_groups))
 
 
-def test_the_row_groups_written_after_the_last_chunk_is_handed_out_are_small(tmp_path):
-    """The run's tail: once every chunk is handed out the writer writes an eighth of a row group at a
-    time, so the last row group is small (a whole row group would be encoded after the last chunk,
-    one core busy and the other idle). The rows are the input's, compared with pyarrow's reader."""
-    rows = "".join(f"{i},{i * 7 % 1000},text number {i}\n" for i in range(100_000))
+def _row_group_sizes(tmp_path, n: int) -> tuple[list[int], int]:
+    """Run n rows in 64 KiB chunks with 40,000-row row groups on two workers; return the output's row
+    group sizes and the rows of a chunk. The rows written are the input's, compared with pyarrow's reader."""
+    rows = "".join(f"{i},{i * 7 % 1000},text number {i}\n" for i in range(n))
     (tmp_path / "in.csv").write_text("id,v,s\n" + rows)
     job = basic_job("in.csv", input={"chunk_bytes": "64KiB"}, output={"row_group_rows": 40_000},
                     run={"workers": 2})
@@ -203,11 +202,18 @@ def test_the_row_groups_written_after_the_last_chunk_is_handed_out_are_small(tmp
     assert code == 0, err
     m = manifest_of(tmp_path / "out")
     meta = pq.ParquetFile(tmp_path / "out" / m["files"][0]["path"]).metadata
-    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    chunk_rows = 64 * 1024 // len("99999,999,text number 99999\n") + 1
-    assert sizes[-1] <= 40_000 // 8 + chunk_rows, sizes
     got = read_output(tmp_path / "out").sort_by("id")
     assert got.equals(pacsv.read_csv(tmp_path / "in.csv").select(got.column_names))
+    line = f"{n - 1},999,text number {n - 1}\n"
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)], 64 * 1024 // len(line) + 1
+
+
+def test_the_row_groups_written_at_the_end_of_the_input_are_small(tmp_path):
+    """The run's tail: near the end of the input the writer writes an eighth of a row group at a
+    time, so the last row group is small (a whole row group would be encoded after the last chunk,
+    one core busy and the other idle)."""
+    sizes, chunk_rows = _row_group_sizes(tmp_path, 100_000)
+    assert sizes[-1] <= 40_000 // 8 + chunk_rows, sizes
 
 
 def test_the_writer_hears_the_end_is_near_before_the_last_chunks_are_handed_out(tmp_path):
@@ -219,17 +225,7 @@ def test_the_writer_hears_the_end_is_near_before_the_last_chunks_are_handed_out(
     from pipeline.execution.local import NEAR_END
     from pipeline.memory import memory_plan
 
-    line = "299999,999,text number 299999\n"
-    rows = "".join(f"{i},{i * 7 % 1000},text number {i}\n" for i in range(300_000))
-    (tmp_path / "in.csv").write_text("id,v,s\n" + rows)
-    job = basic_job("in.csv", input={"chunk_bytes": "64KiB"}, output={"row_group_rows": 40_000},
-                    run={"workers": 2})
-    code, _, err = run_cli("run", write_job(tmp_path, job), "--no-progress")
-    assert code == 0, err
-    m = manifest_of(tmp_path / "out")
-    meta = pq.ParquetFile(tmp_path / "out" / m["files"][0]["path"]).metadata
-    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    chunk_rows = 64 * 1024 // len(line) + 1
+    sizes, chunk_rows = _row_group_sizes(tmp_path, 300_000)
     in_flight_rows = (memory_plan(None, 2).in_flight + 2) * chunk_rows
     small = 0
     for n in reversed(sizes):   # the trailing row groups written after the writer heard the end was near
@@ -237,8 +233,6 @@ def test_the_writer_hears_the_end_is_near_before_the_last_chunks_are_handed_out(
             break
         small += n
     assert NEAR_END >= 3 and small >= 2 * in_flight_rows, (sizes, in_flight_rows)
-    got = read_output(tmp_path / "out").sort_by("id")
-    assert got.equals(pacsv.read_csv(tmp_path / "in.csv").select(got.column_names))
 
 
 def test_dry_run_writes_nothing(tmp_path):
