@@ -216,6 +216,22 @@ def test_full_disk_exits_74_and_keeps_the_previous_output(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.startswith(".out.staging")] == []
 
 
+def test_a_spool_file_that_cannot_be_written_exits_74_naming_the_staging_area(tmp_path):
+    """A worker's spool file (its rows on their way to the writer) past the file size limit: the
+    run fails as an output problem (exit 74, not a stage error), and leaves no staging behind."""
+    (tmp_path / "in.csv").write_text("id,name,v\n" + "".join(f"{i},name {i},{i * 0.5}\n" for i in range(60000)))
+    config = write_job(tmp_path, basic_job("in.csv", input={"chunk_bytes": "1MiB"}, output={"compression": "none"}))
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (131072, 131072)); "
+              "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, "run", str(config), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 74, done.stderr
+    assert "cannot write to the output's staging area" in done.stderr and "File too large" in done.stderr
+    assert not (tmp_path / "out").exists()
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".out.staging")] == []
+
+
 RAISING_STAGE = '''
 import pandas as pd
 
