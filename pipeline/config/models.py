@@ -255,9 +255,9 @@ class OutputConfig(_Model):
     file_bytes: ByteSize = Field(512 * 1024**2, description=(
         "A part file is closed, and the next one started, once it passes this size."))
     row_group_rows: PositiveInt = Field(1_000_000, description=(
-        "Rows per Parquet row group. Once every chunk is handed out, the rows of the last chunks are written "
-        "in smaller row groups (from an eighth of this), so that little is left to encode when the last "
-        "chunk arrives."))
+        "Rows per Parquet row group. Near the end of a run (when little input is left to hand out to the "
+        "workers), the rows of the last chunks are written in smaller row groups (from an eighth of this), "
+        "so that little is left to encode when the last chunk arrives."))
     on_schema_change: Literal["fail", "add_columns"] = Field("fail", description=(
         "Append (and incremental) runs whose columns differ from the output's. `fail`: exit 65 before "
         "anything is written, the output untouched. `add_columns`: new columns are added and every part "
