@@ -29,6 +29,7 @@ TOLERANCE = 0.001
 _INT = r"^\s*-?\d{1,19}\s*$"           # and within int64's range: see _fits_int64
 _BIG_INT = r"^\s*-?\d{1,38}\s*$"
 _LONGER_INT = r"^\s*[+-]?\d{39,}\s*$"
+_NINETEEN_DIGITS = r"\d{19}"
 INT64_MAX = "9223372036854775807"
 BIG_INT = pa.decimal128(38, 0)
 _FLOAT = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$|^\s*[+-]?inf\s*$"
@@ -57,43 +58,70 @@ def infer_column(values: pa.ChunkedArray | pa.Array, counts: pa.Array | None = N
     """The narrowest candidate type for a column of sampled strings (string if none fits).
 
     ``counts``: how many times each of ``values`` (then distinct, without nulls) occurs. Without
-    them, the values are counted here: a sample's columns mostly repeat a few values (a country, a
-    status), and each candidate's pattern then runs over those few."""
+    them, the column's first values rule out the candidates that miss too many there already (most
+    text columns end here), and the values are counted only when they repeat: a sample's columns
+    mostly repeat a few values (a country, a status), and each candidate's pattern then runs over
+    those few, where a column of ids is matched as it is."""
     if counts is None:
         values = values.drop_null() if hasattr(values, "drop_null") else values
-        if not len(values):
+        n = len(values)
+        allowed = _allowed_misses(n)
+        head = values.slice(0, _HEAD)
+        # each of the first values counted once: a candidate that misses more than allowed there
+        # misses more than allowed in all
+        alive = [(dtype, pattern) for dtype, pattern in CANDIDATES
+                 if n and _misses(head, None, dtype, pattern) <= allowed]
+        if not alive:
             return pa.string()
-        tally = pc.value_counts(values)
-        values, counts = tally.field(0), tally.field(1)
+        if pc.count_distinct(head).as_py() * 2 <= len(head):
+            tally = pc.value_counts(values)
+            values, counts = tally.field(0), tally.field(1)
+        return _first_fit(values, counts, n, alive)
     n = pc.sum(counts).as_py() or 0
     if n == 0:
         return pa.string()
-    # one stray value in a hundred or more is a bad row, not a reason to make the column text
-    allowed_misses = max(int(n * TOLERANCE), 1 if n >= 100 else 0)
-    # a number written with a leading zero would read as a number without it, and no bad row would
-    # tell: one such value makes the column text (as DuckDB infers it)
-    coded = pc.any(pc.match_substring_regex(values, _LEADING_ZERO)).as_py()
     # a candidate that misses more than allowed among the first values misses more than allowed in all
     head, head_counts = values.slice(0, _HEAD), counts.slice(0, _HEAD)
-    for dtype, pattern in CANDIDATES:
-        if coded and dtype in NUMBERS:
-            continue
-        if _misses(head, head_counts, dtype, pattern) <= allowed_misses and \
-                _misses(values, counts, dtype, pattern) <= allowed_misses:
-            return dtype
-    return pa.string()
+    alive = [(dtype, pattern) for dtype, pattern in CANDIDATES
+             if _misses(head, head_counts, dtype, pattern) <= _allowed_misses(n)]
+    return _first_fit(values, counts, n, alive)
 
 
 _HEAD = 64
 
 
-def _misses(values: pa.Array, counts: pa.Array, dtype: pa.DataType, pattern: str) -> int:
-    """How many of the sampled values (each ``values[i]`` occurring ``counts[i]`` times) do not fit."""
+def _allowed_misses(n: int) -> int:
+    """One stray value in a hundred or more is a bad row, not a reason to make the column text."""
+    return max(int(n * TOLERANCE), 1 if n >= 100 else 0)
+
+
+def _first_fit(values: pa.Array, counts: pa.Array | None, n: int,
+               candidates: list[tuple[pa.DataType, str]]) -> pa.DataType:
+    """The first of ``candidates`` that all of ``values`` but the allowed misses fit (each value
+    occurring ``counts[i]`` times, or once), or string."""
+    allowed = _allowed_misses(n)
+    # a number written with a leading zero would read as a number without it, and no bad row would
+    # tell: one such value makes the column text (as DuckDB infers it)
+    coded = any(dtype in NUMBERS for dtype, _ in candidates) and \
+        pc.any(pc.match_substring_regex(values, _LEADING_ZERO)).as_py()
+    for dtype, pattern in candidates:
+        if coded and dtype in NUMBERS:
+            continue
+        if _misses(values, counts, dtype, pattern) <= allowed:
+            return dtype
+    return pa.string()
+
+
+def _misses(values: pa.Array, counts: pa.Array | None, dtype: pa.DataType, pattern: str) -> int:
+    """How many of the sampled values (each ``values[i]`` occurring ``counts[i]`` times, or once
+    without ``counts``) do not fit."""
     fits = pc.match_substring_regex(values, pattern)
-    if dtype == pa.int64():
-        fits = pc.and_(fits, _fits_int64(values))
+    if dtype == pa.int64() and pc.any(pc.match_substring_regex(values, _NINETEEN_DIGITS)).as_py():
+        fits = pc.and_(fits, _fits_int64(values))   # up to 18 digits, any integer fits
     elif dtype == pa.float64():   # an integer past 38 digits is text: a float would round it
         fits = pc.and_(fits, pc.invert(pc.match_substring_regex(values, _LONGER_INT)))
+    if counts is None:
+        return len(values) - (pc.sum(fits).as_py() or 0)
     return pc.sum(pc.if_else(fits, arrays.scalar(0, counts.type), counts)).as_py() or 0
 
 
