@@ -117,7 +117,7 @@ def test_minimal_job_has_defaults(tmp_path):
     assert job.output.mode == "error"
     assert job.output.compression == "zstd"
     assert job.output.file_bytes == 512 * 1024**2
-    assert job.output.row_group_rows == 1_000_000
+    assert job.output.row_group_rows == 262_144
     assert job.run.workers >= 1
     assert job.run.on_bad_rows == "fail"
     assert job.run.retries == 2

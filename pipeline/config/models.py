@@ -46,7 +46,7 @@ from pipeline.config.values import (
 )
 from pipeline.dtypes import parse_type
 from pipeline.errors import ConfigError
-from pipeline.memory import MemoryPlan, memory_plan
+from pipeline.memory import ROW_GROUP_ROWS, MemoryPlan, memory_plan
 
 
 class _Model(BaseModel):
@@ -254,10 +254,12 @@ class OutputConfig(_Model):
         "`__HIVE_DEFAULT_PARTITION__`."))
     file_bytes: ByteSize = Field(512 * 1024**2, description=(
         "A part file is closed, and the next one started, once it passes this size."))
-    row_group_rows: PositiveInt = Field(1_000_000, description=(
-        "Rows per Parquet row group. Near the end of a run (when little input is left to hand out to the "
-        "workers), the rows of the last chunks are written in smaller row groups (from an eighth of this), "
-        "so that little is left to encode when the last chunk arrives."))
+    row_group_rows: PositiveInt = Field(ROW_GROUP_ROWS, description=(
+        "Rows per Parquet row group (the default is 262,144, as Polars writes them; DuckDB writes 122,880). "
+        "The writer holds up to one row group per output partition before it writes it. Near the end of a "
+        "run (when little input is left to hand out to the workers), the rows of the last chunks are written "
+        "in smaller row groups (from an eighth of this), so that little is left to encode when the last "
+        "chunk arrives."))
     on_schema_change: Literal["fail", "add_columns"] = Field("fail", description=(
         "Append (and incremental) runs whose columns differ from the output's. `fail`: exit 65 before "
         "anything is written, the output untouched. `add_columns`: new columns are added and every part "

@@ -39,6 +39,7 @@ from pipeline.dtypes import parse_type, type_name, widens
 from pipeline.errors import InputError, OutputError, PipelineError, StageError
 from pipeline.input.discover import NULL_PARTITION
 from pipeline.log import set_title
+from pipeline.memory import ROW_GROUP_ROWS
 from pipeline.output.publish import fsync_path
 from pipeline.output.records import REJECTS_FILE_SCHEMA, ChunkResult, SpoolFiles
 from pipeline.output.resume import append_checkpoint
@@ -61,7 +62,7 @@ class WriterSettings:
     partition_by: tuple[str, ...] = ()
     compression: str = "zstd"
     compression_level: int | None = None
-    row_group_rows: int = 1_000_000
+    row_group_rows: int = ROW_GROUP_ROWS
     file_bytes: int = 512 << 20
     journal: str | None = None                # append checkpoints here, so a killed run can resume
     checkpoint_seconds: float = 60.0
