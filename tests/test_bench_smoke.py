@@ -63,3 +63,16 @@ def test_a_title_read_while_the_process_writes_it_is_read_again():
     assert _complete("dask worker")
     assert not _complete("pipeline: bench")
     assert not _complete("python -m pipeline run")
+
+
+def test_the_inputs_are_read_once_before_a_workload_is_timed(tmp_path):
+    """Every byte of every input file is read before the first engine runs, so that none of them
+    reads its input from disk while the others find it in the page cache."""
+    from bench.harness import warm_page_cache
+
+    sizes = [0, 1, (8 << 20) + 3]
+    paths = []
+    for i, n in enumerate(sizes):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(n))
+        paths.append(tmp_path / f"f{i}")
+    assert warm_page_cache(paths) == sum(sizes)
