@@ -180,8 +180,8 @@ def _load() -> list[float]:
 
 def warm_page_cache(paths) -> int:
     """Read every input file once, untimed, and return the bytes read: the first engine of a
-    workload must not be the one that reads the input from disk after the machine dropped it from
-    its page cache (a W4 run once took 19 s against 6 s for the next four)."""
+    workload must not be the one that reads the input from disk after the machine paged it out (a
+    W4 run once took 19 s against 6 s for the next four)."""
     total = 0
     for path in paths:
         with open(path, "rb", buffering=0) as f:
