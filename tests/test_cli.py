@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,33 @@ def test_log_file_in_a_missing_folder_is_a_command_line_error(job_dir, capsys):
     code, _out, err = run_cli("run", config, "--log-file", job_dir / "logs" / "job.log", "--no-progress", capsys=capsys)
     assert code == 2 and f"--log-file {job_dir / 'logs' / 'job.log'}: No such file or directory" in err
     assert "Traceback" not in err and not (job_dir / "out").exists()
+
+
+TEARDOWN_PROBE = """
+import atexit, sys
+atexit.register(print, "teardown ran", flush=True)
+sys.argv = ["pipeline", *sys.argv[1:]]
+from pipeline.cli import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize("args, code, says", [(["--version"], 0, "pipeline "),
+                                               (["run", "missing.yaml"], 78, "cannot read the config file")])
+def test_the_command_leaves_without_the_interpreters_teardown(tmp_path, args, code, says):
+    """``pipeline`` and ``python -m pipeline`` both end in ``entry``: main's exit code, its output
+    flushed, and no teardown (an exit handler registered before it never runs)."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="pipeline")
+    assert script.value == "pipeline.cli:entry"
+    assert (ROOT / "pipeline" / "__main__.py").read_text().strip().endswith("entry()")
+    done = subprocess.run([sys.executable, "-c", TEARDOWN_PROBE, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == code, done.stderr
+    assert says in done.stdout + done.stderr
+    assert "teardown ran" not in done.stdout
+    installed = shutil.which("pipeline", path=str(Path(sys.executable).parent))
+    assert installed is not None
+    done = subprocess.run([installed, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == code and says in done.stdout + done.stderr, done.stderr
