@@ -127,7 +127,7 @@ def _positive(text: str) -> int:
 def entry() -> None:
     """The ``pipeline`` command (and ``python -m pipeline``): :func:`main`, then leave without the
     interpreter's teardown (freeing modules and objects one by one, joining pyarrow's threads,
-    returning the allocators' memory: 20-30 ms after a W1 run, about 0.1 s after some commands).
+    returning the allocators' memory: about 30 ms after a W1 run).
     By then every file the command wrote is closed and synced, and every child process has exited."""
     code = main()
     logging.shutdown()
