@@ -109,7 +109,7 @@ def _job_name(text: str) -> str:
 
     from pipeline.config.document import JOB_NAME_PATTERN
 
-    if not re.match(JOB_NAME_PATTERN, text):
+    if not re.fullmatch(JOB_NAME_PATTERN, text):
         raise argparse.ArgumentTypeError(f"a job name is letters, digits, '_', '.' and '-', got {text!r}")
     return text
 

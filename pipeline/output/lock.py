@@ -98,7 +98,7 @@ def lock_named_output(document: Document, run_id: str) -> JobLock | None:
     name = document.values.get("name")
     if "://" in path:
         state = document.state_dir()
-        if state is None or "://" in state or not isinstance(name, str) or not re.match(JOB_NAME_PATTERN, name):
+        if state is None or "://" in state or not isinstance(name, str) or not re.fullmatch(JOB_NAME_PATTERN, name):
             return None
         file = state_lock_path(state, name)
     else:
