@@ -237,7 +237,8 @@ def worker_settings(job: Job, plan: Plan, spool: str = "") -> WorkerSettings:
     return WorkerSettings(
         job_name=job.name,
         # the workers convert only the input columns the stages read
-        read=plan.read.narrowed(columns_read([(s.name, s.spec) for s in job.stages])),
+        read=plan.read.narrowed(columns_read([(s.name, s.spec) for s in job.stages], plan.read.schema,
+                                             stage_context(job))),
         stages=tuple((s.name, s.spec) for s in job.stages),
         stage_keys=tuple(s.key for s in job.stages),
         base_dir=str(job.base_dir),

@@ -45,33 +45,63 @@ POOL = [
     ("drop_nulls", ["c"]), ("drop_nulls", "all"), ("drop_nulls", None),
     ("validate", {"not_null": ["d"]}), ("validate", {"range": {"a": {"min": 2}}}),
     ("validate", {"allowed": {"b": ["x", "y"]}, "regex": {"e": "[0-9]+"}}), ("validate", {"expr": {"big": "c < 4"}}),
-    ("sql", "SELECT a, b FROM chunk WHERE a > 1"),
+    ("sql", "SELECT a, b FROM chunk WHERE a > 1"), ("sql", "SELECT * FROM chunk WHERE c > 1"),
+    ("sql", "SELECT d, count(*) AS n FROM chunk GROUP BY d"), ("sql", "SELECT a, f FROM chunk JOIN lk USING (b)"),
+    ("sql", "SELECT * EXCLUDE (e) FROM chunk"), ("sql", "SELECT #2 AS x, a FROM chunk"),
 ]
+
+# a lookup for the sql stages above: the query plans over it as over a table (see stages.sql.query_columns)
+LOOKUP = pa.table({"b": ["x", "y", "q"], "f": [10, 20, 30]})
+CONTEXT = StageContext(base_dir=Path("."), lookups_key=("columns-read-test",), load_lookups=lambda: {"lk": LOOKUP})
 
 
 def _run(table: pa.Table, stages) -> tuple:
-    result = apply_stages(table, stages, StageContext(base_dir=Path(".")))
+    result = apply_stages(table, stages, CONTEXT)
     return (result.table.to_pylist(), result.table.schema.names, result.rows_filtered, result.rows_rejected,
             result.rejects.to_pylist())
 
 
 def test_the_stages_given_only_the_columns_they_read_give_what_they_give_on_every_column():
     rng = random.Random(12)
-    narrowed = compared = 0
+    narrowed = compared = sql_narrowed = 0
     for _ in range(1500):
         stages = [rng.choice(POOL) for _ in range(rng.randint(1, 5))]
         try:
             want = _run(TABLE, stages)
         except PipelineError:
             continue    # the list fails on every column (a column an earlier stage removed)
-        read = columns_read(stages)
+        read = columns_read(stages, TABLE.schema, CONTEXT)
         names = TABLE.column_names if read is None else [n for n in TABLE.column_names if n in read]
         if read is not None and len(names) < TABLE.num_columns:
             narrowed += 1
+            sql_narrowed += any(name == "sql" for name, _ in stages)
         got = _run(TABLE.select(names or ["a"]), stages)
         assert got == want, f"{stages}: read {names}"
         compared += 1
-    assert compared > 200 and narrowed > 100, (compared, narrowed)
+    assert compared > 200 and narrowed > 100 and sql_narrowed > 20, (compared, narrowed, sql_narrowed)
+
+
+@pytest.mark.parametrize("query, read", [
+    ("SELECT a, c * 2 AS c2 FROM chunk WHERE b = 'x'", {"a", "b", "c"}),
+    ("SELECT count(*) AS n FROM chunk", {"a"}),                        # DuckDB counts the rows of one column
+    ("SELECT a, f FROM chunk JOIN lk USING (b)", {"a", "b"}),          # the lookup's columns are not the chunk's
+    ("SELECT a FROM chunk t1 JOIN chunk t2 USING (a)", {"a"}),
+    ("WITH t AS (SELECT a, d FROM chunk) SELECT a FROM t WHERE d > 1", {"a", "d"}),
+    ("SELECT b, sum(c) OVER (PARTITION BY d ORDER BY a) AS s FROM chunk", {"a", "b", "c", "d"}),
+    ("SELECT * FROM chunk", set("abcde")),
+    ("SELECT to_json(chunk) AS j FROM chunk", set("abcde")),
+    ("SELECT * EXCLUDE (e) FROM chunk", None),      # needs e to be there to leave it out
+    ("SELECT a FROM (SELECT a, b FROM chunk)", None),   # the planner drops b, the binder still needs it
+    ("SELECT #2 AS x, b FROM chunk", None),         # a position means another column in fewer columns
+    ("SELECT 1 AS one", None),                      # reads no column of the chunk
+])
+def test_a_sql_stage_reads_the_columns_its_query_reads(query, read):
+    got = columns_read([("sql", query)], TABLE.schema, CONTEXT)
+    assert got == (None if read is None else frozenset(read))
+    # without the input's schema, a sql stage may read any column
+    assert columns_read([("sql", query)]) is None
+    want = _run(TABLE, [("sql", query)])
+    assert _run(TABLE.select([n for n in TABLE.column_names if got is None or n in got]), [("sql", query)]) == want
 
 
 def test_a_stage_that_may_read_any_column_reads_every_column_unless_a_select_comes_before_it():

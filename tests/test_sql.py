@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tests.helpers import basic_job, manifest_of, read_output, run_cli, write_job
+from tests.helpers import basic_job, manifest_of, read_output, run_cli, run_subprocess, write_job
 
 duckdb = pytest.importorskip("duckdb")
 
@@ -378,3 +378,40 @@ def test_rows_a_join_adds_are_counted_and_named_as_added_by_a_stage(tmp_path, ca
     counts = manifest_of(tmp_path / "out")["counts"]
     assert (counts["rows_read"], counts["rows_added"], counts["rows_written"]) == (2, 1, 3)
     assert "2 read, 3 written, 0 filtered, 0 rejected, 1 added by stages" in out + err
+
+
+def test_a_sql_stage_converts_only_the_columns_its_query_reads(tmp_path):
+    """A value that fits no type in a column the query does not read rejects no row (as for every
+    stage, see docs/data.md); a query that names columns by position reads them all."""
+    data = write_sales(tmp_path / "sales.csv", 1500)
+    lines = data.read_text().splitlines()
+    fields = lines[40].split(",")
+    fields[3] = "n/a"                      # price: not a number
+    lines[40] = ",".join(fields)
+    data.write_text("\n".join(lines) + "\n")
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    write_countries(ref / "countries.csv")
+    query = ("SELECT s.id, l.region, s.qty * 2 AS double_qty FROM {src} s JOIN {lookup} l USING (country) "
+             "WHERE s.status = 'ok'")
+    job = basic_job(str(data), out=str(tmp_path / "out"), stages=[{"sql": query.format(src="chunk", lookup="countries")}],
+                    input={"chunk_bytes": "8KiB", "schema": {"price": "float64"}},
+                    run={"workers": 2, "on_bad_rows": "quarantine"})
+    job["lookups"] = {"countries": {"path": "ref/countries.csv"}}
+    res = run_subprocess("run", write_job(tmp_path, job), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "the stages read 4 of the 6 input columns; not converted: ts, price" in res.stderr
+    want = duck(query.format(src=f"read_csv('{data}')", lookup=f"read_csv('{ref / 'countries.csv'}')"))
+    assert rows_of(read_output(tmp_path / "out")) == rows_of(want)
+    assert manifest_of(tmp_path / "out")["counts"]["rows_rejected"] == 0
+
+    # #4 is price: the position is kept only with every column there, and the bad price is rejected
+    job["stages"] = [{"sql": "SELECT id, #4 AS p FROM chunk"}]
+    res = run_subprocess("run", write_job(tmp_path, job), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "not converted" not in res.stderr
+    want = duck(f"SELECT id, price AS p FROM read_csv('{data}', types={{'price': 'VARCHAR'}}) "
+                f"WHERE price <> 'n/a'")
+    got = read_output(tmp_path / "out")
+    assert rows_of(got) == rows_of(want.cast(got.schema))
+    assert manifest_of(tmp_path / "out")["counts"]["rows_rejected"] == 1

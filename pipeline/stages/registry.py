@@ -79,6 +79,9 @@ class StageDef:
     # the columns of its input the stage reads, given those read after it (None: every column);
     # without it, the stage may read any column (see columns_read)
     reads: Callable[[Any, frozenset[str] | None], frozenset[str] | None] | None = None
+    # the columns it reads, found from its input's schema (a query's, by DuckDB's planner): for a stage
+    # whose spec alone cannot say, and whose output does not depend on what the stages after it read
+    reads_in: Callable[[Any, pa.Schema, StageContext], frozenset[str] | None] | None = None
 
     @property
     def adapter(self) -> TypeAdapter:
@@ -105,6 +108,7 @@ def _adapter(sdef: StageDef) -> TypeAdapter:
 def register(
     name: str, *, example: str = "", check: Callable[[Any, StageContext], None] | None = None,
     reads: Callable[[Any, frozenset[str] | None], frozenset[str] | None] | None = None,
+    reads_in: Callable[[Any, pa.Schema, StageContext], frozenset[str] | None] | None = None,
 ) -> Callable:
     """Register a stage function; its ``spec`` parameter's annotation is the config schema.
 
@@ -112,6 +116,7 @@ def register(
     empty table; it raises ExprError for a spec that cannot work (a function that cannot be loaded).
     ``reads(spec, after)``, if given, says which columns of its input the stage needs when the
     stages after it need ``after`` (None: all); it lets a run leave the other input columns unread.
+    ``reads_in(spec, schema, ctx)``, if given, says the same from the stage's input schema instead.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -120,7 +125,7 @@ def register(
             raise TypeError(f"stage {name!r}: the function needs an annotated 'spec' parameter")
         doc = (fn.__doc__ or "").strip()
         STAGES[name] = StageDef(name=name, fn=fn, spec_type=hints["spec"], doc=doc, example=example, check=check,
-                                reads=reads)
+                                reads=reads, reads_in=reads_in)
         _ADAPTERS.pop(name, None)
         return fn
 
@@ -209,18 +214,27 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def columns_read(stages: Sequence[tuple[str, Any]]) -> frozenset[str] | None:
+def columns_read(stages: Sequence[tuple[str, Any]], schema: pa.Schema | None = None,
+                 ctx: StageContext | None = None) -> frozenset[str] | None:
     """The input columns a list of ``(name, typed spec)`` stages reads; None: all of them.
 
     Walked from the last stage back: the output keeps every column that reaches it, a stage that
     names the columns it keeps (``select``) narrows what the stages before it must give, and a stage
-    that may read any column (``python``, ``sql``) needs them all. A stage still reads every column
+    that may read any column (``python``) needs them all. A stage still reads every column
     it names (a ``cast`` whose result is dropped still rejects the rows that do not convert).
+    With the input ``schema`` and a ``ctx`` to run stages in, a stage that can say what it reads only
+    from its input's schema (``sql``: the columns its query reads) says so; without them it reads all.
     """
     after: frozenset[str] | None = None
-    for name, spec in reversed(stages):
+    for i in range(len(stages) - 1, -1, -1):
+        name, spec = stages[i]
         sdef = STAGES[name]
-        after = None if sdef.reads is None else sdef.reads(sdef.adapter.validate_python(spec), after)
+        typed = sdef.adapter.validate_python(spec)
+        if sdef.reads_in is not None:
+            given = output_schema(schema, stages[:i], ctx) if schema is not None and ctx is not None else None
+            after = sdef.reads_in(typed, given, ctx) if given is not None and ctx is not None else None
+        else:
+            after = None if sdef.reads is None else sdef.reads(typed, after)
     return after
 
 
