@@ -156,7 +156,7 @@ def expected(ds: data.DataSet, kind: str) -> dict:
 def versions() -> dict:
     from importlib import metadata
 
-    found = {"python": platform.python_version()}
+    found: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("pipeline", "duckdb", "polars", "pandas", "pyarrow", "dask", "distributed", "psutil"):
         try:
             found[name] = metadata.version(name)
@@ -327,13 +327,14 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
+    load_start = _load()
     info = {
         "scale": scale, "repeat": repeat, "memory_runs": sampled, "cores": os.cpu_count(), "commit": _commit(),
-        "platform": platform.platform(), "versions": versions(), "load_start": _load(),
+        "platform": platform.platform(), "versions": versions(), "load_start": load_start,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
     }
     print(f"bench: scale {scale:g}, {repeat} timed and {sampled} sampled run(s) per engine, {info['cores']} cores, "
-          f"load {' '.join(map(str, info['load_start']))}", flush=True)
+          f"load {' '.join(map(str, load_start))}", flush=True)
 
     workloads = build(scale, work, only)
     for w in workloads:

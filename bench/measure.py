@@ -251,7 +251,7 @@ def run(cmd: list[str], *, cwd: str | None = None, env: dict | None = None, log_
         cpu = _children_cpu() - cpu0
         extra_cpu = _cpu_of(extra_pids) - extra0
     finally:
-        if log_path:
+        if not isinstance(log, int):
             log.close()
     # the extra processes' CPU is counted by its difference over the run
     return Measurement(cmd=cmd, returncode=proc.returncode, wall=wall,

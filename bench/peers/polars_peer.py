@@ -25,7 +25,7 @@ def w2(src: str, out: str, salt: str) -> None:
 
     lf = pl.scan_csv(src, try_parse_dates=True)
     schema = dict(lf.collect_schema())
-    schema.update(dict.fromkeys(NEW_COLUMNS, pl.String))
+    schema.update(dict.fromkeys(NEW_COLUMNS, pl.String()))
     (lf.map_batches(batch, schema=schema, streamable=True)
      .sink_parquet(os.path.join(out, "part-0.parquet"), compression="zstd"))
 
