@@ -119,6 +119,8 @@ class _Sampler(threading.Thread):
                         self._titles[key] = title
             except psutil.Error:
                 continue
+            if mem.rss == 0:   # exited, not yet reaped: it holds no memory and is no longer running
+                continue
             total += mem.rss
             pss = getattr(mem, "pss", mem.rss)
             total_pss += pss

@@ -110,7 +110,8 @@ def _breakdown(rows: list[dict]) -> list[str]:
     for r in rows:
         if not r["engine"].startswith("pipeline") or not r.get("pss_at_peak"):
             continue
-        parts = sorted(r["pss_at_peak"].items(), key=lambda kv: -kv[1]["mib"])
+        # a process at 0 MiB had exited when it was sampled (results of older runs still hold them)
+        parts = sorted(((k, v) for k, v in r["pss_at_peak"].items() if v["mib"] > 0), key=lambda kv: -kv[1]["mib"])
         shown = ", ".join(f"{name}{' x' + str(v['processes']) if v['processes'] > 1 else ''} {v['mib']:.0f}"
                           for name, v in parts)
         out.append(f"- {r['workload']} {r['engine']}: {shown}")

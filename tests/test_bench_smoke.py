@@ -76,3 +76,27 @@ def test_the_inputs_are_read_once_before_a_workload_is_timed(tmp_path):
         (tmp_path / f"f{i}").write_bytes(os.urandom(n))
         paths.append(tmp_path / f"f{i}")
     assert warm_page_cache(paths) == sum(sizes)
+
+
+def test_an_exited_child_not_yet_reaped_is_not_counted(tmp_path):
+    """A child that has exited but is not reaped yet (a zombie) holds no memory: the sampler leaves it out
+    of the processes at the peak, and the report leaves out a process recorded at 0 MiB."""
+    from bench.measure import _Sampler
+    from bench.report import _breakdown
+
+    code = "import os, time\nif os.fork() == 0:\n    os._exit(0)\nprint('forked', flush=True)\ntime.sleep(30)\n"
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "forked"
+        children = psutil.Process(parent.pid).children()
+        assert len(children) == 1 and children[0].status() == psutil.STATUS_ZOMBIE
+        sampler = _Sampler(parent.pid, 0.02)
+        sampler.sample()
+        assert sum(n for _, n in sampler.pss_at_peak.values()) == 1    # the parent alone
+        assert sampler.max_procs == 1
+    finally:
+        parent.kill()
+        parent.wait()
+    row = {"workload": "W5", "engine": "pipeline",
+           "pss_at_peak": {"python -m pipeline run": {"mib": 60.0, "processes": 1}, "123": {"mib": 0.0, "processes": 1}}}
+    assert _breakdown([row]) == ["- W5 pipeline: python -m pipeline run 60"]
