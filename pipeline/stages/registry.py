@@ -231,8 +231,10 @@ def columns_read(stages: Sequence[tuple[str, Any]], schema: pa.Schema | None = N
         sdef = STAGES[name]
         typed = sdef.adapter.validate_python(spec)
         if sdef.reads_in is not None:
-            given = output_schema(schema, stages[:i], ctx) if schema is not None and ctx is not None else None
-            after = sdef.reads_in(typed, given, ctx) if given is not None and ctx is not None else None
+            after = None
+            if schema is not None and ctx is not None:
+                given = output_schema(schema, stages[:i], ctx)   # None: a python stage before it is unknown
+                after = None if given is None else sdef.reads_in(typed, given, ctx)
         else:
             after = None if sdef.reads is None else sdef.reads(typed, after)
     return after
